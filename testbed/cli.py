@@ -1,0 +1,44 @@
+"""The `testbed` command line: one subcommand per user task, each handled in its role's package.
+
+Handlers are imported lazily so that `testbed validate` answers without importing torch.
+"""
+
+import argparse
+import importlib
+import sys
+
+from testbed.errors import UserError
+
+# subcommand -> (module, handler function, parser builder function, one-line help)
+COMMANDS = {
+    "validate": ("testbed.config.commands", "validate", "add_validate_args",
+                 "check scenario and profile files"),
+    "profiles": ("testbed.config.commands", "profiles", "add_profiles_args",
+                 "list device profiles and link presets with their key figures"),
+    "data": ("testbed.data.commands", "data", "add_data_args",
+             "build or inspect the offline speech corpus"),
+    "pretrain": ("testbed.model.commands", "pretrain", "add_pretrain_args",
+                 "SSL-pretrain the tiny backbone on the unlabeled corpus (cached)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, _, add_args, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        getattr(importlib.import_module(module), add_args)(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, handler, _, _ = COMMANDS[args.command]
+    try:
+        return int(getattr(importlib.import_module(module), handler)(args) or 0)
+    except UserError as error:
+        print(f"testbed {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"testbed {args.command}: interrupted", file=sys.stderr)
+        return 130

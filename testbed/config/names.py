@@ -1,0 +1,34 @@
+"""Allowed names for scenario fields: plain tuples that the schema and later registries share."""
+
+TASKS = ("keyword", "speaker")  # a client trains exactly one task (DESIGN 6)
+
+STRATEGIES = (
+    "fedavg_full",          # Homo-FL: everyone to full depth, the round waits for all
+    "fedavg_drop",          # updates after the deadline are discarded
+    "fedavg_min_depth",     # everyone trains to the shallowest depth in the fleet
+    "fedavg_hetero_naive",  # own depth, untrained layers averaged in as unchanged globals
+    "layerwise",            # partial FedAvg over the clients that trained each layer
+    "depth_aware",          # the paper: layerwise, weighted by samples x trained depth
+    "depthfl",              # unweighted partial mean + self-distillation
+)
+WEIGHTINGS = ("samples_depth", "samples")  # depth_aware's weight per client: n_k * L_k or n_k
+
+EXIT_POLICIES = ("static", "budget", "task", "adaptive")  # DESIGN 4.2
+PREFERRED_EXIT_AUTO = "auto"  # preferred_exits value: let the policy pick from measurements
+
+DATA_SOURCES = ("builtin", "speech_commands", "manifest", "fsdd")
+PARTITIONS = ("speaker", "dirichlet", "iid")
+FAMILIES = ("wav2vec2", "hubert", "wavlm")
+LOSSES = ("all_exits", "deepest", "self_distill")  # sum over exits <= d, deepest head only, DepthFL KD
+
+#: Field name -> allowed names, for code that wants to look a list up by what it constrains.
+ALLOWED = {
+    "task": TASKS,
+    "strategy": STRATEGIES,
+    "weighting": WEIGHTINGS,
+    "exit_policy": EXIT_POLICIES,
+    "data_source": DATA_SOURCES,
+    "partition": PARTITIONS,
+    "family": FAMILIES,
+    "loss": LOSSES,
+}

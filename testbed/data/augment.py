@@ -1,0 +1,64 @@
+"""Clip augmentation for the synthetic corpus: time offset, coloured noise + babble at an SNR, level."""
+
+import numpy as np
+
+HIGHPASS_HZ = 50.0  # coloured noise below this is inaudible rumble that would distort the SNR
+TRIM_THRESHOLD = 0.02  # of the peak: quieter leading/trailing samples count as silence
+TRIM_MARGIN = 0.01  # seconds of silence kept either side of the speech
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+
+
+def trim_silence(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Drop eSpeak's leading/trailing silence so the random time offset moves the speech itself."""
+    loud = np.flatnonzero(np.abs(samples) > TRIM_THRESHOLD * np.abs(samples).max(initial=0.0))
+    if len(loud) == 0:
+        return samples
+    margin = int(TRIM_MARGIN * sample_rate)
+    return samples[max(0, loud[0] - margin):loud[-1] + 1 + margin]
+
+
+def coloured_noise(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
+    """Unit-RMS noise with a 1/f^beta power spectrum, beta uniform in [0, 2] (white..brown)."""
+    beta = rng.uniform(0.0, 2.0)
+    bins = length // 2 + 1
+    spectrum = rng.standard_normal(bins) + 1j * rng.standard_normal(bins)
+    freqs = np.fft.rfftfreq(length, d=1.0 / sample_rate)  # Hz
+    shape = np.zeros(bins)
+    audible = freqs >= HIGHPASS_HZ
+    shape[audible] = freqs[audible] ** (-beta / 2)  # amplitude ~ f^(-beta/2), power ~ f^-beta
+    noise = np.fft.irfft(spectrum * shape, length)
+    return noise / max(rms(noise), 1e-12)
+
+
+def babble(rng: np.random.Generator, length: int, talkers: list[np.ndarray]) -> np.ndarray:
+    """Unit-RMS babble: 3-6 other utterances at random, wrapped-around offsets, equal levels."""
+    out = np.zeros(length)
+    count = min(len(talkers), int(rng.integers(3, 7)))
+    for pick in rng.choice(len(talkers), count, replace=False):
+        speech = talkers[pick][:length]
+        positions = (int(rng.integers(0, length)) + np.arange(len(speech))) % length
+        out[positions] += speech / max(rms(speech), 1e-12)
+    return out / max(rms(out), 1e-12)
+
+
+def augment(speech: np.ndarray, rng: np.random.Generator, *, clip_samples: int, sample_rate: int,
+            snr_db: tuple[float, float], level_dbfs: tuple[float, float],
+            babble_talkers: list[np.ndarray]) -> np.ndarray:
+    """Place trimmed speech at a random offset in a clip, add a random mix of coloured noise and
+    babble at an SNR drawn from `snr_db` (speech RMS over its own samples), then scale the clip's
+    peak to a level drawn from `level_dbfs`. Returns float32 (clip_samples,) in [-1, 1]."""
+    speech = speech[:clip_samples]
+    offset = int(rng.integers(0, clip_samples - len(speech) + 1))
+    clip = np.zeros(clip_samples)
+    clip[offset:offset + len(speech)] = speech
+    weight = rng.uniform()  # share of coloured noise vs babble
+    noise = weight * coloured_noise(rng, clip_samples, sample_rate)
+    if babble_talkers:
+        noise += (1.0 - weight) * babble(rng, clip_samples, babble_talkers)
+    snr = rng.uniform(*snr_db)
+    clip += noise / max(rms(noise), 1e-12) * rms(speech) * 10 ** (-snr / 20)
+    peak = 10 ** (rng.uniform(*level_dbfs) / 20) * (32767 / 32768)  # full scale without clipping
+    return (clip * peak / max(np.abs(clip).max(), 1e-12)).astype(np.float32)

@@ -1,0 +1,270 @@
+"""The built-in spoken-command corpus: eSpeak NG speakers, noise and level augmentation, SC v2 layout.
+
+eSpeak's output depends on the process's synthesis history (wavegen.c keeps a pitch-flutter
+index and gain state in function statics that nothing resets), so for "same seed -> same bytes"
+every eSpeak call of a corpus runs, in a fixed order, in one freshly spawned process; noise
+mixing and wav writing run in a separate pool of `workers` processes.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from testbed.data.audio import SAMPLE_RATE, resample
+from testbed.data.augment import augment, trim_silence
+from testbed.data.layouts import assign_speaker_splits
+from testbed.errors import UserError
+from testbed.paths import cache_dir
+
+# Confusable Speech Commands words (on/off/up, no/go, bed/bird, left/right...), so the task needs
+# more than the shallow layers.
+DEFAULT_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "bed",
+                 "bird")
+# eSpeak voices = accents; the non-English voices read the English words with their own rules.
+VOICES = ("en", "en-us", "en-us-nyc", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
+          "en-gb-x-gbcwmd", "de", "nl", "sv", "es", "it")
+VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))
+BASE_PITCHES = (25, 35, 45, 55, 65, 75)  # eSpeak base pitch, 0..100
+BASE_RATES = (130, 150, 170, 190, 210)  # words per minute
+PITCH_JITTER = 5  # per take, +- eSpeak pitch units
+RATE_JITTER = (0.9, 1.12)  # per take, factor on the speaker's rate
+PITCH_RANGE = (30, 80)  # per take, eSpeak intonation range 0..100
+LEVEL_DBFS = (-20.0, 0.0)  # clip peak level
+BANK_SIZE = 64  # utterances synthesised once as babble material
+CLIP_SAMPLES = SAMPLE_RATE  # 1 s clips, as in Speech Commands
+FORMAT_VERSION = 1  # bump when synthesis changes, so cached corpora are rebuilt
+CORPUS_DEFAULTS = {"words": DEFAULT_WORDS, "n_speakers": 96, "takes": 3, "snr_db": (0.0, 15.0)}
+# independent random streams: np.random.default_rng([seed, stream, ...])
+_BANK_STREAM, _TAKE_STREAM, _MIX_STREAM = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """A synthetic speaker: an eSpeak voice (accent) x variant x base pitch x base rate."""
+
+    id: str
+    voice: str
+    variant: str
+    pitch: int
+    rate: int
+
+    @property
+    def espeak_voice(self) -> str:
+        return f"{self.voice}+{self.variant}"
+
+
+def draw_speakers(n_speakers: int, seed: int) -> list[Speaker]:
+    """`n_speakers` distinct speakers; voice x variant pairs are used once each (in a seeded
+    order) before any pair repeats with another pitch/rate."""
+    pairs = [(v, w) for v in VOICES for w in VARIANTS]
+    limit = len(pairs) * len(BASE_PITCHES) * len(BASE_RATES)
+    if not 1 <= n_speakers <= limit:
+        raise UserError(f"speakers must be between 1 and {limit}, got {n_speakers}")
+    rng = np.random.default_rng(seed)
+    pairs = [pairs[i] for i in rng.permutation(len(pairs))]
+    taken, speakers = set(), []
+    while len(speakers) < n_speakers:
+        voice, variant = pairs[len(speakers) % len(pairs)]
+        pitch, rate = int(rng.choice(BASE_PITCHES)), int(rng.choice(BASE_RATES))
+        if (voice, variant, pitch, rate) in taken:
+            continue
+        taken.add((voice, variant, pitch, rate))
+        name = hashlib.sha1(f"{voice}+{variant}:{pitch}:{rate}".encode()).hexdigest()[:8]
+        speakers.append(Speaker(name, voice, variant, pitch, rate))
+    return speakers
+
+
+def synthesize_corpus(out_dir: Path | str, *, seed: int = 0, words=DEFAULT_WORDS,
+                      n_speakers: int = 96, takes: int = 3, snr_db=(0.0, 15.0), workers: int = 2,
+                      progress: bool = True) -> Path:
+    """Write the corpus into `out_dir` (absent or empty) in the Speech Commands v2 layout, plus
+    speakers.json and corpus.json. The same arguments give byte-identical files."""
+    words, snr_db = _check_params(words, takes, snr_db, workers)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: output directory is not empty")
+    speakers = draw_speakers(n_speakers, seed)
+    for word in words:
+        (out_dir / word).mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited eSpeak state
+    with ctx.Pool(1) as speaking:
+        espeak_rate, bank = speaking.apply(_speak_bank, (speakers, words, seed))
+        with ctx.Pool(workers, initializer=_init_render, initargs=(bank,)) as rendering:
+            jobs = [(seed, index, speaker, words, takes) for index, speaker in enumerate(speakers)]
+            _run_pipeline(speaking, rendering, jobs, (out_dir, snr_db), progress)
+    splits = assign_speaker_splits(s.id for s in speakers)
+    _write_metadata(out_dir, speakers, splits, words, takes, {
+        "seed": seed, "words": list(words), "n_speakers": n_speakers, "takes": takes,
+        "snr_db": list(snr_db), "espeak_sample_rate": espeak_rate})
+    return out_dir
+
+
+def builtin_corpus(seed: int = 0, *, workers: int = 2, progress: bool = True,
+                   **params) -> Path:
+    """The cached built-in corpus for these parameters (see CORPUS_DEFAULTS), under
+    cache_dir()/corpus/<hash>; generated once into a temporary folder that is renamed into place,
+    so an interrupted run never leaves a half corpus."""
+    unknown = set(params) - set(CORPUS_DEFAULTS)
+    if unknown:
+        raise UserError(f"unknown corpus parameter(s) {', '.join(sorted(unknown))} "
+                        f"(valid: seed, {', '.join(CORPUS_DEFAULTS)})")
+    final = corpus_cache_path(seed, **params)
+    if (final / "corpus.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(final.parent)
+    partial = final.parent / f".partial-{final.name}-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        synthesize_corpus(partial, seed=seed, workers=workers, progress=progress, **params)
+        try:
+            os.rename(partial, final)
+        except OSError:
+            if not (final / "corpus.json").is_file():  # not a concurrent run that finished first
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
+def corpus_cache_path(seed: int = 0, **params) -> Path:
+    """Where `builtin_corpus(seed, **params)` lives (whether or not it exists yet)."""
+    resolved = {**CORPUS_DEFAULTS, **params}
+    key = json.dumps({"version": FORMAT_VERSION, "seed": int(seed),
+                      "words": [str(w) for w in resolved["words"]],
+                      "n_speakers": int(resolved["n_speakers"]), "takes": int(resolved["takes"]),
+                      "snr_db": [float(x) for x in resolved["snr_db"]]}, sort_keys=True)
+    return cache_dir() / "corpus" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _check_params(words, takes: int, snr_db, workers: int) -> tuple[tuple[str, ...], tuple]:
+    words = tuple(str(w).strip().lower() for w in words)
+    bad = [w for w in words if not re.fullmatch(r"[a-z]+(?:['-][a-z]+)*", w)]
+    if not words or bad or len(set(words)) != len(words):
+        raise UserError(f"words must be distinct plain words, got {list(words)}")
+    if takes < 1 or workers < 1:
+        raise UserError(f"takes and workers must be >= 1, got takes={takes} workers={workers}")
+    low, high = (float(x) for x in snr_db)
+    if low > high:
+        raise UserError(f"snr_db must be (low, high) with low <= high, got {snr_db}")
+    return words, (low, high)
+
+
+def _run_pipeline(speaking, rendering, jobs: list, render_args: tuple, show: bool) -> None:
+    # speaking.imap yields each speaker's clean clips in order; rendering mixes and writes them
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), disable=not show, transient=True) as bar:
+        task = bar.add_task(f"synthesising {len(jobs)} speakers", total=len(jobs))
+        pending = [rendering.apply_async(_render_speaker, (job, clips, *render_args),
+                                         callback=lambda _: bar.advance(task))
+                   for job, clips in zip(jobs, speaking.imap(_speak_speaker, jobs))]
+        for result in pending:
+            result.get()  # re-raises a worker's exception here
+
+
+def _speak_bank(speakers: list[Speaker], words: tuple, seed: int):
+    """(eSpeak rate, [(word, clip)]): babble material, and the first eSpeak calls of the run."""
+    from testbed.data.espeak import Synthesizer
+
+    rng = np.random.default_rng([seed, _BANK_STREAM])
+    picks = [(speakers[rng.integers(len(speakers))], words[rng.integers(len(words))])
+             for _ in range(BANK_SIZE)]
+    clips = _speak_many([(word, s.espeak_voice, s.pitch, s.rate, 50) for s, word in picks])
+    return Synthesizer.shared().sample_rate, [(word, clip) for (_, word), clip in zip(picks, clips)]
+
+
+def _speak_speaker(job: tuple) -> list[np.ndarray]:
+    """Clean 16 kHz clips of one speaker, word-major then take, with per-take pitch/rate jitter."""
+    seed, index, speaker, words, takes = job
+    requests = []
+    for word_index, word in enumerate(words):
+        for take in range(takes):
+            rng = np.random.default_rng([seed, _TAKE_STREAM, index, word_index, take])
+            pitch = int(np.clip(speaker.pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1),
+                                0, 100))
+            rate = int(np.clip(round(speaker.rate * rng.uniform(*RATE_JITTER)), 80, 450))
+            requests.append((word, speaker.espeak_voice, pitch, rate,
+                             int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))))
+    return _speak_many(requests)
+
+
+def _speak_many(requests: list[tuple]) -> list[np.ndarray]:
+    # one batched resample per call: (clips, samples) zero-padded to the longest
+    from testbed.data.espeak import Synthesizer
+
+    synth = Synthesizer.shared()
+    raw = [synth.synthesize(text, voice, pitch, rate, pitch_range)
+           for text, voice, pitch, rate, pitch_range in requests]
+    batch = np.zeros((len(raw), max(len(r) for r in raw)), np.float32)
+    for row, samples in enumerate(raw):
+        batch[row, :len(samples)] = samples
+    batch = resample(batch, synth.sample_rate, SAMPLE_RATE)
+    lengths = [-(-len(r) * SAMPLE_RATE // synth.sample_rate) for r in raw]  # ceil, samples
+    return [trim_silence(batch[row, :n], SAMPLE_RATE) for row, n in enumerate(lengths)]
+
+
+_BANK: list[tuple[str, np.ndarray]] = []  # set in each rendering worker
+
+
+def _init_render(bank: list[tuple[str, np.ndarray]]) -> None:
+    global _BANK
+    _BANK = bank
+
+
+def _render_speaker(job: tuple, clips: list[np.ndarray], out_dir: Path, snr_db: tuple) -> int:
+    """Augment and write one speaker's clips as 16-bit PCM wavs; returns the number written."""
+    seed, index, speaker, words, takes = job
+    for word_index, word in enumerate(words):
+        talkers = [clip for bank_word, clip in _BANK if bank_word != word]  # babble of other words
+        for take in range(takes):
+            rng = np.random.default_rng([seed, _MIX_STREAM, index, word_index, take])
+            clip = augment(clips[word_index * takes + take], rng, clip_samples=CLIP_SAMPLES,
+                           sample_rate=SAMPLE_RATE, snr_db=snr_db, level_dbfs=LEVEL_DBFS,
+                           babble_talkers=talkers)
+            pcm = np.clip(np.round(clip * 32768), -32768, 32767).astype(np.int16)
+            soundfile.write(out_dir / word / f"{speaker.id}_nohash_{take}.wav", pcm, SAMPLE_RATE,
+                            subtype="PCM_16")
+    return len(words) * takes
+
+
+def _write_metadata(out_dir: Path, speakers: list[Speaker], splits: dict[str, str],
+                    words: tuple, takes: int, params: dict) -> None:
+    for split, list_name in (("validation", "validation_list.txt"), ("test", "testing_list.txt")):
+        lines = [f"{word}/{s.id}_nohash_{take}.wav" for word in words
+                 for s in speakers if splits[s.id] == split for take in range(takes)]
+        (out_dir / list_name).write_text("".join(f"{line}\n" for line in sorted(lines)))
+    table = {s.id: {**asdict(s), "espeak_voice": s.espeak_voice, "split": splits[s.id]}
+             for s in speakers}
+    for entry in table.values():
+        del entry["id"]
+    (out_dir / "speakers.json").write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    per_split = {split: sum(1 for s in speakers if splits[s.id] == split)
+                 for split in ("train", "validation", "test")}
+    corpus = {"format": "testbed-synth", "version": FORMAT_VERSION, **params,
+              "level_dbfs": list(LEVEL_DBFS), "sample_rate": SAMPLE_RATE,
+              "clip_samples": CLIP_SAMPLES, "layout": "speech_commands",
+              "counts": {"utterances": len(speakers) * len(words) * takes,
+                         "words": len(words), "speakers": per_split}}
+    (out_dir / "corpus.json").write_text(json.dumps(corpus, indent=1, sort_keys=True) + "\n")
+
+
+def _remove_stale_partials(root: Path) -> None:
+    # `.partial-<key>-<pid>` folders left by runs that were killed (their pid is gone)
+    for partial in root.glob(".partial-*"):
+        try:
+            os.kill(int(partial.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass

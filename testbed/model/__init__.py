@@ -1,0 +1,1 @@
+"""The speech model: SSL backbones, early-exit heads, per-layer state, pretraining and local training."""

@@ -1,0 +1,39 @@
+"""`testbed pretrain`: build (or show) the cached SSL-pretrained tiny backbone."""
+
+from __future__ import annotations
+
+import argparse
+
+from testbed.model.backbone import FAMILIES
+
+
+def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
+    from testbed.model.settings import PretrainSettings
+
+    defaults = PretrainSettings()
+    parser.add_argument("--family", choices=FAMILIES, default=defaults.family,
+                        help="model class of the tiny backbone (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="clips per step (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="model/mask seed (default: %(default)s)")
+    parser.add_argument("--corpus-seed", type=int, default=defaults.corpus_seed,
+                        help="which built-in corpus to pretrain on (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="pretrain again even when cached")
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    from testbed.errors import UserError
+    from testbed.model.pretrain import pretrain_record, pretrained_tiny
+    from testbed.model.settings import PretrainSettings
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
+    settings = PretrainSettings(family=args.family, steps=args.steps, batch_size=args.batch_size,
+                                seed=args.seed, corpus_seed=args.corpus_seed)
+    backbone, path = pretrained_tiny(settings, progress=True, force=args.force)
+    record = pretrain_record(path)
+    parameters = sum(p.numel() for p in backbone.parameters())
+    print(f"tiny {args.family} backbone: {parameters / 1e6:.1f} M parameters, cached at {path}")
+    print(f"pretraining: {record['seconds']} s on {record['clips']} clips, masked-prediction loss "
+          f"{record['first_loss']} -> {record['final_loss']}, accuracy {record['final_masked_accuracy']:.1%}")
+    return 0

@@ -1,0 +1,118 @@
+"""The early-exit model: an SSL backbone run to depth d, with a pooled linear head after each exit layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOSS_MODES = ("all_exits", "deepest", "self_distill")
+
+
+def default_exits(num_layers: int, count: int = 4) -> tuple[int, ...]:
+    """Evenly spaced exit layers: 12 layers -> (3, 6, 9, 12); 8 -> (2, 4, 6, 8); 2 -> (1, 2)."""
+    count = min(count, num_layers)
+    return tuple(sorted({round(num_layers * (i + 1) / count) for i in range(count)}))
+
+
+class ExitHead(nn.Module):
+    """Statistics pooling (mean || std over frames) followed by one linear layer."""
+
+    def __init__(self, hidden_size: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(2 * hidden_size, num_classes)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (batch, frames, hidden) -> (batch, classes)
+        mean = hidden.mean(dim=1)
+        std = (hidden.var(dim=1, unbiased=False) + 1e-5).sqrt()
+        return self.linear(torch.cat([mean, std], dim=-1))
+
+
+class EarlyExitModel(nn.Module):
+    """Backbone + one head per (task, exit). `forward(wave, depth, task)` never runs layers > depth."""
+
+    def __init__(self, backbone: nn.Module, tasks: dict[str, int], exits: tuple[int, ...] | None = None,
+                 freeze_feature_encoder: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        config = backbone.config
+        self.num_layers: int = config.num_hidden_layers
+        self.exits = tuple(exits) if exits else default_exits(self.num_layers)
+        if any(b <= a for a, b in zip(self.exits, self.exits[1:])) or not 1 <= self.exits[0] \
+                or self.exits[-1] > self.num_layers:
+            raise ValueError(f"exits {self.exits} must be strictly increasing within 1..{self.num_layers}")
+        self.family: str = config.model_type
+        self.stable_layer_norm: bool = bool(getattr(config, "do_stable_layer_norm", False))
+        self.freeze_feature_encoder = freeze_feature_encoder
+        if freeze_feature_encoder:
+            backbone.feature_extractor.requires_grad_(False)
+        # keys "<task>_<layer>" (ModuleDict keys cannot contain dots)
+        self.heads = nn.ModuleDict({f"{task}_{layer}": ExitHead(config.hidden_size, classes)
+                                    for task, classes in tasks.items() for layer in self.exits})
+        self.tasks = dict(tasks)
+
+    def exits_up_to(self, depth: int) -> tuple[int, ...]:
+        return tuple(e for e in self.exits if e <= depth)
+
+    def embed(self, waveforms: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """CNN front end + projection + positional conv: (batch, samples) -> (batch, frames, hidden)."""
+        backbone = self.backbone
+        # zero mean, unit variance per utterance, as wav2vec 2.0's feature extractor does
+        waveforms = (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_feature_encoder):
+            features = backbone.feature_extractor(waveforms).transpose(1, 2)
+        hidden = backbone.feature_projection(features)
+        if isinstance(hidden, tuple):  # wav2vec2/WavLM also return the normed CNN features
+            hidden = hidden[0]
+        if mask is not None:  # (batch, frames) bool: HuBERT-style masked prediction during pretraining
+            hidden = torch.where(mask[..., None], backbone.masked_spec_embed.to(hidden.dtype), hidden)
+        encoder = backbone.encoder
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not self.stable_layer_norm:
+            hidden = encoder.layer_norm(hidden)
+        return encoder.dropout(hidden)
+
+    def hidden_states(self, waveforms: torch.Tensor, depth: int, mask: torch.Tensor | None = None):
+        """Yield (layer index 1..depth, hidden state) running only transformer layers 1..depth."""
+        if not 1 <= depth <= self.num_layers:
+            raise ValueError(f"depth {depth} outside 1..{self.num_layers}")
+        hidden = self.embed(waveforms, mask)
+        position_bias = None  # WavLM's relative position bias, computed by its first layer
+        for index, layer in enumerate(self.backbone.encoder.layers[:depth]):
+            if self.family == "wavlm":
+                hidden, position_bias = layer(hidden, position_bias=position_bias, index=index)
+            else:
+                hidden = layer(hidden)
+            yield index + 1, hidden
+
+    def forward(self, waveforms: torch.Tensor, depth: int, task: str) -> list[torch.Tensor]:
+        """Logits of every exit <= depth, shallowest first; each (batch, classes)."""
+        logits = []
+        for layer, hidden in self.hidden_states(waveforms, depth):
+            if layer in self.exits:
+                if self.stable_layer_norm:  # pre-LN stacks normalise only at the very end
+                    hidden = self.backbone.encoder.layer_norm(hidden)
+                logits.append(self.heads[f"{task}_{layer}"](hidden))
+        return logits
+
+
+def exit_loss(logits: list[torch.Tensor], labels: torch.Tensor, mode: str = "all_exits",
+              temperature: float = 2.0) -> torch.Tensor:
+    """Loss over the exits a client ran (DESIGN 4.1).
+
+    all_exits: sum of cross-entropies of every exit <= d; deepest: only the deepest head;
+    self_distill: all_exits plus DepthFL's mutual distillation (each exit matches the others'
+    softened predictions, KL at `temperature`).
+    """
+    if mode not in LOSS_MODES:
+        raise ValueError(f"unknown loss mode '{mode}' (allowed: {', '.join(LOSS_MODES)})")
+    if mode == "deepest":
+        return F.cross_entropy(logits[-1], labels)
+    loss = sum(F.cross_entropy(out, labels) for out in logits)
+    if mode == "self_distill" and len(logits) > 1:
+        for i, student in enumerate(logits):
+            teachers = [t.detach() for j, t in enumerate(logits) if j != i]
+            target = torch.stack([F.softmax(t / temperature, -1) for t in teachers]).mean(0)
+            loss = loss + temperature ** 2 * F.kl_div(F.log_softmax(student / temperature, -1), target,
+                                                      reduction="batchmean")
+    return loss

@@ -1,0 +1,23 @@
+"""Settings of `testbed pretrain` (kept free of torch so the CLI builds its parser instantly)."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainSettings:
+    family: str = "wav2vec2"  # geometry/class of the tiny backbone
+    steps: int = 400  # optimizer steps (~7 minutes on 2 cores at batch 32)
+    batch_size: int = 32  # clips of 1 s
+    learning_rate: float = 5e-4  # peak, after linear warm-up, cosine decay to 0
+    warmup: float = 0.1  # fraction of steps
+    clusters: int = 64  # k-means targets
+    mask_prob: float = 0.8  # span starts per clip = mask_prob * frames / mask_length (~55 % masked)
+    mask_length: int = 5  # frames (100 ms)
+    corpus_seed: int = 0  # which built-in corpus
+    seed: int = 0
+
+    def key(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return f"tiny-{self.family}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"

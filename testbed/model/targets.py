@@ -1,0 +1,55 @@
+"""HuBERT-style pretraining targets: MFCC frames (20 ms hop) clustered by k-means."""
+
+from __future__ import annotations
+
+import torch
+
+SAMPLE_RATE = 16000
+HOP = 320  # samples: the CNN front end's total stride, so one target per backbone frame
+WINDOW = 400  # samples: the CNN's receptive field (25 ms)
+
+
+def mfcc_frames(waveforms: torch.Tensor, n_mfcc: int = 13) -> torch.Tensor:
+    """(batch, samples) -> (batch, frames, 3 * n_mfcc): MFCC with deltas and delta-deltas."""
+    import torchaudio
+
+    transform = torchaudio.transforms.MFCC(
+        sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc,
+        melkwargs=dict(n_fft=WINDOW, win_length=WINDOW, hop_length=HOP, n_mels=40, center=False))
+    mfcc = transform(waveforms)  # (batch, n_mfcc, frames)
+    delta = torchaudio.functional.compute_deltas(mfcc)
+    delta2 = torchaudio.functional.compute_deltas(delta)
+    return torch.cat([mfcc, delta, delta2], dim=1).transpose(1, 2)
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding; points (n, dim) -> centroids (k, dim)."""
+    generator = torch.Generator().manual_seed(seed)
+    centroids = points[torch.randint(len(points), (1,), generator=generator)]
+    for _ in range(1, k):  # k-means++: next centre drawn proportionally to squared distance
+        distance = torch.cdist(points, centroids).min(dim=1).values ** 2
+        pick = torch.multinomial(distance / distance.sum(), 1, generator=generator)
+        centroids = torch.cat([centroids, points[pick]])
+    for _ in range(iterations):
+        assignment = torch.cdist(points, centroids).argmin(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
+        counts = torch.bincount(assignment, minlength=k)
+        filled = counts > 0  # an empty cluster keeps its centre
+        centroids[filled] = sums[filled] / counts[filled, None]
+    return centroids
+
+
+class FrameClusterer:
+    """Maps waveforms to per-frame cluster ids, after standardising MFCC features."""
+
+    def __init__(self, waveforms: torch.Tensor, clusters: int = 64, max_frames: int = 100_000, seed: int = 0):
+        frames = torch.cat([mfcc_frames(chunk) for chunk in waveforms.split(256)]).flatten(0, 1)
+        generator = torch.Generator().manual_seed(seed)
+        frames = frames[torch.randperm(len(frames), generator=generator)[:max_frames]]
+        self.mean, self.std = frames.mean(0), frames.std(0) + 1e-5
+        self.centroids = kmeans((frames - self.mean) / self.std, clusters, seed=seed)
+
+    def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> (batch, frames) int64 cluster ids."""
+        features = (mfcc_frames(waveforms) - self.mean) / self.std
+        return torch.cdist(features, self.centroids[None].expand(len(features), -1, -1)).argmin(-1)

@@ -1,0 +1,1 @@
+"""The wire: versioned messages (msgpack envelope + raw tensor frames) over ZeroMQ. Never imports torch."""

@@ -1,0 +1,149 @@
+"""Protocol messages: a msgpack envelope frame followed by one raw frame per tensor (no pickle).
+
+Frame layout: [envelope, tensor_0, tensor_1, ...]; the envelope is a msgpack map
+    {"v": version, "type": ..., "client": id, "round": n, "body": {...}, "tensors": [[name, dtype, shape], ...]}
+Decoding validates everything before anything is used and raises `Rejected` with the reason;
+tensors come back as read-only NumPy views of the received frames (zero copies).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_ENVELOPE_BYTES = 1 << 20  # 1 MiB: bodies are small; tensors travel in their own frames
+MAX_TENSORS = 4096
+DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+FLOAT_DTYPES = {"float32", "float16"}
+
+# Required body fields per message type (extra fields are ignored: newer minor versions may add some).
+# float accepts int; dict/list are checked only for their kind.
+BODIES: dict[str, dict[str, type]] = {
+    "JOIN": {"profile": str, "task": str, "pid": int},          # client -> aggregator
+    "WELCOME": {"run": dict},                                    # aggregator -> client: run settings
+    "ROUND": {"deadline_s": float, "max_exit": int},             # aggregator -> client: a round starts
+    "FETCH": {"depth": int},                                     # client -> aggregator: send layers <= depth
+    "MODEL": {"depth": int},                                     # aggregator -> client: + tensors
+    "UPDATE": {"depth": int, "samples": int, "loss": float, "timings": dict},  # client -> aggregator
+    "SKIP": {"reason": str},                                     # client -> aggregator: sits this round out
+    "HEARTBEAT": {"state": str},                                 # client -> aggregator, every second
+    "PROGRESS": {"step": int, "steps": int, "layer": int},       # client -> aggregator, every local step
+    "BYE": {"reason": str},                                      # either way: leaving / run over
+}
+
+
+class Rejected(Exception):
+    """A message that failed validation; `reason` says why (logged, then the message is dropped)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    type: str
+    client: str
+    round: int = 0
+    body: dict = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.tensors.values())
+
+
+def encode(message: Message) -> list:
+    """Frames for `socket.send_multipart(frames, copy=False)`: tensors go as buffers, never copied here."""
+    arrays = [np.ascontiguousarray(array) for array in message.tensors.values()]
+    specs = [[name, array.dtype.name, list(array.shape)] for name, array in zip(message.tensors, arrays)]
+    envelope = {"v": PROTOCOL_VERSION, "type": message.type, "client": message.client,
+                "round": message.round, "body": message.body, "tensors": specs}
+    return [msgpack.packb(envelope, use_bin_type=True), *(memoryview(array).cast("B") for array in arrays)]
+
+
+def decode(frames: list, max_bytes: int) -> Message:
+    """Validate and decode received frames (bytes, memoryviews or zmq.Frame); raise Rejected on any fault."""
+    buffers = [getattr(frame, "buffer", frame) for frame in frames]
+    total = sum(len(memoryview(b)) for b in buffers)
+    if not buffers:
+        raise Rejected("empty message")
+    if total > max_bytes:
+        raise Rejected(f"oversized message: {total} bytes > limit {max_bytes}")
+    envelope = _envelope(buffers[0])
+    kind = envelope["type"]
+    _check_body(kind, envelope["body"])
+    specs = envelope["tensors"]
+    if len(specs) != len(buffers) - 1:
+        raise Rejected(f"{kind}: {len(specs)} tensor specs but {len(buffers) - 1} tensor frames (truncated?)")
+    tensors = {}
+    for spec, buffer in zip(specs, buffers[1:]):
+        name, array = _tensor(spec, buffer)
+        if name in tensors:
+            raise Rejected(f"{kind}: tensor '{name}' sent twice")
+        tensors[name] = array
+    return Message(kind, envelope["client"], envelope["round"], envelope["body"], tensors)
+
+
+def _envelope(buffer) -> dict:
+    if len(memoryview(buffer)) > MAX_ENVELOPE_BYTES:
+        raise Rejected(f"envelope of {len(memoryview(buffer))} bytes > limit {MAX_ENVELOPE_BYTES}")
+    try:  # msgpack bounds every container by the input length, so no allocation bomb
+        envelope = msgpack.unpackb(buffer, raw=False, strict_map_key=True, max_ext_len=0)
+    except Exception as error:  # msgpack raises several unrelated exception types
+        raise Rejected(f"envelope is not valid msgpack ({type(error).__name__})") from None
+    if not isinstance(envelope, dict):
+        raise Rejected("envelope is not a map")
+    if envelope.get("v") != PROTOCOL_VERSION:
+        raise Rejected(f"protocol version {envelope.get('v')!r} (this side speaks {PROTOCOL_VERSION})")
+    expected = {"type": str, "client": str, "round": int, "body": dict, "tensors": list}
+    for key, kind in expected.items():
+        if not _is(envelope.get(key), kind):
+            raise Rejected(f"envelope field '{key}' missing or not {kind.__name__}")
+    if envelope["type"] not in BODIES:
+        raise Rejected(f"unknown message type {envelope['type']!r}")
+    if len(envelope["tensors"]) > MAX_TENSORS or len(envelope["client"]) > 64:
+        raise Rejected("too many tensors or client id too long")
+    return envelope
+
+
+def _check_body(kind: str, body: dict) -> None:
+    for key, expected in BODIES[kind].items():
+        if not _is(body.get(key), expected):
+            raise Rejected(f"{kind}: body field '{key}' missing or not {expected.__name__}")
+
+
+def _is(value, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _tensor(spec, buffer) -> tuple[str, np.ndarray]:
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and spec[1] in DTYPES
+            and isinstance(spec[2], list) and all(_is(d, int) and 0 <= d < 1 << 40 for d in spec[2])):
+        raise Rejected(f"malformed tensor spec {str(spec)[:80]} (want [name, dtype in {sorted(DTYPES)}, shape])")
+    name, dtype, shape = spec
+    dtype = np.dtype(DTYPES[dtype])
+    expected = math.prod(shape) * dtype.itemsize
+    if len(memoryview(buffer)) != expected:
+        raise Rejected(f"tensor '{name}': {len(memoryview(buffer))} bytes for shape {shape} {dtype.name} "
+                       f"(expected {expected}; truncated?)")
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    if dtype.name in FLOAT_DTYPES and not np.isfinite(array).all():
+        raise Rejected(f"tensor '{name}' carries NaN or Inf")
+    return name, array
+
+
+def check_tensors(message: Message, expected: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """The tensors must be exactly the expected names, each with the expected shape and dtype."""
+    names = set(message.tensors)
+    if names != set(expected):
+        unknown, missing = sorted(names - set(expected)), sorted(set(expected) - names)
+        raise Rejected(f"{message.type}: unexpected tensors {unknown[:3]}, missing {missing[:3]}")
+    for name, array in message.tensors.items():
+        shape, dtype = expected[name]
+        if tuple(array.shape) != tuple(shape) or array.dtype.name != dtype:
+            raise Rejected(f"{message.type}: tensor '{name}' is {array.dtype.name}{list(array.shape)}, "
+                           f"expected {dtype}{list(shape)}")
