@@ -19,6 +19,14 @@ COMMANDS = {
              "build or inspect the offline speech corpus"),
     "pretrain": ("testbed.model.commands", "pretrain", "add_pretrain_args",
                  "SSL-pretrain the tiny backbone on the unlabeled corpus (cached)"),
+    "run": ("testbed.launch.commands", "run", "add_run_args",
+            "run a scenario: an aggregator and one process per client; results in runs/"),
+    "aggregator": ("testbed.launch.commands", "aggregator", "add_aggregator_args",
+                   "multi-host: run the aggregator of a scenario, clients connect over TCP"),
+    "client": ("testbed.launch.commands", "client", "add_client_args",
+               "multi-host: run one client, connecting to an aggregator"),
+    "keys": ("testbed.launch.commands", "keys", "add_keys_args",
+             "make CURVE keys for a multi-host run"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Clip augmentation for the synthetic corpus: time offset, coloured noise + babble at an SNR, level."""
+"""Clip augmentation for the synthetic corpus: time offset, coloured noise + babble, level."""
 
 import numpy as np
 

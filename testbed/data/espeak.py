@@ -1,4 +1,4 @@
-"""A ctypes binding to the libespeak-ng shipped by the espeakng-loader wheel: text -> float32 audio."""
+"""A ctypes binding to the libespeak-ng of the espeakng-loader wheel: text -> float32 audio."""
 
 import ctypes
 import os
@@ -50,7 +50,9 @@ def _load_library() -> ctypes.CDLL:
 
 class Synthesizer:
     """eSpeak NG in this process. The library keeps global state and is not thread-safe, so there
-    is at most one instance per process (use `Synthesizer.shared()`); calls are serialised."""
+    is at most one instance per process (use `Synthesizer.shared()`); calls are serialised.
+    Output is reproducible only for the same sequence of calls in a fresh process: eSpeak's
+    pitch flutter continues from the previous utterance (see testbed.data.synth)."""
 
     _instance: "Synthesizer | None" = None
     _instance_pid: int | None = None
@@ -61,6 +63,7 @@ class Synthesizer:
 
         self._lib = _load_library()
         self._chunks: list[np.ndarray] = []
+        self._voice: str | None = None
         self._callback = _CALLBACK(self._collect)  # keep a reference: C holds the pointer
         data_path = espeakng_loader.get_data_path().encode()
         # buflength 0 = default 60 ms chunks; the return value is the output rate in Hz
@@ -108,7 +111,7 @@ class Synthesizer:
         return samples.astype(np.float32) / 32768.0
 
     def _set_voice(self, voice: str) -> None:
-        if getattr(self, "_voice", None) != voice:  # loading a voice re-reads its dictionary
+        if self._voice != voice:  # loading a voice re-reads its dictionary
             self._check(self._lib.espeak_SetVoiceByName(voice.encode()), f"voice {voice!r}")
             self._voice = voice
 

@@ -1,4 +1,4 @@
-"""Corpus layouts on disk (Speech Commands v2, CSV/JSONL manifest, FSDD) read into Utterance lists."""
+"""Corpus layouts on disk (Speech Commands v2, CSV/JSONL manifest, FSDD) read as Utterances."""
 
 import csv
 import hashlib

@@ -10,9 +10,14 @@ WINDOW = 400  # samples: the CNN's receptive field (25 ms)
 
 
 def mfcc_frames(waveforms: torch.Tensor, n_mfcc: int = 13) -> torch.Tensor:
-    """(batch, samples) -> (batch, frames, 3 * n_mfcc): MFCC with deltas and delta-deltas."""
+    """(batch, samples) -> (batch, frames, 3 * n_mfcc): MFCC with deltas and delta-deltas.
+
+    Clips are first normalised as the backbone sees them (zero mean, unit variance), so targets
+    carry no absolute level the model could not infer from its own input.
+    """
     import torchaudio
 
+    waveforms = (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)
     transform = torchaudio.transforms.MFCC(
         sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc,
         melkwargs=dict(n_fft=WINDOW, win_length=WINDOW, hop_length=HOP, n_mels=40, center=False))

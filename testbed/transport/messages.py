@@ -25,7 +25,7 @@ FLOAT_DTYPES = {"float32", "float16"}
 BODIES: dict[str, dict[str, type]] = {
     "JOIN": {"profile": str, "task": str, "pid": int},          # client -> aggregator
     "WELCOME": {"run": dict},                                    # aggregator -> client: run settings
-    "ROUND": {"deadline_s": float, "max_exit": int},             # aggregator -> client: a round starts
+    "ROUND": {"deadline_s": float, "depth": int},                # aggregator -> client: a round starts (depth 0: yours to choose)
     "FETCH": {"depth": int},                                     # client -> aggregator: send layers <= depth
     "MODEL": {"depth": int},                                     # aggregator -> client: + tensors
     "UPDATE": {"depth": int, "samples": int, "loss": float, "timings": dict},  # client -> aggregator

@@ -1,0 +1,1 @@
+"""The aggregator role: round loop, deadlines, liveness, aggregation through a strategy, evaluation."""

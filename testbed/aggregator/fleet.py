@@ -1,0 +1,53 @@
+"""The aggregator's view of its clients: who joined, what each is doing, who went silent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from testbed.config.loader import ClientSpec
+
+UNRESPONSIVE_S = 3.0  # seconds without any message (heartbeats come every second): straggling
+LOST_S = 10.0  # seconds without any message: lost (dead, frozen or cut off); it may come back
+
+
+@dataclass
+class ClientRecord:
+    spec: ClientSpec
+    joined: bool = False
+    lost: bool = False
+    pid: int | None = None
+    last_seen: float = 0.0  # event-clock seconds
+    state: str = "expected"  # as last reported: idle, downloading, training, uploading, ...
+
+
+@dataclass
+class Fleet:
+    records: dict[str, ClientRecord] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, clients: dict[str, ClientSpec]) -> "Fleet":
+        return cls({cid: ClientRecord(spec) for cid, spec in clients.items()})
+
+    def known(self, client_id: str) -> bool:
+        return client_id in self.records
+
+    def seen(self, client_id: str, now: float) -> bool:
+        """Note a message from a client; True when it was lost and is back."""
+        record = self.records[client_id]
+        record.last_seen = now
+        came_back = record.lost
+        record.lost = False
+        return came_back
+
+    def active(self) -> list[str]:
+        return [cid for cid, r in self.records.items() if r.joined and not r.lost]
+
+    def newly_lost(self, now: float) -> list[str]:
+        """Joined clients silent for LOST_S, marked lost now."""
+        lost = [cid for cid, r in self.records.items() if r.joined and not r.lost and now - r.last_seen > LOST_S]
+        for cid in lost:
+            self.records[cid].lost = True
+        return lost
+
+    def silent(self, client_id: str, now: float) -> bool:
+        return now - self.records[client_id].last_seen > UNRESPONSIVE_S

@@ -1,0 +1,85 @@
+"""One round as the aggregator sees it: who was asked, what each sent, how long each phase took."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from testbed.strategies.base import ClientUpdate
+
+FINISHED = ("updated", "lost", "skipped")  # statuses after which the round no longer waits for a client
+TIMING_KEYS = ("download_s", "compute_s", "elapsed_s")
+
+
+@dataclass
+class ClientRow:
+    client: str
+    profile: str
+    task: str
+    status: str = "asked"  # asked -> fetched -> updated | straggler | lost | skipped
+    depth: int = 0
+    download_s: float | None = None
+    compute_s: float | None = None
+    upload_s: float | None = None
+    idle_s: float | None = None
+    bytes_down: int = 0
+    bytes_up: int = 0
+    samples: int = 0
+    loss: float | None = None
+    peak_mb: float | None = None
+    finished_t: float | None = None  # event clock when its update arrived
+
+
+@dataclass
+class Round:
+    index: int
+    started_t: float  # event-clock seconds when ROUND went out
+    deadline_s: float
+    rows: dict[str, ClientRow] = field(default_factory=dict)
+    updates: list[ClientUpdate] = field(default_factory=list)
+
+    @property
+    def deadline_t(self) -> float:
+        return self.started_t + self.deadline_s
+
+    def waiting_for(self) -> list[str]:
+        return [cid for cid, row in self.rows.items() if row.status not in FINISHED]
+
+    def accept_update(self, row: ClientRow, body: dict, tensors: dict, nbytes: int, now: float) -> str | None:
+        """Record a validated UPDATE; returns a rejection reason for bad bookkeeping fields."""
+        timings = body["timings"]
+        if not all(isinstance(timings.get(k), (int, float)) and math.isfinite(timings[k]) and timings[k] >= 0
+                   for k in TIMING_KEYS):
+            return f"timings must hold finite non-negative {', '.join(TIMING_KEYS)}"
+        if body["samples"] < 1:
+            return f"samples must be >= 1 (got {body['samples']})"
+        row.status, row.finished_t, row.bytes_up = "updated", now, nbytes
+        row.samples, row.loss, row.peak_mb = body["samples"], float(body["loss"]), body.get("peak_mb")
+        row.download_s, row.compute_s = timings["download_s"], timings["compute_s"]
+        # the client counts from the moment ROUND reached it; the rest of our clock is the upload
+        row.upload_s = max(0.0, (now - self.started_t) - timings["elapsed_s"])
+        self.updates.append(ClientUpdate(row.client, row.samples, row.depth, row.task, tensors))
+        return None
+
+    def close(self, now: float) -> dict:
+        """Mark stragglers, fill idle times; returns the round's summary (one event, one CSV row)."""
+        wall_s = now - self.started_t
+        for row in self.rows.values():
+            if row.status in ("asked", "fetched"):
+                row.status = "straggler"
+            if row.status == "updated":
+                row.idle_s = max(0.0, wall_s - (row.finished_t - self.started_t))
+        statuses = [row.status for row in self.rows.values()]
+        return {"round": self.index, "started_t": round(self.started_t, 3), "wall_s": round(wall_s, 3),
+                "deadline_s": self.deadline_s, "selected": len(self.rows), "updates": statuses.count("updated"),
+                "stragglers": statuses.count("straggler"), "lost": statuses.count("lost"),
+                "bytes_down": sum(r.bytes_down for r in self.rows.values()),
+                "bytes_up": sum(r.bytes_up for r in self.rows.values())}
+
+    def client_rows(self) -> list[dict]:
+        rows = []
+        for row in self.rows.values():
+            data = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(row).items()}
+            data.pop("finished_t")
+            rows.append({"round": self.index, **data})
+        return rows

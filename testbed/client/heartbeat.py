@@ -1,0 +1,36 @@
+"""A background thread that tells the aggregator this process is alive, and what it is doing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import zmq
+
+from testbed.transport.endpoint import Dealer
+from testbed.transport.messages import Message
+
+HEARTBEAT_S = 1.0  # seconds between heartbeats; the aggregator marks a client lost after a few misses
+
+
+class Heartbeat:
+    """Sends HEARTBEAT {state} every second on its own socket (identity '<client>/hb')."""
+
+    def __init__(self, context: zmq.Context, connect: str, client_id: str, curve_dir: Path | None):
+        self.client_id = client_id
+        self.state = "joining"  # read by the thread; plain attribute writes are atomic in CPython
+        self.round = 0
+        self._dealer = Dealer(context, connect, client_id, max_bytes=1 << 16, curve_dir=curve_dir,
+                              routing_id=f"{client_id}/hb")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._dealer.send(Message("HEARTBEAT", self.client_id, self.round, {"state": self.state}))
+        self._dealer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * HEARTBEAT_S)

@@ -1,0 +1,82 @@
+"""What a client computes: its data shard, its copy of the model, one round of local training."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from testbed.client.memory import PeakTracker
+from testbed.config.convert import from_data
+from testbed.config.loader import ClientSpec
+from testbed.config.schema import Scenario
+from testbed.model.backbone import build_backbone
+from testbed.model.early_exit import EarlyExitModel
+from testbed.model.state import load_partial_state, partial_state
+from testbed.model.train import make_optimizer, train_steps
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    tensors: dict[str, np.ndarray]  # layers <= depth and this task's heads <= depth (views of the model)
+    samples: int  # clips seen this round (local_steps x batch)
+    loss: float  # mean training loss
+    compute_s: float  # seconds of local training
+    peak_mb: float  # peak resident memory during the round, MB
+
+
+def to_torch(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Read-only views of received frames as tensors (no copy; they are only read)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return {name: torch.from_numpy(array) for name, array in tensors.items()}
+
+
+class LocalSession:
+    """A client's long-lived state, built from the aggregator's WELCOME."""
+
+    def __init__(self, run: dict, frontend: dict[str, np.ndarray]):
+        from testbed.data.source import task_data
+
+        self.scenario: Scenario = from_data(Scenario, run["scenario"], source="aggregator WELCOME")
+        self.spec: ClientSpec = from_data(ClientSpec, run["client"], source="aggregator WELCOME")
+        self.seed: int = run["seed"]
+        self.task = self.spec.task
+        data = task_data(self.scenario.data, self.task, self.scenario.seed)
+        shard = np.asarray(run["shard"], dtype=np.int64)
+        self.waveforms = torch.from_numpy(np.ascontiguousarray(data.train_waveforms[shard]))
+        self.labels = torch.from_numpy(data.train_labels[shard])
+        spec = self.scenario.backbone
+        backbone = build_backbone(spec.name, spec.family, spec.pretrained, self.scenario.seed, progress=False)
+        self.model = EarlyExitModel(backbone, {self.task: len(data.classes)}, spec.exits,
+                                    spec.freeze_feature_encoder)
+        load_partial_state(self.model, to_torch(frontend))  # the aggregator's frozen front end
+        self.memory = PeakTracker()
+
+    @property
+    def exits(self) -> tuple[int, ...]:
+        return self.model.exits
+
+    def train_round(self, round_index: int, tensors: dict[str, np.ndarray], depth: int, on_step) -> RoundResult:
+        """Load the received layers, train `local_steps` to `depth`, return the trained layers."""
+        self.memory.reset()
+        load_partial_state(self.model, to_torch(tensors))
+        training = self.scenario.training
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + round_index)  # reproducible per round
+
+        def step_done(step: int, loss: float) -> None:
+            self.memory.sample()
+            on_step(step, loss)
+
+        started = time.perf_counter()
+        stats = train_steps(self.model, make_optimizer(self.model, training.learning_rate), self.waveforms,
+                            self.labels, task=self.task, depth=depth, steps=training.local_steps,
+                            batch_size=min(training.batch_size, len(self.waveforms)), loss_mode=training.loss,
+                            generator=generator, on_step=step_done)
+        compute_s = time.perf_counter() - started
+        state = partial_state(self.model, depth, {self.task})
+        return RoundResult({name: value.numpy() for name, value in state.items()}, stats["samples"],
+                           stats["loss"], compute_s, self.memory.peak)

@@ -1,0 +1,50 @@
+"""The event stream: every state change is one JSON line in events.jsonl and one message on a PUB socket.
+
+Events are the single source of truth for the dashboard and the report: each carries
+`seq` (0, 1, ...), `t` (seconds since the run started, this process's monotonic clock),
+`wall` (Unix time) and `kind`, plus kind-specific fields.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+class EventLog:
+    """Append-only event writer (flushed per event) with an optional ZeroMQ PUB mirror."""
+
+    def __init__(self, path: Path, publisher=None, start_seq: int = 0, clock_offset: float = 0.0):
+        self.file = open(path, "a", encoding="utf-8")
+        self.publisher = publisher  # zmq PUB socket or None
+        self.seq = start_seq
+        self.started = time.monotonic() - clock_offset  # a resumed run continues its clock
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def emit(self, kind: str, **fields) -> dict:
+        event = {"seq": self.seq, "t": round(self.now(), 4), "wall": round(time.time(), 3), "kind": kind, **fields}
+        line = json.dumps(event, separators=(",", ":"), allow_nan=False)
+        self.file.write(line + "\n")
+        self.file.flush()
+        if self.publisher is not None:
+            self.publisher.send_string(line)  # PUB never blocks: slow subscribers just miss events
+        self.seq += 1
+        return event
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_events(path: Path) -> list[dict]:
+    """All complete events of a log; a torn last line (crash mid-write) is ignored."""
+    events = []
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return events

@@ -1,0 +1,104 @@
+"""CLI of the runtime: `testbed run`, `testbed aggregator`, `testbed client`, `testbed keys`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from testbed.errors import UserError
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenario", nargs="?", help="scenario YAML (omit with --resume)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario field, e.g. --set rounds=5 --set strategy.name=fedavg_full")
+    parser.add_argument("--out", help="run directory (default: runs/<scenario>-<time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
+
+
+def run(args: argparse.Namespace) -> int:
+    from testbed.launch.run import run as run_scenario
+
+    if bool(args.scenario) == bool(args.resume):
+        raise UserError("give either a SCENARIO or --resume RUN_DIR")
+    if args.resume and (args.overrides or args.out):
+        raise UserError("--resume continues a run as it was: --set and --out are not allowed with it")
+    from testbed.launch.run import read_outcome
+
+    return read_outcome(run_scenario(args.scenario, args.overrides, args.out, args.resume))
+
+
+def add_aggregator_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenario", help="scenario YAML")
+    parser.add_argument("--bind", default="tcp://*:5555", help="where clients connect (default: %(default)s)")
+    parser.add_argument("--publish", default=None, help="event PUB socket, e.g. tcp://*:5556 (default: none)")
+    parser.add_argument("--keys", type=Path, help="CURVE key directory from `testbed keys` (required beyond loopback)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", help="run directory (default: runs/<scenario>-<time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory")
+    parser.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for the fleet")
+
+
+def aggregator(args: argparse.Namespace) -> int:
+    from testbed.aggregator.plan import make_plan
+    from testbed.aggregator.server import Aggregator, write_summary
+    from testbed.config.loader import load_scenario
+    from testbed.launch.run import new_run_dir, prepare_assets
+
+    _require_keys_beyond_loopback(args.bind, args.keys)
+    if args.resume:
+        run_dir = Path(args.resume)
+        scenario = load_scenario(run_dir / "scenario.yaml")
+    else:
+        scenario = load_scenario(args.scenario, args.overrides)
+        run_dir = new_run_dir(scenario, args.out)
+    prepare_assets(scenario)
+    print(f"aggregator for {scenario.name!r}: waiting for {sum(e.count for e in scenario.fleet)} clients on "
+          f"{args.bind}; run directory {run_dir}", flush=True)
+    code = Aggregator(make_plan(scenario), run_dir, bind=args.bind, publish=args.publish, curve_dir=args.keys,
+                      resume=bool(args.resume), join_timeout_s=args.join_timeout).run()
+    summary = write_summary(run_dir)
+    print(f"run {summary['status']}: {summary['rounds_completed']} rounds; results in {run_dir}")
+    return code
+
+
+def add_client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--connect", required=True, help="the aggregator's address, e.g. tcp://host:5555")
+    parser.add_argument("--id", required=True, dest="client_id", help="this client's id in the fleet, e.g. c07")
+    parser.add_argument("--keys", type=Path, help="CURVE key directory holding server.key and clients/<id>.key_secret")
+    parser.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for the aggregator")
+
+
+def client(args: argparse.Namespace) -> int:
+    from testbed.client.worker import run_client
+
+    _require_keys_beyond_loopback(args.connect, args.keys)
+    return run_client(args.connect, args.client_id, curve_dir=args.keys, join_timeout_s=args.join_timeout)
+
+
+def add_keys_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", type=Path, help="where to write the keys")
+    parser.add_argument("--clients", help="comma-separated client ids, e.g. c00,c01")
+    parser.add_argument("--scenario", help="take the client ids from this scenario's fleet")
+
+
+def keys(args: argparse.Namespace) -> int:
+    from testbed.config.loader import load_scenario, resolve_fleet
+    from testbed.transport.keys import generate_keys
+
+    ids = [c for c in (args.clients or "").split(",") if c]
+    if args.scenario:
+        ids += [spec.client_id for spec in resolve_fleet(load_scenario(args.scenario))]
+    if not ids:
+        raise UserError("name the clients: --clients c00,c01,... or --scenario SCENARIO")
+    generate_keys(args.directory, sorted(set(ids)))
+    print(f"CURVE keys for the aggregator and {len(set(ids))} clients in {args.directory}: give each client host "
+          f"{args.directory}/server.key and its own clients/<id>.key_secret")
+    return 0
+
+
+def _require_keys_beyond_loopback(address: str, keys: Path | None) -> None:
+    """TCP beyond loopback requires CURVE (DESIGN 7)."""
+    if keys is None and address.startswith("tcp://") and not any(
+            host in address for host in ("127.0.0.1", "localhost", "[::1]")):
+        raise UserError(f"{address}: TCP beyond loopback requires CURVE keys (--keys DIR, made by `testbed keys`)")

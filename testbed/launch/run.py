@@ -1,0 +1,97 @@
+"""`testbed run`: one aggregator process and one process per client, a run directory, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from testbed.config.convert import to_data
+from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
+from testbed.config.schema import Scenario
+from testbed.errors import UserError
+from testbed.launch.console import EventPrinter
+from testbed.launch.processes import ProcessGroup
+
+PRELOAD = ["testbed.launch.entry"]
+
+
+def new_run_dir(scenario: Scenario, out: str | None) -> Path:
+    if out:
+        run_dir = Path(out)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"--out {run_dir} exists and is not empty (use --resume {run_dir} to continue it)")
+    else:
+        run_dir = Path("runs") / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_scenario(scenario, run_dir / "scenario.yaml")
+    fleet = [to_data(client) for client in resolve_fleet(scenario)]  # profiles and links in full
+    (run_dir / "fleet.json").write_text(json.dumps(fleet, indent=1))
+    return run_dir
+
+
+def prepare_assets(scenario: Scenario) -> None:
+    """Build what every process will read from the cache (corpus, waveforms, pretrained backbone) once, here."""
+    from testbed.data.source import task_data
+    from testbed.model.backbone import build_backbone
+
+    for task in sorted({client.task for client in resolve_fleet(scenario)}):
+        task_data(scenario.data, task, scenario.seed)
+    spec = scenario.backbone
+    build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
+
+
+def run(scenario_path: str | None, overrides: list[str], out: str | None = None, resume: str | None = None,
+        printer: EventPrinter | None = None) -> Path:
+    """Run a scenario to the end (or Ctrl-C) and return its run directory."""
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "scenario.yaml").exists():
+            raise UserError(f"--resume {run_dir}: not a run directory (no scenario.yaml)")
+        scenario = load_scenario(run_dir / "scenario.yaml")
+    else:
+        scenario = load_scenario(scenario_path, overrides)
+        run_dir = new_run_dir(scenario, out)
+    prepare_assets(scenario)
+    sockets = Path(tempfile.mkdtemp(prefix="testbed-"))  # short path: ipc names are limited to ~100 bytes
+    router, events = f"ipc://{sockets}/router", f"ipc://{sockets}/events"
+    (run_dir / "endpoints.json").write_text(json.dumps({"router": router, "events": events}))
+    group = ProcessGroup(PRELOAD)
+    printer = printer or EventPrinter(run_dir / "events.jsonl")
+    interrupted = []
+    previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from testbed.launch import entry
+
+        aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, bool(resume))
+        for client in resolve_fleet(scenario):
+            group.start(client.client_id, entry.client_main, router, client.client_id, str(run_dir))
+        while aggregator.is_alive() and not interrupted:
+            printer.poll()
+            time.sleep(0.2)
+        if interrupted:  # the aggregator says BYE and records run_interrupted; then everyone goes
+            aggregator.terminate()
+            aggregator.join(3.0)
+    finally:
+        group.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for leftover in sockets.iterdir():
+            leftover.unlink()
+        sockets.rmdir()
+    printer.poll()
+    from testbed.aggregator.server import write_summary
+
+    summary = write_summary(run_dir)
+    printer.finish(run_dir, summary, aggregator.exitcode)
+    return run_dir
+
+
+def read_outcome(run_dir: Path) -> int:
+    """Exit code of `testbed run`: 0 finished, 130 interrupted, 1 otherwise."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"finished": 0, "interrupted": 130}.get(summary["status"], 1)

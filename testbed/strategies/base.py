@@ -1,0 +1,105 @@
+"""The strategy seam: `Strategy.aggregate` owns the per-key weighted-average loop, subclasses override hooks.
+
+Pure NumPy (no zmq, no torch), in the spirit of Flower's strategy base class: each algorithm is one
+small file that overrides `client_depth`, `weight` or `contributors`; straggler handling (deadlines,
+over-selection) wraps a strategy instead of copying it (DESIGN 4.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+WEIGHTINGS = ("samples_depth", "samples")  # mirrors testbed.config.names.WEIGHTINGS (a test checks it)
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client sent back for one round."""
+
+    client: str  # e.g. "c03"
+    samples: int  # n_k: local training samples seen this round
+    depth: int  # L_k: deepest transformer layer trained (1-based)
+    task: str  # "keyword" | "speaker"
+    tensors: Mapping[str, np.ndarray]  # embed + layers <= depth + this task's heads <= depth; never mutated
+
+
+class Strategy:
+    """Layer-by-layer weighted averaging: θ_key = Σ_k w_k θ_k,key / Σ_k w_k over the key's contributors.
+
+    Numerics: each key is accumulated in float64 (one accumulator + one scratch buffer for the key
+    being averaged, never a stack of all updates), then cast back to the global array's dtype, so
+    float32 in gives float32 out and the rounding error is one float32 rounding per key.
+    Peak memory is about the old state + the new state + two float64 copies of the largest key.
+    """
+
+    name = "base"
+    cites = ""
+
+    def __init__(self, weighting: str = "samples_depth"):
+        # every strategy accepts the scenario's `weighting`; only depth_aware reads it
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting '{weighting}' (allowed: {', '.join(sorted(WEIGHTINGS))})")
+        self.weighting = weighting
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def client_depth(self, chosen: int, full_depth: int) -> int:
+        """The depth a client is told to train; `chosen` is its own choice (0 = let the client decide)."""
+        return chosen
+
+    def weight(self, update: ClientUpdate) -> float:
+        """Un-normalised weight of one client's update: n_k (FedAvg)."""
+        return float(update.samples)
+
+    def contributors(self, key: str, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """The updates averaged into `key`: those that trained it (S_l for layers, same-task clients for heads)."""
+        return [update for update in updates if key in update.tensors]
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def normalised_weights(self, key: str, updates: list[ClientUpdate]) -> list[tuple[ClientUpdate, float]]:
+        """(update, weight) for the contributors of `key`, weights summing to one; [] when nobody counts."""
+        pairs = [(update, self.weight(update)) for update in self.contributors(key, updates)]
+        for update, weight in pairs:
+            if not (np.isfinite(weight) and weight >= 0):
+                raise ValueError(f"{self.name}: client {update.client}: weight {weight} is not finite and >= 0")
+        total = sum(weight for _, weight in pairs)
+        if total <= 0:  # only zero-weight contributors: nothing to learn from, keep the global value
+            return []
+        return [(update, weight / total) for update, weight in pairs if weight > 0]
+
+    def aggregate(self, global_state: dict[str, np.ndarray],
+                  updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
+        """A new state with every key of `global_state`; a key nobody trained keeps its global array."""
+        check_updates(global_state, updates)
+        new_state = {}
+        for key, current in global_state.items():
+            weights = self.normalised_weights(key, updates)
+            new_state[key] = _average(current, key, weights) if weights else current
+        return new_state
+
+
+def check_updates(global_state: Mapping[str, np.ndarray], updates: list[ClientUpdate]) -> None:
+    """Guard (the aggregator validates earlier): every uploaded key exists globally with the same shape."""
+    for update in updates:
+        for key, value in update.tensors.items():
+            if key not in global_state:
+                raise ValueError(f"client {update.client}: unknown state key '{key}'")
+            if np.shape(value) != np.shape(global_state[key]):
+                raise ValueError(f"client {update.client}: state key '{key}': shape {np.shape(value)}, "
+                                 f"expected {np.shape(global_state[key])}")
+
+
+def _average(current: np.ndarray, key: str, weights: list[tuple[ClientUpdate, float]]) -> np.ndarray:
+    """Σ w_k θ_k for normalised weights, streamed one update at a time in float64."""
+    total = np.zeros(np.shape(current), dtype=np.float64)
+    scratch = np.empty_like(total)  # reused: w_k * θ_k without a new temporary per client
+    for update, weight in weights:
+        # explicit float64 so a float32 input is never multiplied in float32 (NumPy 1 vs 2 casting rules)
+        np.multiply(update.tensors[key], np.float64(weight), out=scratch, dtype=np.float64)
+        total += scratch
+    dtype = np.asarray(current).dtype
+    if not np.issubdtype(dtype, np.inexact):  # integer buffers: the nearest integer, not a truncation
+        np.rint(total, out=total)
+    return total.astype(dtype)
