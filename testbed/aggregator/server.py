@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -81,8 +82,9 @@ class Aggregator:
     # ---------------------------------------------------------------- the run, one screen
     def run(self) -> int:
         self._install_signal_handlers()
-        self.events.emit("run_started", scenario=self.scenario.name, rounds=self.scenario.rounds,
+        self.events.emit("run_started", scenario=self.scenario.name, rounds=self.scenario.rounds, pid=os.getpid(),
                          first_round=self.first_round, address=self.router.address,
+                         max_message_bytes=self.router.max_bytes,
                          clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
         try:
             self._wait_for_clients()  # every client of the fleet joins (or the join timeout passes)
@@ -95,7 +97,8 @@ class Aggregator:
                 self.events.emit("round_closed", **summary, clients=self.round.client_rows())
                 # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
                 started = time.perf_counter()
-                self.model.load(self.strategy.aggregate(self.model.state, self.round.updates))
+                updates = sorted(self.round.updates, key=lambda u: u.client)  # arrival order must not matter
+                self.model.load(self.strategy.aggregate(self.model.state, updates))
                 summary.update(aggregate_s=round(time.perf_counter() - started, 4), digest=self.model.digest())
                 save_checkpoint(self.run_dir, index, self.model.state,
                                 {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()})
@@ -133,8 +136,9 @@ class Aggregator:
     def _serve_until(self, done, deadline_t: float) -> None:
         while not done() and (left := deadline_t - self.events.now()) > 0:
             received = self.router.poll(min(POLL_S, left))
-            if received is not None:
+            while received is not None:  # drain the queue first: heartbeats may have piled up
                 self._handle(received)
+                received = self.router.poll(0)
             for cid in self.fleet.newly_lost(self.events.now()):
                 self.events.emit("client_lost", client=cid)
                 if self.round is not None and cid in self.round.waiting_for():
@@ -185,6 +189,9 @@ class Aggregator:
             return self._drop(received, f"{message.type} from {message.client} before it joined")
         if self.fleet.seen(message.client, self.events.now()):
             self.events.emit("client_rejoined", client=message.client)
+            row = self.round.rows.get(message.client) if self.round is not None else None
+            if row is not None and row.status == "lost" and row.depth == 0:
+                row.status = "asked"  # back before it fetched anything: it can still take part
         handler = getattr(self, f"_on_{message.type.lower()}", None)
         if handler is None:
             return self._drop(received, f"{message.type} is not a message clients send")
@@ -237,9 +244,9 @@ class Aggregator:
         if depth not in self.model.exits:
             return f"FETCH depth {depth} is not an exit (allowed: {list(self.model.exits)})"
         tensors = self.model.tensors_for(depth, row.task)
-        self.router.send(received.identity, Message("MODEL", message.client, message.round, {"depth": depth}, tensors))
+        row.bytes_down = self.router.send(received.identity,
+                                          Message("MODEL", message.client, message.round, {"depth": depth}, tensors))
         row.status, row.depth = "fetched", depth
-        row.bytes_down = sum(t.nbytes for t in tensors.values())
         self.events.emit("model_sent", client=message.client, round=message.round, depth=depth, bytes=row.bytes_down)
 
     def _on_update(self, message: Message, received: Received) -> str | None:

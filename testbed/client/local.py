@@ -65,7 +65,9 @@ class LocalSession:
         self.memory.reset()
         load_partial_state(self.model, to_torch(tensors))
         training = self.scenario.training
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + round_index)  # reproducible per round
+        round_seed = self.seed * 100_003 + round_index
+        generator = torch.Generator().manual_seed(round_seed)  # batch order, reproducible per round
+        torch.manual_seed(round_seed)  # dropout
 
         def step_done(step: int, loss: float) -> None:
             self.memory.sample()

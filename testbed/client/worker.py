@@ -30,7 +30,8 @@ class ClientWorker:
         self.client_id, self.join_timeout_s, self.profile = client_id, join_timeout_s, profile
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
-        self.heartbeat = Heartbeat(self.context, connect, client_id, curve_dir)
+        self.heartbeat: Heartbeat | None = None  # started once joined
+        self.connect, self.curve_dir = connect, curve_dir
         self.session = None
         self.policy = None
         self.idle_timeout_s = join_timeout_s
@@ -46,7 +47,8 @@ class ClientWorker:
             log.info("%s: stopping (%s)", self.client_id, stop)
             return 0
         finally:
-            self.heartbeat.stop()
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             self.dealer.close()
             self.context.term()
 
@@ -62,6 +64,7 @@ class ClientWorker:
                 welcome = self._receive(JOIN_RETRY_S, wanted="WELCOME")
             except TimeoutError:
                 continue
+            self.heartbeat = Heartbeat(self.context, self.connect, self.client_id, self.curve_dir)
             self.heartbeat.state = "loading"
             self.session = LocalSession(welcome.body["run"], welcome.tensors)
             policy = self.session.scenario.exit_policy

@@ -11,7 +11,7 @@ from testbed.errors import ConfigError
 
 
 class StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads `5e-4` as a float (YAML 1.2, not 1.1)."""
+    """SafeLoader that rejects duplicate keys, reads `5e-4` as a float and only true/false as booleans (YAML 1.2)."""
 
 
 def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict:
@@ -28,6 +28,13 @@ def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict:
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.2 booleans: only true/false. In YAML 1.1 `yes`, `no`, `on`, `off` are booleans too, which
+# would turn Speech Commands words (`words: [yes, no, on, off]`) into true/false.
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 StrictLoader.add_implicit_resolver(  # YAML 1.1 needs a dot ("5.0e-4"); people write 5e-4
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))

@@ -44,6 +44,14 @@ class ProcessGroup:
         self.processes[name] = process
         return process
 
+    def pids(self) -> dict[str, int]:
+        """Every process started, by name, plus the fork server they were forked from."""
+        from multiprocessing import forkserver
+
+        pids = {name: p.pid for name, p in self.processes.items()}
+        server = getattr(forkserver._forkserver, "_forkserver_pid", None)  # private, but the only handle
+        return {**pids, "forkserver": server} if server else pids
+
     def alive(self) -> list[str]:
         return [name for name, p in self.processes.items() if p.is_alive()]
 
@@ -59,3 +67,17 @@ class ProcessGroup:
             if process.is_alive():
                 process.kill()
                 process.join(1.0)
+        self._stop_fork_server()
+
+    @staticmethod
+    def _stop_fork_server() -> None:
+        """The fork server would exit on its own once we do; stop it now so nothing outlives the run."""
+        from multiprocessing import forkserver
+
+        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass

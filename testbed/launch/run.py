@@ -70,6 +70,7 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, bool(resume))
         for client in resolve_fleet(scenario):
             group.start(client.client_id, entry.client_main, router, client.client_id, str(run_dir))
+        (run_dir / "processes.json").write_text(json.dumps(group.pids()))  # for `ps`, and for the tests
         while aggregator.is_alive() and not interrupted:
             printer.poll()
             time.sleep(0.2)

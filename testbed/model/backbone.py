@@ -37,6 +37,10 @@ def _config_class(family: str):
 
 def _model_class(family: str):
     from transformers import HubertModel, Wav2Vec2Model, WavLMModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bars in logs and dashboards
+    transformers_logging.set_verbosity_error()
 
     return {"wav2vec2": Wav2Vec2Model, "hubert": HubertModel, "wavlm": WavLMModel}[family]
 

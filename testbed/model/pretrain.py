@@ -62,8 +62,10 @@ def pretrain(waveforms: torch.Tensor, settings: PretrainSettings, progress: bool
             targets = clusterer(batch)  # (batch, frames)
             mask = span_mask(*targets.shape, settings.mask_prob, settings.mask_length, generator)
             *_, (_, hidden) = model.hidden_states(batch, model.num_layers, mask=mask)
-            logits = predictor(hidden[mask])  # masked frames only: (masked, clusters)
+            logits = predictor(hidden[mask])  # masked frames: (masked, clusters)
             loss = F.cross_entropy(logits, targets[mask])
+            if settings.unmasked_weight > 0:
+                loss = loss + settings.unmasked_weight * F.cross_entropy(predictor(hidden[~mask]), targets[~mask])
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, settings)
             optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ class PretrainSettings:
     clusters: int = 64  # k-means targets
     mask_prob: float = 0.8  # span starts per clip = mask_prob * frames / mask_length (~55 % masked)
     mask_length: int = 5  # frames (100 ms)
+    unmasked_weight: float = 0.0  # HuBERT's alpha complement: weight of the loss on unmasked frames
     corpus_seed: int = 0  # which built-in corpus
     seed: int = 0
 

@@ -1,0 +1,31 @@
+"""Shared fixtures: a private cache (corpus synthesised once per session) and real `testbed` runs."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """A private TESTBED_CACHE for the session; tests never touch the user's cache."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["TESTBED_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture
+def write_scenario(tmp_path, cache):
+    """Write a small scenario (debug backbone, 3 words) and return its path; kwargs override YAML text."""
+    def write(name: str = "t", **sections) -> Path:
+        text = {
+            "name": name, "rounds": 2, "deadline_s": 20, "eval_every": 1,
+            "data": "{words: [yes, no, up]}", "backbone": "{name: debug}",
+            "training": "{local_steps: 3, batch_size: 8}",
+            "fleet": "[{profile: laptop, count: 2}, {profile: rpi4, task: speaker}]",
+        }
+        text.update({k: str(v) for k, v in sections.items()})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text("".join(f"{key}: {value}\n" for key, value in text.items()))
+        return path
+    return write

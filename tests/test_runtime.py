@@ -1,0 +1,131 @@
+"""`testbed run` over real processes and real sockets: completion, records, faults, Ctrl-C, resume."""
+
+import csv
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import zmq
+
+from runs import alive, events, run, start, wait_for_event
+from testbed.transport.messages import Message, encode
+
+
+def finished(result) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_run_completes_with_one_process_per_client_and_full_records(write_scenario, tmp_path):
+    out = tmp_path / "run"
+    finished(run("run", str(write_scenario()), "--out", str(out)))
+    for name in ("scenario.yaml", "fleet.json", "events.jsonl", "rounds.csv", "clients.csv", "summary.json"):
+        assert (out / name).exists(), name
+    log = events(out)
+    joined = {e["client"]: e["pid"] for e in log if e["kind"] == "client_joined"}
+    aggregator_pid = next(e["pid"] for e in log if e["kind"] == "run_started")
+    assert len(joined) == 3 and len(set(joined.values()) | {aggregator_pid, os.getpid()}) == 5
+    rows = list(csv.DictReader(open(out / "clients.csv")))
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"updated"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["rounds_completed"] == 2
+    # a client at depth 1 (rpi4: first exit) moves fewer bytes than one at depth 2, both ways
+    per_depth = summary["per_depth"]
+    assert per_depth["1"]["mean_bytes_up"] < per_depth["2"]["mean_bytes_up"]
+    assert per_depth["1"]["mean_bytes_down"] < per_depth["2"]["mean_bytes_down"]
+    assert set(summary["final_accuracy"]) == {"round", "keyword", "speaker"}
+    assert all(not alive(pid) for pid in json.loads((out / "processes.json").read_text()).values())
+
+
+def test_a_client_killed_mid_round_makes_the_round_close_at_its_deadline(write_scenario, tmp_path):
+    out = tmp_path / "run"
+    scenario = write_scenario(rounds=3, deadline_s=6, training="{local_steps: 400, batch_size: 8}")
+    process = start("run", str(scenario), "--out", str(out))
+    victim = wait_for_event(out, lambda e: e["kind"] == "client_progress" and e["client"] == "c01"
+                            and e["round"] == 1)
+    pid = next(e["pid"] for e in events(out) if e["kind"] == "client_joined" and e["client"] == "c01")
+    os.kill(pid, signal.SIGKILL)
+    process.communicate(timeout=180)
+    assert process.returncode == 0
+    closed = {e["round"]: e for e in events(out) if e["kind"] == "round_closed"}
+    status = {row["client"]: row["status"] for row in closed[1]["clients"]}
+    assert status["c01"] in ("straggler", "lost") and victim["round"] == 1
+    assert closed[1]["wall_s"] <= 6 + 1.0  # closed at its deadline, not later
+    assert "c01" not in [row["client"] for row in closed[3]["clients"]]  # lost clients are not asked again
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 3
+
+
+def test_ctrl_c_stops_every_process_within_five_seconds(write_scenario, tmp_path):
+    out = tmp_path / "run"
+    process = start("run", str(write_scenario(rounds=50)), "--out", str(out))
+    wait_for_event(out, lambda e: e["kind"] == "round_closed")
+    pids = json.loads((out / "processes.json").read_text())
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    process.communicate(timeout=10)
+    deadline = started + 5.0
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [name for name, pid in pids.items() if alive(pid)]
+    assert process.returncode == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] >= 1
+
+
+def test_resume_after_the_aggregator_is_killed_loses_no_round_and_matches_an_uninterrupted_run(
+        write_scenario, tmp_path):
+    scenario = write_scenario(rounds=4, eval_every=4)
+    reference = tmp_path / "reference"
+    finished(run("run", str(scenario), "--out", str(reference)))
+    out = tmp_path / "run"
+    process = start("run", str(scenario), "--out", str(out))
+    wait_for_event(out, lambda e: e["kind"] == "round_aggregated" and e["round"] == 2)
+    os.kill(json.loads((out / "processes.json").read_text())["aggregator"], signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    before = {e["round"]: e["digest"] for e in events(out) if e["kind"] == "round_aggregated"}
+    finished(run("run", "--resume", str(out)))
+    log = events(out)
+    resumed = next(e for e in log if e["kind"] == "run_resumed")
+    after = {e["round"]: e["digest"] for e in log if e["kind"] == "round_aggregated"}
+    assert resumed["digest"] == before[resumed["from_round"]]
+    assert all(after[r] == digest for r, digest in before.items())  # completed rounds are kept as they were
+    expected = {e["round"]: e["digest"] for e in events(reference) if e["kind"] == "round_aggregated"}
+    assert after == expected  # and the resumed run ends in the same global state as an uninterrupted one
+
+
+def test_malformed_messages_are_dropped_with_a_reason_while_the_run_goes_on(write_scenario, tmp_path):
+    out = tmp_path / "run"
+    process = start("run", str(write_scenario(rounds=4)), "--out", str(out))
+    limit = wait_for_event(out, lambda e: e["kind"] == "run_started")["max_message_bytes"]
+    wait_for_event(out, lambda e: e["kind"] == "round_started")
+    router = json.loads((out / "endpoints.json").read_text())["router"]
+    context = zmq.Context()
+    intruder = context.socket(zmq.DEALER)
+    intruder.setsockopt(zmq.ROUTING_ID, b"intruder")  # (a second socket claiming 'c00' is refused by ZeroMQ)
+    intruder.connect(router)
+    body = {"depth": 1, "samples": 8, "loss": 0.1, "timings": {}}
+    good = encode(Message("UPDATE", "c00", 1, body, {"w": np.ones(4, np.float32)}))
+    attacks = [
+        [good[0], bytes(good[1])[:-3]],  # truncated tensor frame
+        [good[0]],  # tensor frame missing
+        [encode(Message("HEARTBEAT", "c00", 0, {"state": "idle"}))[0].replace(b"\xa1v\x01", b"\xa1v\x09")],
+        [good[0], np.array([np.nan] * 4, np.float32).tobytes()],  # NaN update
+        [b"\x92\x01\x02"],  # msgpack, but a list, not an envelope
+        [good[0], b"x" * (limit + 1000)],  # beyond the size limit (a frame beyond twice it: disconnected)
+    ]
+    for frames in attacks:
+        intruder.send_multipart(frames)
+    stranger = context.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.ROUTING_ID, b"nobody")
+    stranger.connect(router)
+    stranger.send_multipart(encode(Message("JOIN", "nobody", 0, {"profile": "", "task": "", "pid": 1})))
+    process.communicate(timeout=180)
+    intruder.close(0), stranger.close(0), context.term()
+    assert process.returncode == 0
+    reasons = [e["reason"] for e in events(out) if e["kind"] == "message_dropped"]
+    for expected in ("truncated", "0 tensor frames", "protocol version 9", "NaN or Inf", "not a map",
+                     "oversized", "unknown client 'nobody'"):
+        assert any(expected in reason for reason in reasons), (expected, reasons)
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 4
