@@ -56,7 +56,8 @@ BAD_SCENARIOS = [
     ("name: t\nrounds: 2.5\n" + FLEET, "rounds", ["expected an integer", "2.5 (number)"]),
     ("name: t\nrounds: 0\n" + FLEET, "rounds", ["0 is out of range", "allowed: x >= 1"]),
     ("name: t\ndeadline_s: -1\n" + FLEET, "deadline_s", ["-1 is out of range", "x > 0"]),
-    ("name: t\ndeadline_s: yes\n" + FLEET, "deadline_s", ["expected a number (x > 0)", "true (boolean)"]),
+    ("name: t\ndeadline_s: true\n" + FLEET, "deadline_s", ["expected a number (x > 0)", "true (boolean)"]),
+    ("name: t\ndeadline_s: yes\n" + FLEET, "deadline_s", ["expected a number (x > 0)", "'yes' (string)"]),
     ("name: t\ndeadline_s: .nan\n" + FLEET, "deadline_s", ["finite number"]),
     ("name: t\nstrategy: {name: fedprox}\n" + FLEET, "strategy.name",
      ["unknown strategy 'fedprox'", "fedavg_full", "fedavg_drop", "layerwise", "depth_aware", "depthfl"]),
@@ -376,3 +377,9 @@ def test_cli_bad_file_is_one_line_exit_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{bad}: fleet[2].profile: unknown profile 'rpi9' (allowed: jetson_orin_nano, laptop" in lines[0]
+
+
+def test_speech_commands_words_stay_words_not_booleans(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\ndata: {words: [yes, no, on, off]}\n" + FLEET)
+    assert load_scenario(path).data.words == ("yes", "no", "on", "off")

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import time
 
 import numpy as np
@@ -129,3 +130,39 @@ def test_malformed_messages_are_dropped_with_a_reason_while_the_run_goes_on(writ
                      "oversized", "unknown client 'nobody'"):
         assert any(expected in reason for reason in reasons), (expected, reasons)
     assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 4
+
+
+def test_multi_host_commands_over_tcp_with_curve_refuse_an_unknown_key(write_scenario, tmp_path):
+    scenario = write_scenario(fleet="[{profile: laptop, count: 2}]")
+    finished(run("keys", str(tmp_path / "keys"), "--scenario", str(scenario)))
+    finished(run("keys", str(tmp_path / "rogue"), "--clients", "c01"))
+    (tmp_path / "rogue" / "server.key").write_bytes((tmp_path / "keys" / "server.key").read_bytes())
+    with socket.socket() as probe:  # a free port on loopback
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    aggregator = start("aggregator", str(scenario), "--bind", f"tcp://127.0.0.1:{port}", "--keys",
+                       str(tmp_path / "keys"), "--out", str(out), "--join-timeout", "15")
+    address = f"tcp://127.0.0.1:{port}"
+    good = start("client", "--connect", address, "--id", "c00", "--keys", str(tmp_path / "keys"))
+    rogue = start("client", "--connect", address, "--id", "c01", "--keys", str(tmp_path / "rogue"),
+                  "--join-timeout", "60")
+    try:
+        output, _ = aggregator.communicate(timeout=180)
+        assert aggregator.returncode == 0, output
+        good.communicate(timeout=30)
+        assert good.returncode == 0
+    finally:
+        for process in (aggregator, good, rogue):
+            process.kill()
+            process.wait()
+    log = events(out)
+    assert [e["client"] for e in log if e["kind"] == "client_joined"] == ["c00"]
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 2
+
+
+def test_a_strategy_not_implemented_yet_is_refused_before_anything_starts(write_scenario, tmp_path):
+    result = run("run", str(write_scenario(strategy="{name: fedavg_drop}")), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "strategy.name: 'fedavg_drop' is not implemented yet (available: depth_aware" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="keyword,speaker")
     parser.add_argument("--family", default="wav2vec2")
-    parser.add_argument("--finetune-steps", type=int, default=200, help="same for both inits (~3 min here)")
+    parser.add_argument("--finetune-steps", type=int, default=600, help="same for both inits (~3 min here)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--probe-epochs", type=int, default=300)

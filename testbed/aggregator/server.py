@@ -205,6 +205,8 @@ class Aggregator:
         run = {"scenario": scenario_to_dict(self.scenario), "client": to_data(spec),
                "shard": self.plan.shards[message.client], "seed": client_seed(self.scenario.seed, spec.client_id)}
         self.router.send(received.identity, Message("WELCOME", message.client, 0, {"run": run}, self.model.frontend()))
+        if record.joined and record.pid == message.body["pid"]:
+            return None  # a repeated JOIN (sent before our WELCOME reached it): welcomed again, not news
         record.joined, record.pid = True, message.body["pid"]
         self.events.emit("client_joined", client=message.client, pid=record.pid, profile=spec.profile.name,
                          task=spec.task, link=spec.link.name)

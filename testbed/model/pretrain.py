@@ -3,7 +3,7 @@
 The objective (Hsu et al., 2021, first iteration): k-means (64 clusters) over standardised MFCC +
 deltas at the CNN's 20 ms frame rate gives one discrete target per frame; spans of CNN features are
 replaced by the learned mask embedding and the last transformer layer predicts the targets of the
-masked frames (cross-entropy). Only the training speakers of the built-in corpus are used, so
+masked frames (cross-entropy), plus, weighted by `unmasked_weight`, those of the unmasked frames. Only the training speakers of the built-in corpus are used, so
 held-out speakers stay unseen. The result is cached: only the first run pays.
 """
 
@@ -44,6 +44,16 @@ def learning_rate(step: int, settings: PretrainSettings) -> float:
     return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def prediction_loss(predictor: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                    unmasked_weight: float) -> tuple[torch.Tensor, float]:
+    """Cross-entropy on the masked frames (+ weighted on the unmasked ones) and masked-frame accuracy."""
+    logits = predictor(hidden[mask])  # (masked frames, clusters)
+    loss = F.cross_entropy(logits, targets[mask])
+    if unmasked_weight > 0:
+        loss = loss + unmasked_weight * F.cross_entropy(predictor(hidden[~mask]), targets[~mask])
+    return loss, (logits.argmax(-1) == targets[mask]).float().mean().item()
+
+
 def pretrain(waveforms: torch.Tensor, settings: PretrainSettings, progress: bool = True):
     """Train a tiny backbone from scratch on unlabeled (clips, samples) audio; returns (backbone, metrics)."""
     started = time.perf_counter()
@@ -61,11 +71,8 @@ def pretrain(waveforms: torch.Tensor, settings: PretrainSettings, progress: bool
             batch = waveforms[torch.randint(len(waveforms), (settings.batch_size,), generator=generator)]
             targets = clusterer(batch)  # (batch, frames)
             mask = span_mask(*targets.shape, settings.mask_prob, settings.mask_length, generator)
-            *_, (_, hidden) = model.hidden_states(batch, model.num_layers, mask=mask)
-            logits = predictor(hidden[mask])  # masked frames: (masked, clusters)
-            loss = F.cross_entropy(logits, targets[mask])
-            if settings.unmasked_weight > 0:
-                loss = loss + settings.unmasked_weight * F.cross_entropy(predictor(hidden[~mask]), targets[~mask])
+            *_, (_, hidden) = model.hidden_states(batch, model.num_layers, mask=mask)  # last layer
+            loss, accuracy = prediction_loss(predictor, hidden, targets, mask, settings.unmasked_weight)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, settings)
             optimizer.zero_grad(set_to_none=True)
@@ -73,7 +80,7 @@ def pretrain(waveforms: torch.Tensor, settings: PretrainSettings, progress: bool
             torch.nn.utils.clip_grad_norm_(parameters, 5.0)
             optimizer.step()
             losses.append(loss.item())
-            accuracies.append((logits.argmax(-1) == targets[mask]).float().mean().item())
+            accuracies.append(accuracy)
             advance(loss=sum(losses[-20:]) / len(losses[-20:]))
     window = max(1, settings.steps // 10)
     metrics = dict(seconds=round(time.perf_counter() - started, 1), clips=len(waveforms),
