@@ -26,15 +26,15 @@ class Stop(Exception):
 
 class ClientWorker:
     def __init__(self, connect: str, client_id: str, *, curve_dir: Path | None = None,
-                 join_timeout_s: float = 120.0, profile: str | None = None):
-        self.client_id, self.join_timeout_s, self.profile = client_id, join_timeout_s, profile
+                 join_timeout_s: float = 120.0):
+        self.client_id, self.join_timeout_s = client_id, join_timeout_s
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
         self.heartbeat: Heartbeat | None = None  # started once joined
         self.connect, self.curve_dir = connect, curve_dir
-        self.session = None
+        self.session = None  # LocalSession, built from WELCOME
         self.policy = None
-        self.idle_timeout_s = join_timeout_s
+        self.idle_timeout_s = join_timeout_s  # until WELCOME says the round deadline
 
     def run(self) -> int:
         try:
@@ -57,7 +57,7 @@ class ClientWorker:
         from testbed.client.local import LocalSession
 
         deadline = time.monotonic() + self.join_timeout_s
-        body = {"profile": self.profile or "", "task": "", "pid": os.getpid()}
+        body = {"profile": "", "task": "", "pid": os.getpid()}  # both come from the scenario's fleet
         while time.monotonic() < deadline:
             self.dealer.send(Message("JOIN", self.client_id, 0, body))
             try:
