@@ -154,3 +154,15 @@ def test_debug_backbone_is_deterministic_and_random_tiny_needs_no_cache(tmp_path
     tiny = build_backbone("tiny", pretrained=False)
     assert 5e6 < sum(p.numel() for p in tiny.parameters()) < 15e6
     assert not any(tmp_path.iterdir())
+
+
+def test_optimizer_gives_heads_their_own_rate_and_skips_the_frozen_cnn(debug_model):
+    from testbed.model.train import make_optimizer
+
+    optimizer = make_optimizer(debug_model, 1e-4, 1e-3)
+    body, heads = optimizer.param_groups
+    assert (body["lr"], heads["lr"]) == (1e-4, 1e-3)
+    head_ids = {id(p) for n, p in debug_model.named_parameters() if n.startswith("heads.")}
+    assert {id(p) for p in heads["params"]} == head_ids
+    frozen = {id(p) for n, p in debug_model.named_parameters() if n.startswith("backbone.feature_extractor.")}
+    assert not frozen & {id(p) for p in body["params"]}

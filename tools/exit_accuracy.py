@@ -33,7 +33,7 @@ def probe_accuracy(model: EarlyExitModel, data, epochs: int, seed: int) -> dict[
 
 
 def finetune_accuracy(model: EarlyExitModel, data, task: str, args) -> tuple[dict[int, float], float]:
-    optimizer = make_optimizer(model, args.learning_rate)
+    optimizer = make_optimizer(model, args.learning_rate, args.head_learning_rate)
     started = time.perf_counter()
     train_steps(model, optimizer, torch.from_numpy(data.train_waveforms), torch.from_numpy(data.train_labels),
                 task=task, depth=model.num_layers, steps=args.finetune_steps, batch_size=args.batch_size,
@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--family", default="wav2vec2")
     parser.add_argument("--finetune-steps", type=int, default=600, help="same for both inits (~3 min here)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="backbone")
+    parser.add_argument("--head-learning-rate", type=float, default=1e-3, help="exit heads")
     parser.add_argument("--probe-epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -20,6 +20,7 @@ from testbed.aggregator.records import Records, accuracy_columns
 from testbed.aggregator.rounds import ClientRow, Round
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
+from testbed.errors import UserError
 from testbed.events import EventLog, read_events
 from testbed.strategies import make_strategy
 from testbed.transport.endpoint import Received, Router
@@ -113,13 +114,16 @@ class Aggregator:
         except Interrupted:
             self._finish("run_interrupted", "interrupted")
             return 130
+        except Exception as error:  # say BYE and record why, then let the caller see the error
+            self._finish("run_failed", f"{type(error).__name__}: {error}")
+            raise
 
     # ---------------------------------------------------------------- phases
     def _wait_for_clients(self) -> None:
         everyone = lambda: all(r.joined for r in self.fleet.records.values())  # noqa: E731
         self._serve_until(everyone, self.events.now() + self.join_timeout_s)
         if not self.fleet.active():
-            raise RuntimeError(f"no client joined within {self.join_timeout_s:.0f} s")
+            raise UserError(f"no client joined within {self.join_timeout_s:.0f} s")
 
     def _start_round(self, index: int) -> Round:
         round_ = Round(index, self.events.now(), self.scenario.deadline_s)
@@ -155,7 +159,7 @@ class Aggregator:
         for cid, record in self.fleet.records.items():
             if record.joined:
                 self.router.send(cid.encode(), Message("BYE", cid, 0, {"reason": reason}))
-        self.events.emit(kind, dropped_messages=self.dropped)
+        self.events.emit(kind, reason=reason, dropped_messages=self.dropped)
         self.records.close()
         time.sleep(0.2)  # let BYE frames leave before the sockets close
         self.router.close()

@@ -30,7 +30,7 @@ def summarize(events: list[dict]) -> dict:
     aggregated = _last_per_round(events, "round_aggregated")
     evaluations = _last_per_round(events, "evaluated")
     status = ("finished" if "run_finished" in kinds else "interrupted" if "run_interrupted" in kinds
-              else "incomplete")
+              else "failed" if "run_failed" in kinds else "incomplete")  # incomplete: killed mid-run
     walls = [e["wall_s"] for e in closed.values()]
     final = evaluations[max(evaluations)] if evaluations else None
     return {

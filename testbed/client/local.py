@@ -74,7 +74,8 @@ class LocalSession:
             on_step(step, loss)
 
         started = time.perf_counter()
-        stats = train_steps(self.model, make_optimizer(self.model, training.learning_rate), self.waveforms,
+        optimizer = make_optimizer(self.model, training.learning_rate, training.head_learning_rate)
+        stats = train_steps(self.model, optimizer, self.waveforms,
                             self.labels, task=self.task, depth=depth, steps=training.local_steps,
                             batch_size=min(training.batch_size, len(self.waveforms)), loss_mode=training.loss,
                             generator=generator, on_step=step_done)

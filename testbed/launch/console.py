@@ -25,8 +25,9 @@ def describe(event: dict) -> str | None:
         return f"{event['client']}: {kind.replace('client_', '').replace('_', ' ')}"
     if kind == "message_dropped":
         return f"dropped a message from {event['identity']!r}: {event['reason']}"
-    if kind in ("run_started", "run_resumed", "run_finished", "run_interrupted"):
-        details = {k: v for k, v in event.items() if k in ("scenario", "rounds", "from_round", "dropped_messages")}
+    if kind in ("run_started", "run_resumed", "run_finished", "run_interrupted", "run_failed"):
+        details = {k: v for k, v in event.items()
+                   if k in ("scenario", "rounds", "from_round", "reason", "dropped_messages")}
         return f"{kind.replace('_', ' ')} {details}"
     return None
 

@@ -8,13 +8,17 @@ import torch
 from testbed.model.early_exit import EarlyExitModel, exit_loss
 
 
-def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, learning_rate: float, head_learning_rate: float | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, exit heads at their own rate (default: the same).
 
-
-def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; layers beyond a client's depth get no gradient and stay put."""
-    return torch.optim.AdamW(trainable_parameters(model), lr=learning_rate, weight_decay=0.01)
+    Layers beyond a client's depth get no gradient, so AdamW leaves them exactly as they were.
+    """
+    heads = [p for name, p in model.named_parameters() if name.startswith("heads.") and p.requires_grad]
+    body = [p for name, p in model.named_parameters() if not name.startswith("heads.") and p.requires_grad]
+    groups = [{"params": body, "lr": learning_rate},
+              {"params": heads, "lr": head_learning_rate or learning_rate}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
 
 
 def sample_batches(count: int, batch_size: int, generator: torch.Generator):
