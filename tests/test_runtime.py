@@ -166,3 +166,20 @@ def test_a_strategy_not_implemented_yet_is_refused_before_anything_starts(write_
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "strategy.name: 'fedavg_drop' is not implemented yet (available: depth_aware" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_frozen_client_is_marked_lost_and_rejoins_when_it_thaws(write_scenario, tmp_path):
+    out = tmp_path / "run"
+    process = start("run", str(write_scenario(rounds=14, deadline_s=4)), "--out", str(out))
+    wait_for_event(out, lambda e: e["kind"] == "round_closed" and e["round"] == 1)
+    pid = next(e["pid"] for e in events(out) if e["kind"] == "client_joined" and e["client"] == "c01")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        lost = wait_for_event(out, lambda e: e["kind"] == "client_lost" and e["client"] == "c01", timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    back = wait_for_event(out, lambda e: e["kind"] == "client_rejoined" and e["client"] == "c01", timeout=60)
+    process.communicate(timeout=180)
+    assert process.returncode == 0 and back["seq"] > lost["seq"]
+    closed = [e for e in events(out) if e["kind"] == "round_closed" and e["t"] > back["t"]]
+    assert any(row["client"] == "c01" and row["status"] == "updated" for e in closed for row in e["clients"])
