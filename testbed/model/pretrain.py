@@ -124,8 +124,14 @@ def corpus_waveforms(corpus_seed: int) -> torch.Tensor:
 
 
 def pretrained_tiny(settings: PretrainSettings = PretrainSettings(), progress: bool = True, force: bool = False):
-    """The SSL-pretrained tiny backbone from the cache, pretraining it first if absent."""
-    target = cache_dir() / "backbones" / settings.key()
+    """The SSL-pretrained tiny backbone from the cache, pretraining it first if absent.
+
+    Cached per settings and per corpus: a different built-in corpus means a different backbone.
+    """
+    from testbed.data.synth import corpus_cache_path
+
+    corpus = corpus_cache_path(settings.corpus_seed).name
+    target = cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"
     if force and target.exists():
         shutil.rmtree(target)
     if not target.exists():
