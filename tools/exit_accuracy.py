@@ -51,6 +51,7 @@ def row(task: str, init: str, mode: str, accuracy: dict[int, float], note: str =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="keyword,speaker")
+    parser.add_argument("--inits", default="pretrained,random")
     parser.add_argument("--family", default="wav2vec2")
     parser.add_argument("--finetune-steps", type=int, default=600, help="same for both inits (~3 min here)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -64,7 +65,7 @@ def main() -> None:
     print(f"{'task':8s} {'init':10s} {'mode':9s} accuracy per exit (held-out)")
     for task in args.tasks.split(","):
         data = prepare_task(utterances, task, test_speaker_fraction=0.2, seed=args.seed, clip_seconds=1.0)
-        for init in ("pretrained", "random"):
+        for init in args.inits.split(","):
             def fresh_model() -> EarlyExitModel:
                 backbone = build_backbone("tiny", args.family, pretrained=init == "pretrained", seed=args.seed)
                 torch.manual_seed(args.seed)  # identical head initialisation for both inits
