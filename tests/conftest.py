@@ -20,7 +20,7 @@ def write_scenario(tmp_path, cache):
     def write(name: str = "t", **sections) -> Path:
         text = {
             "name": name, "rounds": 2, "deadline_s": 20, "eval_every": 1,
-            "data": "{words: [yes, no, up]}", "backbone": "{name: debug}",
+            "data": "{words: [stop, spot, no]}", "backbone": "{name: debug}",
             "training": "{local_steps: 3, batch_size: 8}",
             "fleet": "[{profile: laptop, count: 2}, {profile: rpi4, task: speaker}]",
         }

@@ -26,10 +26,12 @@ from testbed.paths import cache_dir
 # with any "spawn" pool, a script calling this keeps its top level under `if __name__ ==
 # "__main__":`.
 
-# Confusable Speech Commands words (on/off/up, no/go, bed/bird, left/right...), so the task needs
-# more than the shallow layers.
-DEFAULT_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "bed",
-                 "bird")
+# Anagram groups: the words of a group share their sounds and differ only in their order, so a
+# bag of frame features (what a shallow exit pools) cannot tell them apart and depth matters.
+# Measured here after centralized early-exit fine-tuning: shallowest exit 8.0 points below the best
+# (64.2 % vs 72.2 %); with the Speech Commands words yes/no/up/.../bed/bird the gap was 3.9 points.
+DEFAULT_WORDS = ("stop", "spot", "pots", "tops", "left", "felt", "dog", "god", "no", "on", "net",
+                 "ten")
 # eSpeak voices = accents; the non-English voices read the English words with their own rules.
 VOICES = ("en", "en-us", "en-us-nyc", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
           "en-gb-x-gbcwmd", "de", "nl", "sv", "es", "it")
