@@ -28,7 +28,7 @@ def test_full_depth_matches_the_transformers_forward(family):
     backbone = build_random("debug", family, seed=3)
     model = EarlyExitModel(backbone, TASKS).eval()
     waveforms = torch.randn(2, 16000)
-    normalised = (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)
+    normalised = (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)  # by hand
     with torch.no_grad():
         expected = backbone(normalised).last_hidden_state
         *_, (layer, ours) = model.hidden_states(waveforms, model.num_layers)

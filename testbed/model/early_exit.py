@@ -15,6 +15,17 @@ def default_exits(num_layers: int, count: int = 4) -> tuple[int, ...]:
     return tuple(sorted({round(num_layers * (i + 1) / count) for i in range(count)}))
 
 
+def normalise(waveforms: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per utterance, as wav2vec 2.0's feature extractor does."""
+    return (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)
+
+
+def statistics_pool(hidden: torch.Tensor) -> torch.Tensor:
+    """(batch, frames, hidden) -> (batch, 2 * hidden): mean || std over frames."""
+    std = (hidden.var(dim=1, unbiased=False) + 1e-5).sqrt()
+    return torch.cat([hidden.mean(dim=1), std], dim=-1)
+
+
 class ExitHead(nn.Module):
     """Statistics pooling (mean || std over frames) followed by one linear layer."""
 
@@ -23,9 +34,7 @@ class ExitHead(nn.Module):
         self.linear = nn.Linear(2 * hidden_size, num_classes)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (batch, frames, hidden) -> (batch, classes)
-        mean = hidden.mean(dim=1)
-        std = (hidden.var(dim=1, unbiased=False) + 1e-5).sqrt()
-        return self.linear(torch.cat([mean, std], dim=-1))
+        return self.linear(statistics_pool(hidden))
 
 
 class EarlyExitModel(nn.Module):
@@ -57,8 +66,7 @@ class EarlyExitModel(nn.Module):
     def embed(self, waveforms: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """CNN front end + projection + positional conv: (batch, samples) -> (batch, frames, hidden)."""
         backbone = self.backbone
-        # zero mean, unit variance per utterance, as wav2vec 2.0's feature extractor does
-        waveforms = (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)
+        waveforms = normalise(waveforms)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_feature_encoder):
             features = backbone.feature_extractor(waveforms).transpose(1, 2)
         hidden = backbone.feature_projection(features)

@@ -17,7 +17,9 @@ def mfcc_frames(waveforms: torch.Tensor, n_mfcc: int = 13) -> torch.Tensor:
     """
     import torchaudio
 
-    waveforms = (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)
+    from testbed.model.early_exit import normalise
+
+    waveforms = normalise(waveforms)
     transform = torchaudio.transforms.MFCC(
         sample_rate=SAMPLE_RATE, n_mfcc=n_mfcc,
         melkwargs=dict(n_fft=WINDOW, win_length=WINDOW, hop_length=HOP, n_mels=40, center=False))

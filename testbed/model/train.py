@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from testbed.model.early_exit import EarlyExitModel, exit_loss
+from testbed.model.early_exit import EarlyExitModel, exit_loss, statistics_pool
 
 
 def make_optimizer(model: torch.nn.Module, learning_rate: float, head_learning_rate: float | None = None
@@ -74,8 +74,7 @@ def pooled_features(model: EarlyExitModel, waveforms: torch.Tensor, batch_size: 
     for start in range(0, len(waveforms), batch_size):
         for layer, hidden in model.hidden_states(waveforms[start:start + batch_size], model.exits[-1]):
             if layer in chunks:
-                std = (hidden.var(dim=1, unbiased=False) + 1e-5).sqrt()
-                chunks[layer].append(torch.cat([hidden.mean(dim=1), std], dim=-1))
+                chunks[layer].append(statistics_pool(hidden))
     return {layer: torch.cat(parts) for layer, parts in chunks.items()}
 
 
