@@ -19,6 +19,8 @@ COMMANDS = {
              "build or inspect the offline speech corpus"),
     "pretrain": ("testbed.model.commands", "pretrain", "add_pretrain_args",
                  "SSL-pretrain the tiny backbone on the unlabeled corpus (cached)"),
+    "calibrate": ("testbed.emulation.commands", "calibrate", "add_calibrate_args",
+                  "measure how faithfully this host emulates each profile's speed and link"),
     "run": ("testbed.launch.commands", "run", "add_run_args",
             "run a scenario: an aggregator and one process per client; results in runs/"),
     "aggregator": ("testbed.launch.commands", "aggregator", "add_aggregator_args",

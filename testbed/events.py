@@ -1,8 +1,9 @@
 """The event stream: every state change is one JSON line in events.jsonl and one message on a PUB socket.
 
 Events are the single source of truth for the dashboard and the report: each carries
-`seq` (0, 1, ...), `t` (seconds since the run started, this process's monotonic clock),
-`wall` (Unix time) and `kind`, plus kind-specific fields.
+`seq` (0, 1, ...), `t` (emulated seconds since the run started: this process's monotonic clock
+divided by the run's time dilation, see emulation/dilation.py), `wall` (Unix time) and `kind`,
+plus kind-specific fields.
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ class EventLog:
         self.file = open(path, "a", encoding="utf-8")
         self.publisher = publisher  # zmq PUB socket or None
         self.seq = start_seq
-        self.started = time.monotonic() - clock_offset  # a resumed run continues its clock
+        self.dilation = 1.0  # wall seconds per emulated second
+        self._anchor_wall = time.monotonic()  # the clock reads _anchor_t at _anchor_wall
+        self._anchor_t = clock_offset  # a resumed run continues its clock
 
     def now(self) -> float:
-        return time.monotonic() - self.started
+        """Emulated seconds since the run started."""
+        return self._anchor_t + (time.monotonic() - self._anchor_wall) / self.dilation
+
+    def set_dilation(self, factor: float) -> None:
+        """From now on one emulated second lasts `factor` wall seconds; the clock stays continuous."""
+        self._anchor_t, self._anchor_wall = self.now(), time.monotonic()
+        self.dilation = factor
 
     def emit(self, kind: str, **fields) -> dict:
         event = {"seq": self.seq, "t": round(self.now(), 4), "wall": round(time.time(), 3), "kind": kind, **fields}

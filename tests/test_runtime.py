@@ -161,13 +161,6 @@ def test_multi_host_commands_over_tcp_with_curve_refuse_an_unknown_key(write_sce
     assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 2
 
 
-def test_a_strategy_not_implemented_yet_is_refused_before_anything_starts(write_scenario, tmp_path):
-    result = run("run", str(write_scenario(strategy="{name: fedavg_drop}")), "--out", str(tmp_path / "run"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "strategy.name: 'fedavg_drop' is not implemented yet (available: depth_aware" in result.stderr
-    assert not (tmp_path / "run").exists()
-
-
 def test_a_frozen_client_is_marked_lost_and_rejoins_when_it_thaws(write_scenario, tmp_path):
     out = tmp_path / "run"
     process = start("run", str(write_scenario(rounds=14, deadline_s=4)), "--out", str(out))

@@ -60,9 +60,10 @@ def test_fedavg_full_averages_by_samples():
 
 
 def test_client_depth_rules():
-    assert make_strategy("fedavg_full").client_depth(2, 12) == 12  # Homo-FL forces full depth
-    assert make_strategy("fedavg_full").client_depth(0, 8) == 8
-    for name in ("depth_aware", "layerwise"):
+    for name in ("fedavg_full", "fedavg_drop"):
+        assert make_strategy(name).client_depth(2, 12) == 12  # Homo-FL forces full depth
+        assert make_strategy(name).client_depth(0, 8) == 8
+    for name in ("depth_aware", "layerwise", "fedavg_hetero_naive", "depthfl"):
         assert make_strategy(name).client_depth(6, 12) == 6  # the client's own choice
         assert make_strategy(name).client_depth(0, 12) == 0  # 0 = let the client decide
 
@@ -133,7 +134,9 @@ def test_weights_sum_to_one(name, weighting):
         if pairs:
             assert sum(w for _, w in pairs) == pytest.approx(1.0, abs=1e-12)
             assert all(w > 0 for _, w in pairs)
-    assert [u.client for u, _ in strategy.normalised_weights(layer(3), updates)] == ["c02", "c03"]
+    # layer 3: c02 and c03 trained it; hetero_naive also counts c01 (its untrained layer 3 = the global)
+    expected = ["c01", "c02", "c03"] if name == "fedavg_hetero_naive" else ["c02", "c03"]
+    assert [u.client for u, _ in strategy.normalised_weights(layer(3), updates)] == expected
 
 
 def test_zero_sample_contributors_leave_the_key_alone():
@@ -208,7 +211,8 @@ def test_wrong_shape_raises():
 def test_unknown_strategy_lists_the_valid_ones():
     with pytest.raises(ValueError) as error:
         make_strategy("fedprox")
-    assert str(error.value) == "unknown strategy 'fedprox' (allowed: depth_aware, fedavg_full, layerwise)"
+    assert str(error.value) == ("unknown strategy 'fedprox' (allowed: depth_aware, depthfl, fedavg_drop, "
+                                "fedavg_full, fedavg_hetero_naive, fedavg_min_depth, layerwise)")
 
 
 def test_unknown_weighting_lists_the_valid_ones():
@@ -217,7 +221,7 @@ def test_unknown_weighting_lists_the_valid_ones():
 
 
 def test_registry_matches_the_config_names():
-    assert set(STRATEGIES) <= set(names.STRATEGIES)
+    assert tuple(STRATEGIES) == names.STRATEGIES  # every name the scenario language allows is implemented
     assert set(WEIGHTINGS) == set(names.WEIGHTINGS)
     for name, cls in STRATEGIES.items():
         assert cls.name == name and cls.cites and sys.modules[cls.__module__].__doc__

@@ -6,17 +6,18 @@ from dataclasses import dataclass, field
 
 from testbed.config.loader import ClientSpec
 
-UNRESPONSIVE_S = 3.0  # seconds without any message (heartbeats come every second): straggling
-LOST_S = 10.0  # seconds without any message: lost (dead, frozen or cut off); it may come back
+UNRESPONSIVE_S = 3.0  # wall seconds without any message (heartbeats come every second): straggling
+LOST_S = 10.0  # wall seconds without any message: lost (dead, frozen or cut off); it may come back
 
 
 @dataclass
 class ClientRecord:
     spec: ClientSpec
     joined: bool = False
+    ready: bool = False  # loaded, profile applied, costs measured: it can take part in a round
     lost: bool = False
     pid: int | None = None
-    last_seen: float = 0.0  # event-clock seconds
+    last_seen: float = 0.0  # monotonic wall seconds (liveness is about the process, not emulated time)
     state: str = "expected"  # as last reported: idle, downloading, training, uploading, ...
 
 
@@ -40,7 +41,7 @@ class Fleet:
         return came_back
 
     def active(self) -> list[str]:
-        return [cid for cid, r in self.records.items() if r.joined and not r.lost]
+        return [cid for cid, r in self.records.items() if r.joined and r.ready and not r.lost]
 
     def newly_lost(self, now: float) -> list[str]:
         """Joined clients silent for LOST_S, marked lost now."""

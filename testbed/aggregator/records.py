@@ -6,9 +6,9 @@ import csv
 from pathlib import Path
 
 CLIENT_COLUMNS = ["round", "client", "profile", "task", "status", "depth", "download_s", "compute_s",
-                  "upload_s", "idle_s", "bytes_down", "bytes_up", "samples", "loss", "peak_mb"]
+                  "upload_s", "idle_s", "bytes_down", "bytes_up", "samples", "loss", "peak_mb", "cpu_s", "overshoot"]
 ROUND_COLUMNS = ["round", "started_t", "wall_s", "deadline_s", "selected", "updates", "stragglers", "lost",
-                 "bytes_down", "bytes_up", "aggregate_s", "eval_s", "digest"]
+                 "bytes_down", "bytes_up", "dilation", "aggregate_s", "eval_s", "digest"]
 
 
 class Records:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from testbed.strategies.base import ClientUpdate
 
-FINISHED = ("updated", "lost", "skipped")  # statuses after which the round no longer waits for a client
+# statuses after which the round no longer waits for a client ("discarded": arrived after the first k)
+FINISHED = ("updated", "lost", "skipped", "discarded")
 TIMING_KEYS = ("download_s", "compute_s", "elapsed_s")
 
 
@@ -16,7 +17,7 @@ class ClientRow:
     client: str
     profile: str
     task: str
-    status: str = "asked"  # asked -> fetched -> updated | straggler | lost | skipped
+    status: str = "asked"  # asked -> fetched -> updated | discarded | straggler | lost | skipped
     depth: int = 0
     download_s: float | None = None
     compute_s: float | None = None
@@ -27,6 +28,8 @@ class ClientRow:
     samples: int = 0
     loss: float | None = None
     peak_mb: float | None = None
+    cpu_s: float | None = None  # host CPU seconds of its local training
+    overshoot: float | None = None  # achieved / target wall time of its training: > 1 = CPU-starved
     finished_t: float | None = None  # event clock when its update arrived
 
 
@@ -34,13 +37,13 @@ class ClientRow:
 class Round:
     index: int
     started_t: float  # event-clock seconds when ROUND went out
-    deadline_s: float
+    deadline_s: float | None  # None: the round waits for every selected client (fedavg_full)
     rows: dict[str, ClientRow] = field(default_factory=dict)
     updates: list[ClientUpdate] = field(default_factory=list)
 
     @property
     def deadline_t(self) -> float:
-        return self.started_t + self.deadline_s
+        return math.inf if self.deadline_s is None else self.started_t + self.deadline_s
 
     def waiting_for(self) -> list[str]:
         return [cid for cid, row in self.rows.items() if row.status not in FINISHED]
@@ -56,6 +59,9 @@ class Round:
         row.status, row.finished_t, row.bytes_up = "updated", now, nbytes
         row.samples, row.loss, row.peak_mb = body["samples"], float(body["loss"]), body.get("peak_mb")
         row.download_s, row.compute_s = timings["download_s"], timings["compute_s"]
+        for key in ("cpu_s", "overshoot"):  # optional: clients that emulate a device report them
+            value = timings.get(key)
+            setattr(row, key, float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None)
         # the client counts from the moment ROUND reached it; the rest of our clock is the upload
         row.upload_s = max(0.0, (now - self.started_t) - timings["elapsed_s"])
         self.updates.append(ClientUpdate(row.client, row.samples, row.depth, row.task, tensors))
@@ -73,6 +79,7 @@ class Round:
         return {"round": self.index, "started_t": round(self.started_t, 3), "wall_s": round(wall_s, 3),
                 "deadline_s": self.deadline_s, "selected": len(self.rows), "updates": statuses.count("updated"),
                 "stragglers": statuses.count("straggler"), "lost": statuses.count("lost"),
+                "discarded": statuses.count("discarded"),
                 "bytes_down": sum(r.bytes_down for r in self.rows.values()),
                 "bytes_up": sum(r.bytes_up for r in self.rows.values())}
 

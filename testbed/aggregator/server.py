@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import zmq
 
@@ -20,14 +21,18 @@ from testbed.aggregator.records import Records, accuracy_columns
 from testbed.aggregator.rounds import ClientRow, Round
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
+from testbed.emulation.dilation import choose_dilation, raised
 from testbed.errors import UserError
 from testbed.events import EventLog, read_events
+from testbed.model.early_exit import exit_depth
 from testbed.strategies import make_strategy
+from testbed.strategies.selection import round_rule
 from testbed.transport.endpoint import Received, Router
 from testbed.transport.messages import Message, Rejected, check_tensors
 
 log = logging.getLogger("testbed.aggregator")
 POLL_S = 0.2  # seconds: how often the serve loop checks liveness and deadlines
+PREFER_WITHIN = 0.01  # accuracy: an exit this close to the best is as good, and cheaper
 
 
 class Interrupted(Exception):
@@ -56,7 +61,15 @@ class Aggregator:
         self.events = EventLog(self.run_dir / "events.jsonl", self.publisher,
                                start_seq=previous[-1]["seq"] + 1 if previous else 0,
                                clock_offset=previous[-1]["t"] if previous else 0.0)
-        self.strategy = make_strategy(self.scenario.strategy.name, self.scenario.strategy.weighting)
+        strategy = self.scenario.strategy
+        self.strategy = make_strategy(strategy.name, strategy.weighting)
+        self.strategy.configure({cid: exit_depth(self.model.exits, spec.profile.max_exit)
+                                 for cid, spec in plan.clients.items()}, self.model.exits)
+        self.rule = round_rule(self.strategy, self.scenario.deadline_s, strategy.clients_per_round,
+                               strategy.over_selection)
+        self.dilation = choose_dilation(self.scenario.emulation, [c.profile for c in plan.clients.values()])
+        self.events.set_dilation(self.dilation.factor)
+        self.preferred: dict[str, int] = {}  # task -> exit layer, for tasks whose preferred exit is "auto"
         self.fleet = Fleet.of(plan.clients)
         self.records = Records(self.run_dir, accuracy_columns(sorted(plan.classes), self.model.exits))
         self.test_sets = self._test_sets()
@@ -85,7 +98,8 @@ class Aggregator:
         self._install_signal_handlers()
         self.events.emit("run_started", scenario=self.scenario.name, rounds=self.scenario.rounds, pid=os.getpid(),
                          first_round=self.first_round, address=self.router.address,
-                         max_message_bytes=self.router.max_bytes,
+                         max_message_bytes=self.router.max_bytes, dilation=self.dilation.to_event(),
+                         backend=self.scenario.emulation.backend,
                          clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
         try:
             self._wait_for_clients()  # every client of the fleet joins (or the join timeout passes)
@@ -93,9 +107,10 @@ class Aggregator:
                 # 1. announce the round to every live client (a strategy may impose the depth)
                 self.round = self._start_round(index)
                 # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
-                self._serve_until(lambda: not self.round.waiting_for(), self.round.deadline_t)
-                summary = self.round.close(self.events.now())
+                self._serve_until(self._round_done, self.round.deadline_t)
+                summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
                 self.events.emit("round_closed", **summary, clients=self.round.client_rows())
+                self._check_dilation()
                 # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
                 started = time.perf_counter()
                 updates = sorted(self.round.updates, key=lambda u: u.client)  # arrival order must not matter
@@ -120,22 +135,30 @@ class Aggregator:
 
     # ---------------------------------------------------------------- phases
     def _wait_for_clients(self) -> None:
-        everyone = lambda: all(r.joined for r in self.fleet.records.values())  # noqa: E731
+        everyone = lambda: all(r.ready for r in self.fleet.records.values())  # noqa: E731
         self._serve_until(everyone, self.events.now() + self.join_timeout_s)
         if not self.fleet.active():
             raise UserError(f"no client joined within {self.join_timeout_s:.0f} s")
 
     def _start_round(self, index: int) -> Round:
-        round_ = Round(index, self.events.now(), self.scenario.deadline_s)
+        round_ = Round(index, self.events.now(), self.rule.deadline_s)
         full_depth = self.model.exits[-1]
-        for cid in self.fleet.active():
+        selection = np.random.default_rng([self.scenario.seed, index])  # per round: a resumed run draws alike
+        for cid in self.rule.select(self.fleet.active(), selection):
             spec = self.fleet.records[cid].spec
             round_.rows[cid] = ClientRow(cid, spec.profile.name, spec.task)
             forced = self.strategy.client_depth(0, full_depth)  # 0 = the client's own choice
-            self.router.send(cid.encode(), Message("ROUND", cid, index, {"deadline_s": self.scenario.deadline_s,
-                                                                         "depth": forced}))
+            body = {"deadline_s": self.scenario.deadline_s, "depth": forced, "dilation": self.events.dilation,
+                    "preferred": self.preferred}
+            self.router.send(cid.encode(), Message("ROUND", cid, index, body))
         self.events.emit("round_started", round=index, selected=list(round_.rows), deadline_s=round_.deadline_s)
         return round_
+
+    def _round_done(self) -> bool:
+        round_ = self.round
+        arrived = [update.client for update in round_.updates]
+        elapsed = self.events.now() - round_.started_t
+        return not round_.waiting_for() or self.rule.complete(list(round_.rows), arrived, elapsed)
 
     def _serve_until(self, done, deadline_t: float) -> None:
         while not done() and (left := deadline_t - self.events.now()) > 0:
@@ -143,17 +166,38 @@ class Aggregator:
             while received is not None:  # drain the queue first: heartbeats may have piled up
                 self._handle(received)
                 received = self.router.poll(0)
-            for cid in self.fleet.newly_lost(self.events.now()):
+            for cid in self.fleet.newly_lost(time.monotonic()):
                 self.events.emit("client_lost", client=cid)
                 if self.round is not None and cid in self.round.waiting_for():
                     self.round.rows[cid].status = "lost"
 
+    def _check_dilation(self) -> None:
+        """Raise an automatic dilation when a client fell behind its compute target (CPU-starved)."""
+        overshoots = [row.overshoot for row in self.round.rows.values() if row.overshoot is not None]
+        if self.scenario.emulation.dilation is not None or not overshoots:
+            return
+        factor = raised(self.events.dilation, max(overshoots))
+        if factor is not None:
+            self.events.emit("dilation_changed", factor=round(factor, 4), previous=round(self.events.dilation, 4),
+                             reason=f"a client took {max(overshoots):.2f}x its compute target in round "
+                                    f"{self.round.index}: the host could not give the fleet the CPU it asks for")
+            self.events.set_dilation(factor)
+
     def _evaluate(self, index: int) -> dict:
         accuracy, seconds = self.model.evaluate(self.test_sets)
         self.events.emit("evaluated", round=index, accuracy=accuracy, eval_s=round(seconds, 3))
+        self._prefer_exits(accuracy)
         columns = {f"acc_{task}_L{layer}": value for task, by_exit in accuracy.items()
                    for layer, value in by_exit.items()}
         return {"eval_s": round(seconds, 3), **columns}
+
+    def _prefer_exits(self, accuracy: dict[str, dict[int, float]]) -> None:
+        """`auto` preferred exits: per task, the shallowest exit within PREFER_WITHIN of the best one."""
+        for task, by_exit in accuracy.items():
+            if self.scenario.exit_policy.preferred_exits.get(task) == "auto" and by_exit:
+                best = max(by_exit.values())
+                self.preferred[task] = min(int(layer) for layer, value in by_exit.items()
+                                           if value >= best - PREFER_WITHIN)
 
     def _finish(self, kind: str, reason: str) -> None:
         for cid, record in self.fleet.records.items():
@@ -191,7 +235,7 @@ class Aggregator:
         record = self.fleet.records[message.client]
         if message.type != "JOIN" and not record.joined:
             return self._drop(received, f"{message.type} from {message.client} before it joined")
-        if self.fleet.seen(message.client, self.events.now()):
+        if self.fleet.seen(message.client, time.monotonic()):
             self.events.emit("client_rejoined", client=message.client)
             row = self.round.rows.get(message.client) if self.round is not None else None
             if row is not None and row.status == "lost" and row.depth == 0:
@@ -207,16 +251,21 @@ class Aggregator:
         record = self.fleet.records[message.client]
         spec = record.spec
         run = {"scenario": scenario_to_dict(self.scenario), "client": to_data(spec),
-               "shard": self.plan.shards[message.client], "seed": client_seed(self.scenario.seed, spec.client_id)}
+               "shard": self.plan.shards[message.client], "seed": client_seed(self.scenario.seed, spec.client_id),
+               "slot": list(self.plan.clients).index(message.client), "dilation": self.events.dilation,
+               "loss": self.strategy.client_loss or self.scenario.training.loss}
         self.router.send(received.identity, Message("WELCOME", message.client, 0, {"run": run}, self.model.frontend()))
         if record.joined and record.pid == message.body["pid"]:
             return None  # a repeated JOIN (sent before our WELCOME reached it): welcomed again, not news
-        record.joined, record.pid = True, message.body["pid"]
+        record.joined, record.ready, record.pid = True, False, message.body["pid"]  # ready again once it says so
         self.events.emit("client_joined", client=message.client, pid=record.pid, profile=spec.profile.name,
                          task=spec.task, link=spec.link.name)
 
     def _on_heartbeat(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
+        if isinstance(message.body.get("device"), dict):  # once, when ready: what it measured about itself
+            record.ready = True
+            self.events.emit("client_ready", client=message.client, device=message.body["device"])
         if message.body["state"] != record.state:
             record.state = message.body["state"]
             self.events.emit("client_state", client=message.client, state=record.state, round=message.round)
@@ -266,12 +315,18 @@ class Aggregator:
             check_tensors(message, self.model.expected(row.depth, row.task))
         except Rejected as error:
             return str(error)
+        if not self.rule.accept(len(self.round.updates), self.events.now() - self.round.started_t):
+            row.status, row.bytes_up = "discarded", received.nbytes
+            self.events.emit("update_discarded", client=message.client, round=message.round,
+                             reason="the round already has the updates it needs")
+            return None
         reason = self.round.accept_update(row, message.body, message.tensors, received.nbytes, self.events.now())
         if reason is None:
             self.events.emit("update_received", client=message.client, round=message.round, depth=row.depth,
                              bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
                              download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
-                             upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb)
+                             upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
+                             overshoot=row.overshoot)
         return reason
 
 

@@ -23,14 +23,24 @@ class Heartbeat:
         self._dealer = Dealer(context, connect, client_id, max_bytes=1 << 16, curve_dir=curve_dir,
                               routing_id=f"{client_id}/hb")
         self._stop = threading.Event()
+        self._running = threading.Event()  # cleared while the process plays frozen
+        self._running.set()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
+            self._running.wait()
             self._dealer.send(Message("HEARTBEAT", self.client_id, self.round, {"state": self.state}))
         self._dealer.close()
 
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._running.set()
         self._thread.join(timeout=2 * HEARTBEAT_S)

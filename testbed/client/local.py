@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from testbed.client.memory import PeakTracker
+from testbed.client.costs import DepthCost, measure_costs
 from testbed.config.convert import from_data
 from testbed.config.loader import ClientSpec
 from testbed.config.schema import Scenario
+from testbed.emulation.memory import MemoryBudget, peak_mb, reset_peak
+from testbed.emulation.throttle import ComputeThrottle, ThrottleReport
 from testbed.model.backbone import build_backbone
 from testbed.model.early_exit import EarlyExitModel
 from testbed.model.state import load_partial_state, partial_state
@@ -24,8 +25,8 @@ class RoundResult:
     tensors: dict[str, np.ndarray]  # layers <= depth and this task's heads <= depth (views of the model)
     samples: int  # clips seen this round (local_steps x batch)
     loss: float  # mean training loss
-    compute_s: float  # seconds of local training
-    peak_mb: float  # peak resident memory during the round, MB
+    throttle: ThrottleReport  # host CPU seconds, target and achieved wall seconds of local training
+    peak_mb: float  # peak resident memory during the round, MiB
 
 
 def to_torch(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -45,24 +46,34 @@ class LocalSession:
         self.spec: ClientSpec = from_data(ClientSpec, run["client"], source="aggregator WELCOME")
         self.seed: int = run["seed"]
         self.task = self.spec.task
+        self.loss_mode: str = run.get("loss", self.scenario.training.loss)  # a strategy may impose its own
         data = task_data(self.scenario.data, self.task, self.scenario.seed)
         shard = np.asarray(run["shard"], dtype=np.int64)
-        self.waveforms = torch.from_numpy(np.ascontiguousarray(data.train_waveforms[shard]))
+        self.waveforms = torch.from_numpy(data.train_clips(shard))
         self.labels = torch.from_numpy(data.train_labels[shard])
         spec = self.scenario.backbone
         backbone = build_backbone(spec.name, spec.family, spec.pretrained, self.scenario.seed, progress=False)
         self.model = EarlyExitModel(backbone, {self.task: len(data.classes)}, spec.exits,
                                     spec.freeze_feature_encoder)
         load_partial_state(self.model, to_torch(frontend))  # the aggregator's frozen front end
-        self.memory = PeakTracker()
+
+    def measure_costs(self) -> dict[int, DepthCost]:
+        training = self.scenario.training
+        return measure_costs(self.model, self.waveforms, self.labels, task=self.task,
+                             batch_size=training.batch_size, loss_mode=self.loss_mode)
 
     @property
     def exits(self) -> tuple[int, ...]:
         return self.model.exits
 
-    def train_round(self, round_index: int, tensors: dict[str, np.ndarray], depth: int, on_step) -> RoundResult:
-        """Load the received layers, train `local_steps` to `depth`, return the trained layers."""
-        self.memory.reset()
+    def train_round(self, round_index: int, tensors: dict[str, np.ndarray], depth: int, on_step,
+                    throttle: ComputeThrottle, memory: MemoryBudget) -> RoundResult:
+        """Load the received layers, train `local_steps` to `depth` at the device's pace, return the trained layers.
+
+        After every step the throttle sleeps the device's extra time and the memory budget is checked
+        (OutOfMemory propagates: the emulated device would have been killed).
+        """
+        reset_peak()
         load_partial_state(self.model, to_torch(tensors))
         training = self.scenario.training
         round_seed = self.seed * 100_003 + round_index
@@ -70,16 +81,17 @@ class LocalSession:
         torch.manual_seed(round_seed)  # dropout
 
         def step_done(step: int, loss: float) -> None:
-            self.memory.sample()
+            throttle.pace()
+            memory.check()
             on_step(step, loss)
 
-        started = time.perf_counter()
+        throttle.start()
         optimizer = make_optimizer(self.model, training.learning_rate, training.head_learning_rate)
         stats = train_steps(self.model, optimizer, self.waveforms,
                             self.labels, task=self.task, depth=depth, steps=training.local_steps,
-                            batch_size=min(training.batch_size, len(self.waveforms)), loss_mode=training.loss,
+                            batch_size=min(training.batch_size, len(self.waveforms)), loss_mode=self.loss_mode,
                             generator=generator, on_step=step_done)
-        compute_s = time.perf_counter() - started
+        report = throttle.finish()
         state = partial_state(self.model, depth, {self.task})
         return RoundResult({name: value.numpy() for name, value in state.items()}, stats["samples"],
-                           stats["loss"], compute_s, self.memory.peak)
+                           stats["loss"], report, peak_mb())

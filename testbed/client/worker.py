@@ -1,4 +1,8 @@
-"""A client process: join, then every round choose a depth, fetch layers <= depth, train, upload."""
+"""A client process: join, become the device of its profile, then every round choose a depth, fetch
+layers <= depth, train at the device's pace, upload.
+
+All durations it reports are emulated seconds (wall seconds / dilation, see emulation/dilation.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ from pathlib import Path
 import zmq
 
 from testbed.client.heartbeat import Heartbeat
-from testbed.client.policies import make_policy
+from testbed.client.policies import DeviceModel, make_policy
+from testbed.emulation.availability import CRASH_EXIT_CODE, DeviceSchedule
+from testbed.emulation.device import apply_cpu
+from testbed.emulation.dilation import demand_cores
+from testbed.emulation.link import LinkModel, LinkShaper
+from testbed.emulation.memory import OOM_EXIT_CODE, MemoryBudget, OutOfMemory
+from testbed.emulation.throttle import ComputeThrottle
 from testbed.transport.endpoint import Dealer
 from testbed.transport.messages import Message, Rejected
 
@@ -26,8 +36,9 @@ class Stop(Exception):
 
 class ClientWorker:
     def __init__(self, connect: str, client_id: str, *, curve_dir: Path | None = None,
-                 join_timeout_s: float = 120.0):
+                 join_timeout_s: float = 120.0, kernel_shaped: bool = False):
         self.client_id, self.join_timeout_s = client_id, join_timeout_s
+        self.kernel_shaped = kernel_shaped  # tc netem shapes this client's link: no shaping in the transport
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
         self.heartbeat: Heartbeat | None = None  # started once joined
@@ -35,6 +46,8 @@ class ClientWorker:
         self.session = None  # LocalSession, built from WELCOME
         self.policy = None
         self.idle_timeout_s = join_timeout_s  # until WELCOME says the round deadline
+        self.dilation = 1.0
+        self.booted = time.monotonic()
 
     def run(self) -> int:
         try:
@@ -46,16 +59,19 @@ class ClientWorker:
         except Stop as stop:
             log.info("%s: stopping (%s)", self.client_id, stop)
             return 0
+        except OutOfMemory as error:  # the emulated device's OOM killer: say so, then go
+            log.error("%s: %s", self.client_id, error)
+            self.dealer.send(Message("BYE", self.client_id, 0, {"reason": f"out of memory: {error}"}), shaped=False)
+            return OOM_EXIT_CODE
         finally:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
             self.dealer.close()
             self.context.term()
 
+    # ------------------------------------------------------------------ joining
     def _join(self) -> None:
-        """JOIN until WELCOME arrives, then build the local session it describes."""
-        from testbed.client.local import LocalSession
-
+        """JOIN until WELCOME arrives, then become the device it describes."""
         deadline = time.monotonic() + self.join_timeout_s
         body = {"profile": "", "task": "", "pid": os.getpid()}  # both come from the scenario's fleet
         while time.monotonic() < deadline:
@@ -66,15 +82,46 @@ class ClientWorker:
                 continue
             self.heartbeat = Heartbeat(self.context, self.connect, self.client_id, self.curve_dir)
             self.heartbeat.state = "loading"
-            self.session = LocalSession(welcome.body["run"], welcome.tensors)
-            policy = self.session.scenario.exit_policy
-            self.policy = make_policy(policy.name, self.session.exits, self.session.spec.profile.max_exit)
-            self.idle_timeout_s = max(60.0, 10 * self.session.scenario.deadline_s)
-            self.dealer.send(Message("HEARTBEAT", self.client_id, 0, {"state": "ready"}))
+            self._become_device(welcome)
+            self.dealer.send(Message("HEARTBEAT", self.client_id, 0, {"state": "ready", "device": self.device_info}),
+                             shaped=False)
             self.heartbeat.state = "idle"
             return
         raise Stop(f"no WELCOME from the aggregator within {self.join_timeout_s:.0f} s")
 
+    def _become_device(self, welcome: Message) -> None:
+        """Apply the profile (CPU first, before any work), load data and model, measure what depths cost."""
+        from testbed.client.local import LocalSession
+        from testbed.config.convert import from_data
+        from testbed.config.loader import ClientSpec
+
+        run = welcome.body["run"]
+        spec = from_data(ClientSpec, run["client"], source="aggregator WELCOME")
+        profile = spec.profile
+        cpu = apply_cpu(profile, run.get("slot", 0))
+        self.dilation = float(run.get("dilation", 1.0))
+        self.session = LocalSession(run, welcome.tensors)
+        scenario = self.session.scenario
+        costs = self.session.measure_costs()
+        link = LinkModel(spec.link, self.session.seed)
+        if not self.kernel_shaped:
+            self.dealer.shaper = LinkShaper(link, self.dilation)
+        self.throughput = demand_cores(profile)
+        self.memory = MemoryBudget(profile.memory_mb, {d: c.peak_mb for d, c in costs.items()})
+        device = DeviceModel(self.session.exits, costs, self.throughput, link, self.memory,
+                             scenario.training.local_steps)
+        preferred = scenario.exit_policy.preferred_exits.get(spec.task)
+        preferred_depth = self.session.exits[min(preferred, len(self.session.exits)) - 1] \
+            if isinstance(preferred, int) else None
+        self.policy = make_policy(scenario.exit_policy.name, device, profile.max_exit, preferred_depth,
+                                  scenario.exit_policy.ema)
+        self.schedule = DeviceSchedule(profile.availability, profile.failure, self.session.seed)
+        self.idle_timeout_s = max(60.0, 10 * scenario.deadline_s * self.dilation)
+        self.device_info = {**cpu.to_event(), "throughput_cores": round(self.throughput, 4),
+                            "costs": {str(d): {"step_cpu_s": round(c.step_cpu_s, 4), "peak_mb": round(c.peak_mb, 1),
+                                          "state_bytes": c.state_bytes} for d, c in costs.items()}}
+
+    # ------------------------------------------------------------------ messages
     def _receive(self, timeout_s: float, wanted: str | None = None, round_index: int | None = None) -> Message:
         """Next message (of type `wanted` for `round_index`, others are skipped); BYE raises Stop."""
         deadline = time.monotonic() + timeout_s
@@ -94,36 +141,68 @@ class ClientWorker:
             raise Stop(f"the aggregator was silent for {timeout_s:.0f} s")
         raise TimeoutError(wanted)
 
+    def _emulated(self, wall_s: float) -> float:
+        return wall_s / self.dilation
+
+    # ------------------------------------------------------------------ one round
     def _round(self, start: Message) -> None:
-        """One round: depth -> FETCH -> MODEL -> train -> UPDATE, timing each phase."""
+        """One round: availability -> depth -> FETCH -> MODEL -> train -> UPDATE, timing each phase."""
         received = time.monotonic()
         round_index, self.heartbeat.round = start.round, start.round
-        depth = start.body["depth"] or self.policy.choose()  # the strategy may impose a depth
+        self.dilation = float(start.body.get("dilation", self.dilation))  # the aggregator may raise it
+        if self.dealer.shaper is not None:
+            self.dealer.shaper.dilation = self.dilation
+        if not self.schedule.online(round_index, self._emulated(received - self.booted)):
+            self.heartbeat.state = "offline"
+            self.dealer.send(Message("SKIP", self.client_id, round_index, {"reason": "offline"}), shaped=False)
+            return
+        deadline_s = start.body["deadline_s"]
+        preferred = start.body.get("preferred", {}).get(self.session.task)
+        depth = start.body["depth"] or self.policy.choose(deadline_s, preferred)  # the strategy may impose one
         self.heartbeat.state = "downloading"
         self.dealer.send(Message("FETCH", self.client_id, round_index, {"depth": depth}))
         try:
-            model = self._receive(start.body["deadline_s"], wanted="MODEL", round_index=round_index)
+            model = self._receive(deadline_s * self.dilation, wanted="MODEL", round_index=round_index)
         except TimeoutError:
             self.heartbeat.state = "idle"
             return  # the round closed before our layers came
-        download_s = time.monotonic() - received
+        download_s = self._emulated(time.monotonic() - received)
         self.heartbeat.state = "training"
+        steps = self.session.scenario.training.local_steps
+        fault = self.schedule.fault(round_index)
+        fault_step = self.schedule.fault_step(round_index, steps)
 
         def progress(step: int, loss: float) -> None:
             self.dealer.send(Message("PROGRESS", self.client_id, round_index,
-                                     {"step": step + 1, "steps": steps, "layer": depth}))
+                                     {"step": step + 1, "steps": steps, "layer": depth}), shaped=False)
+            if fault is not None and step == fault_step:
+                self._suffer(fault)
 
-        steps = self.session.scenario.training.local_steps
-        result = self.session.train_round(round_index, model.tensors, depth, progress)
+        throttle = ComputeThrottle(self.throughput, self.dilation)
+        result = self.session.train_round(round_index, model.tensors, depth, progress, throttle, self.memory)
+        self.memory.observe(depth, result.peak_mb)
         self.heartbeat.state = "uploading"
-        timings = {"download_s": download_s, "compute_s": result.compute_s,
-                   "elapsed_s": time.monotonic() - received}  # since ROUND arrived: lets the aggregator derive upload time
+        compute_s = self._emulated(result.throttle.wall_s)
+        timings = {"download_s": download_s, "compute_s": compute_s,
+                   # since ROUND arrived, before the upload: lets the aggregator derive the upload time
+                   "elapsed_s": self._emulated(time.monotonic() - received),
+                   "cpu_s": result.throttle.cpu_s, "overshoot": result.throttle.overshoot}
         body = {"depth": depth, "samples": result.samples, "loss": result.loss, "timings": timings,
                 "peak_mb": result.peak_mb}
+        uploaded = time.monotonic()
         # wait until libzmq is done with the buffers: they are the model's own parameters
         self.dealer.send(Message("UPDATE", self.client_id, round_index, body, result.tensors), wait_s=60.0)
-        self.policy.observe(depth, timings)
+        self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
         self.heartbeat.state = "idle"
+
+    def _suffer(self, fault: str) -> None:
+        """An injected fault, mid-training: a crash (abrupt exit, no goodbye) or a freeze (total silence)."""
+        log.warning("%s: injected %s", self.client_id, fault)
+        if fault == "crash":
+            os._exit(CRASH_EXIT_CODE)  # no cleanup, no BYE: as a power loss would leave things
+        self.heartbeat.pause()
+        time.sleep(self.session.spec.profile.failure.freeze_s * self.dilation)
+        self.heartbeat.resume()
 
 
 def run_client(connect: str, client_id: str, **options) -> int:

@@ -2,8 +2,8 @@
 
 Profile and link references are names (`rpi4` -> profiles/rpi4.yaml, `4g` -> profiles/links/4g.yaml)
 or paths (containing '/' or ending in .yaml), tried relative to the referring file's directory, then
-the working directory. Paths are made absolute at load time, so a scenario saved with
-`dump_scenario` into a run directory loads the same from anywhere.
+the working directory; so are FedScale trace files. Paths are made absolute at load time, so a
+scenario saved with `dump_scenario` into a run directory loads the same from anywhere.
 """
 
 import itertools
@@ -16,8 +16,9 @@ from typing import TypeVar
 import yaml
 
 from testbed.config.convert import from_data, join_path, to_data
+from testbed.config.fedscale import Device, trace_devices
 from testbed.config.overrides import apply_overrides, blame_overrides
-from testbed.config.schema import FleetEntry, LinkSpec, Profile, Scenario
+from testbed.config.schema import FedScaleTrace, FleetEntry, LinkSpec, Profile, Scenario
 from testbed.config.yamlio import read_mapping
 from testbed.errors import ConfigError
 from testbed.paths import profiles_dir
@@ -47,7 +48,8 @@ def load_scenario(path: Path | str, overrides: Iterable[str] = ()) -> Scenario:
     try:
         scenario = from_data(Scenario, raw, source=source)
         base_dir = Path(path).parent
-        fleet = tuple(_resolve_entry(entry, i, base_dir, source)[0] for i, entry in enumerate(scenario.fleet))
+        fleet = tuple(_resolve_entry(entry, i, base_dir, source, scenario.seed)[0]
+                      for i, entry in enumerate(scenario.fleet))
         data = replace(scenario.data, path=_data_path(scenario.data.path, base_dir))
         return replace(scenario, fleet=fleet, data=data)
     except ConfigError as error:
@@ -67,15 +69,15 @@ def load_link(name_or_path: str | Path, *, base_dir: Path | None = None,
 
 
 def resolve_fleet(scenario: Scenario) -> list[ClientSpec]:
-    """One ClientSpec per emulated client, ids `c00`, `c01`, ... in fleet order."""
+    """One ClientSpec per emulated client, ids `c00`, `c01`, ... in fleet order (trace entries: draw order)."""
     source = f"scenario {scenario.name!r}"
     total = sum(entry.count for entry in scenario.fleet)
     ids = (f"c{n:0{max(2, len(str(total - 1)))}d}" for n in itertools.count())
     clients = []
     for index, entry in enumerate(scenario.fleet):
-        _, profile, link = _resolve_entry(entry, index, None, source)
+        _, devices = _resolve_entry(entry, index, None, source, scenario.seed)
         clients += [ClientSpec(client_id=next(ids), profile=profile, link=link, task=entry.task)
-                    for _ in range(entry.count)]
+                    for profile, link in devices]
     return clients
 
 
@@ -103,14 +105,28 @@ def is_path(ref: str) -> bool:
     return "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml"))
 
 
-def _resolve_entry(entry: FleetEntry, index: int, base_dir: Path | None,
-                   source: str) -> tuple[FleetEntry, Profile, LinkSpec]:
-    """Load an entry's profile and link; the entry comes back with path references made absolute."""
+def _resolve_entry(entry: FleetEntry, index: int, base_dir: Path | None, source: str,
+                   seed: int) -> tuple[FleetEntry, list[Device]]:
+    """Load an entry's profile, link and traces: its `count` devices; the entry comes back with path
+    references made absolute."""
     at = join_path("fleet", index)
     profile, profile_ref = _resolve(Profile, entry.profile, base_dir, source, f"{at}.profile")
     link_ref, link_at = (entry.link, f"{at}.link") if entry.link else (profile.link, f"{at}.profile")
     link, link_ref = _resolve(LinkSpec, link_ref, base_dir, source, link_at)
-    return replace(entry, profile=profile_ref, link=link_ref if entry.link else None), profile, link
+    entry = replace(entry, profile=profile_ref, link=link_ref if entry.link else None)
+    if entry.fedscale is None:
+        return entry, [(profile, link)] * entry.count
+    trace = _trace_files(entry.fedscale, base_dir, source, f"{at}.fedscale")
+    devices = trace_devices(trace, profile, link, count=entry.count, seed=f"{seed}:{at}", source=source, path=at)
+    return replace(entry, fedscale=trace), devices
+
+
+def _trace_files(trace: FedScaleTrace, base_dir: Path | None, source: str, path: str) -> FedScaleTrace:
+    """The trace with its files found (scenario directory first, then cwd) and made absolute."""
+    capacity = _find_file("FedScale capacity trace", trace.capacity, base_dir, source, f"{path}.capacity")
+    behaviour = None if trace.behaviour is None else str(_find_file(
+        "FedScale behaviour trace", trace.behaviour, base_dir, source, f"{path}.behaviour"))
+    return replace(trace, capacity=str(capacity), behaviour=behaviour)
 
 
 def _resolve(cls: type[Ref], ref: str, base_dir: Path | None, source: str, path: str) -> tuple[Ref, str]:
@@ -122,12 +138,7 @@ def _resolve(cls: type[Ref], ref: str, base_dir: Path | None, source: str, path:
 def _locate(cls: type, ref: str, base_dir: Path | None, source: str, path: str) -> Path:
     noun, folder = _KINDS[cls]
     if is_path(ref):
-        candidates = _candidates(ref, base_dir)
-        found = next((file for file in candidates if file.is_file()), None)
-        if found is None:
-            tried = ", ".join(str(file) for file in candidates)
-            raise ConfigError(source, path, f"{noun} file {ref!r} not found (tried: {tried})")
-        return found.resolve()
+        return _find_file(noun, ref, base_dir, source, path)
     file = profiles_dir() / folder / f"{ref}.yaml"
     if not file.is_file():
         allowed = ", ".join(available(cls)) or f"none in {file.parent}"
@@ -146,6 +157,16 @@ def _read(cls: type[Ref], file: Path) -> Ref:
         _, link_ref = _resolve(LinkSpec, obj.link, file.parent, shown, "link")
         obj = replace(obj, link=link_ref)
     return obj
+
+
+def _find_file(noun: str, ref: str, base_dir: Path | None, source: str, path: str) -> Path:
+    """The absolute path of the file `ref` names; a ConfigError at (source, path) listing where it looked."""
+    candidates = _candidates(ref, base_dir)
+    found = next((file for file in candidates if file.is_file()), None)
+    if found is None:
+        tried = ", ".join(str(file) for file in candidates)
+        raise ConfigError(source, path, f"{noun} file {ref!r} not found (tried: {tried})")
+    return found.resolve()
 
 
 def _candidates(ref: str, base_dir: Path | None) -> list[Path]:

@@ -16,6 +16,8 @@ WEIGHTINGS = ("samples_depth", "samples")  # depth_aware's weight per client: n_
 EXIT_POLICIES = ("static", "budget", "task", "adaptive")  # DESIGN 4.2
 PREFERRED_EXIT_AUTO = "auto"  # preferred_exits value: let the policy pick from measurements
 
+BACKENDS = ("user", "kernel", "auto")  # device emulation (DESIGN 5): auto = kernel where permitted
+
 DATA_SOURCES = ("builtin", "speech_commands", "manifest", "fsdd")
 PARTITIONS = ("speaker", "dirichlet", "iid")
 FAMILIES = ("wav2vec2", "hubert", "wavlm")
@@ -27,6 +29,7 @@ ALLOWED = {
     "strategy": STRATEGIES,
     "weighting": WEIGHTINGS,
     "exit_policy": EXIT_POLICIES,
+    "backend": BACKENDS,
     "data_source": DATA_SOURCES,
     "partition": PARTITIONS,
     "family": FAMILIES,

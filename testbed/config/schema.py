@@ -31,16 +31,44 @@ class LinkSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Availability:
-    """When a client is reachable: a per-round draw and/or alternating online/offline periods."""
+    """When a client is reachable: a per-round draw and/or online periods (alternating or listed)."""
 
     online_probability: float = setting(1.0, ge=0, le=1)  # chance to be online when a round starts
     online_s: float | None = setting(None, gt=0)   # seconds online, then offline_s offline, repeating
     offline_s: float | None = setting(None, gt=0)  # (starting online); None for both = no periods
+    # Listed online periods [start_s, end_s], seconds since the client started, in time order;
+    # offline in between and after the last one (e.g. a FedScale behaviour trace).
+    intervals: tuple[tuple[float, float], ...] | None = setting(None, ge=0, nonempty=True)
+    period_s: float | None = setting(None, gt=0)   # the intervals repeat every period_s; None = once
 
     def problems(self) -> Problems:
         if (self.online_s is None) != (self.offline_s is None):
             missing = "offline_s" if self.offline_s is None else "online_s"
             yield missing, "online_s and offline_s go together (alternating periods, seconds > 0)"
+        if self.intervals is not None and self.online_s is not None:
+            yield "intervals", "give either intervals or online_s/offline_s, not both"
+        yield from self._interval_problems()
+
+    def _interval_problems(self) -> Problems:
+        if self.intervals is None:
+            if self.period_s is not None:
+                yield "period_s", "only goes with intervals (it is how often they repeat)"
+            return
+        previous_end = 0.0
+        for index, interval in enumerate(self.intervals):
+            at = f"intervals[{index}]"
+            if len(interval) != 2:
+                yield at, f"expected [start_s, end_s], got {len(interval)} numbers"
+                return
+            start, end = interval
+            if end <= start:
+                yield at, f"end_s {end:g} is not after start_s {start:g} (allowed: start_s < end_s)"
+            if start < previous_end:
+                yield at, (f"starts at {start:g} s, before the previous period ends ({previous_end:g} s) "
+                           "(allowed: periods in time order, not overlapping)")
+            previous_end = end
+        if self.period_s is not None and self.period_s < previous_end:
+            yield "period_s", f"{self.period_s:g} is shorter than the intervals (last end_s {previous_end:g})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +150,10 @@ class StrategySpec:
 
     name: str = setting("depth_aware", choices=names.STRATEGIES, what="strategy")
     weighting: str = setting("samples_depth", choices=names.WEIGHTINGS, what="weighting")
+    # Over-selection (Bonawitz et al. 2019): ask ceil(k x over_selection) clients, keep the first k
+    # updates. None = every live client every round.
+    clients_per_round: int | None = setting(None, ge=1)
+    over_selection: float = setting(1.3, ge=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,13 +167,43 @@ class ExitPolicySpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmulationSpec:
+    """How profiles are imposed on this host (DESIGN 5) and how emulated time maps onto wall time."""
+
+    backend: str = setting("user", choices=names.BACKENDS, what="emulation backend")
+    # Wall seconds per emulated second. None = automatic: the fleet's CPU demand (sum of speed x
+    # threads) over the host cores x headroom, at least 1. A fixed value below that makes clients
+    # CPU-starved; the run then reports how far they fell behind their targets.
+    dilation: float | None = setting(None, ge=1)
+    # Share of the host's cores the automatic factor plans to use. Measured on a 2-core host:
+    # 8 duty-cycled clients kept their speed ratios within 2.6 % at 75 % but were 13-14 % off at 94 %.
+    headroom: float = setting(0.75, gt=0, le=1)
+    host_cores: int | None = setting(None, ge=1)  # None = the cores this process may run on
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedScaleTrace:
+    """FedScale device traces (pickle or JSON) a fleet entry draws its clients from (testbed/config/fedscale.py)."""
+
+    capacity: str                             # client_device_capacity: id -> computation, communication
+    behaviour: str | None = None              # client_behave_trace: id -> active, inactive, finish_time;
+    #                                           None = the profile's availability
+    # Trace `computation` (ms per sample) of a device as fast as one host core (speed 1.0);
+    # None = the trace's median device gets the profile's speed.
+    reference_ms_per_sample: float | None = setting(None, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class FleetEntry:
-    """`count` identical clients of one profile, task and link."""
+    """`count` identical clients of one profile, task and link, or `count` devices drawn from a trace."""
 
     profile: str                              # profile name (profiles/<name>.yaml) or YAML path
     count: int = setting(1, ge=1)
     task: str = setting("keyword", choices=names.TASKS, what="task")
     link: str | None = None                   # link preset name or path; None = the profile's link
+    # Draw `count` devices from FedScale traces: speed, bandwidth and availability from the trace,
+    # everything else from `profile`, latency, jitter and loss from `link`.
+    fedscale: FedScaleTrace | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +220,7 @@ class Scenario:
     training: TrainingSpec = setting(TrainingSpec)
     strategy: StrategySpec = setting(StrategySpec)
     exit_policy: ExitPolicySpec = setting(ExitPolicySpec)
+    emulation: EmulationSpec = setting(EmulationSpec)
     fleet: tuple[FleetEntry, ...] = setting(nonempty=True)  # mandatory: who takes part
 
     def problems(self) -> Problems:

@@ -57,13 +57,14 @@ def read_clip(path: Path | str, sample_rate: int = SAMPLE_RATE,
 def load_waveforms(utterances, clip_seconds: float = 1.0,
                    sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """All utterances' clips as float32 (N, samples), cached under cache_dir()/waveforms keyed
-    by the file list, sizes and mtimes, so a second run with the same files is a single read."""
+    by the file list, sizes and mtimes. A cached array comes back memory-mapped read-only, so
+    processes that need a few rows (a client's shard) read only those pages."""
     paths = [Path(u.path) for u in utterances]
     clip_samples = int(round(clip_seconds * sample_rate))
     cache_file = cache_dir() / "waveforms" / f"{_cache_key(paths, sample_rate, clip_samples)}.npy"
     if cache_file.exists():
         try:
-            cached = np.load(cache_file)
+            cached = np.load(cache_file, mmap_mode="r")
             if cached.shape == (len(paths), clip_samples):
                 return cached
         except (OSError, ValueError):
@@ -72,7 +73,7 @@ def load_waveforms(utterances, clip_seconds: float = 1.0,
     for row, path in enumerate(paths):
         waveforms[row] = read_clip(path, sample_rate, clip_samples)
     _save_atomically(cache_file, waveforms)
-    return waveforms
+    return np.load(cache_file, mmap_mode="r")
 
 
 def _cache_key(paths: list[Path], sample_rate: int, clip_samples: int) -> str:

@@ -33,15 +33,33 @@ class Task:
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task's arrays; labels index `classes`. Waveforms are float32 (N, samples) at 16 kHz."""
+    """A task's arrays; labels index `classes`. Waveforms are float32 (N, samples) at 16 kHz.
+
+    The clips stay in the corpus-wide array (memory-mapped from the cache), addressed by row, so
+    a client holding a shard of a few hundred clips copies only those: `train_clips(shard)`.
+    """
 
     classes: tuple[str, ...]
-    train_waveforms: np.ndarray
+    clips: np.ndarray  # float32 (corpus clips, samples): every utterance of the corpus
+    train_rows: np.ndarray  # int64 (N,): rows of `clips`
     train_labels: np.ndarray  # int64 (N,)
     train_speakers: list[str]
-    test_waveforms: np.ndarray
+    test_rows: np.ndarray  # int64 (M,)
     test_labels: np.ndarray  # int64 (M,)
     test_speakers: list[str]
+
+    def train_clips(self, shard: np.ndarray | None = None) -> np.ndarray:
+        """float32 (len(shard), samples), a copy of the training clips at positions `shard` (None = all)."""
+        rows = self.train_rows if shard is None else self.train_rows[shard]
+        return np.ascontiguousarray(self.clips[rows])
+
+    @property
+    def train_waveforms(self) -> np.ndarray:
+        return self.train_clips()
+
+    @property
+    def test_waveforms(self) -> np.ndarray:
+        return np.ascontiguousarray(self.clips[self.test_rows])
 
 
 #: task name -> Task; a client has exactly one task.
@@ -75,10 +93,11 @@ def prepare_task(utterances: Sequence[Utterance], task: str, *,
     index = {name: i for i, name in enumerate(classes)}
     return TaskData(
         classes=classes,
-        train_waveforms=waveforms[[row[u] for u in train]],
+        clips=waveforms,
+        train_rows=np.array([row[u] for u in train], np.int64),
         train_labels=np.array([index[spec.label(u)] for u in train], np.int64),
         train_speakers=[u.speaker for u in train],
-        test_waveforms=waveforms[[row[u] for u in test]],
+        test_rows=np.array([row[u] for u in test], np.int64),
         test_labels=np.array([index[spec.label(u)] for u in test], np.int64),
         test_speakers=[u.speaker for u in test],
     )

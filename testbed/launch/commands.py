@@ -43,7 +43,7 @@ def aggregator(args: argparse.Namespace) -> int:
     from testbed.aggregator.plan import make_plan
     from testbed.aggregator.server import Aggregator, write_summary
     from testbed.config.loader import load_scenario
-    from testbed.launch.run import check_runnable, new_run_dir, prepare_assets
+    from testbed.launch.run import new_run_dir, prepare_assets
 
     _require_keys_beyond_loopback(args.bind, args.keys)
     if args.resume:
@@ -51,7 +51,6 @@ def aggregator(args: argparse.Namespace) -> int:
         scenario = load_scenario(run_dir / "scenario.yaml")
     else:
         scenario = load_scenario(args.scenario, args.overrides)
-        check_runnable(scenario)
         run_dir = new_run_dir(scenario, args.out)
     prepare_assets(scenario)
     print(f"aggregator for {scenario.name!r}: waiting for {sum(e.count for e in scenario.fleet)} clients on "

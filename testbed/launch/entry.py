@@ -34,5 +34,5 @@ def client_main(connect: str, client_id: str, run_dir: str) -> None:
 
     die_with_parent()
     log_to(Path(run_dir) / "logs" / f"{client_id}.log")
-    torch.set_num_threads(1)  # until device profiles are applied: one intra-op thread per client
+    torch.set_num_threads(1)  # while joining; the profile sets its own thread count once WELCOME names it
     sys.exit(run_client(connect, client_id))

@@ -34,9 +34,13 @@ class ProcessGroup:
     """All processes a run starts; `stop()` guarantees none survives it."""
 
     def __init__(self, preload: list[str]):
+        # Idle OpenMP threads sleep instead of spinning: spinning burns CPU time that the duty cycle
+        # would count as work (set before the fork server loads torch, which reads it once).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(preload)  # torch etc. imported once, shared by every fork
         self.processes: dict[str, multiprocessing.Process] = {}
+        self._crashed_at: dict[str, float] = {}  # name -> when its crash was noticed (monotonic s)
 
     def start(self, name: str, target, *args) -> multiprocessing.Process:
         process = self.context.Process(target=target, args=args, name=name, daemon=False)
@@ -51,6 +55,21 @@ class ProcessGroup:
         pids = {name: p.pid for name, p in self.processes.items()}
         server = getattr(forkserver._forkserver, "_forkserver_pid", None)  # private, but the only handle
         return {**pids, "forkserver": server} if server else pids
+
+    def reboot_crashed(self, reboot_s: float = 2.0) -> list[str]:
+        """Names of processes that exited with an injected crash at least `reboot_s` ago (to start again)."""
+        from testbed.emulation.availability import CRASH_EXIT_CODE
+
+        now = time.monotonic()
+        due = []
+        for name, process in self.processes.items():
+            if process.exitcode == CRASH_EXIT_CODE:
+                crashed = self._crashed_at.setdefault(name, now)
+                if now - crashed >= reboot_s:
+                    due.append(name)
+        for name in due:
+            del self._crashed_at[name]
+        return due
 
     def alive(self) -> list[str]:
         return [name for name, p in self.processes.items() if p.is_alive()]

@@ -33,18 +33,6 @@ def new_run_dir(scenario: Scenario, out: str | None) -> Path:
     return run_dir
 
 
-def check_runnable(scenario: Scenario) -> None:
-    """The scenario language names every planned strategy and policy; refuse, before starting
-    anything, the ones this release does not implement yet."""
-    from testbed.client.policies import POLICIES
-    from testbed.strategies import STRATEGIES
-
-    for what, name, available in (("strategy.name", scenario.strategy.name, STRATEGIES),
-                                  ("exit_policy.name", scenario.exit_policy.name, POLICIES)):
-        if name not in available:
-            raise UserError(f"{what}: '{name}' is not implemented yet (available: {', '.join(sorted(available))})")
-
-
 def prepare_assets(scenario: Scenario) -> None:
     """Build what every process will read from the cache (corpus, waveforms, pretrained backbone) once, here."""
     from testbed.data.source import task_data
@@ -66,7 +54,6 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         scenario = load_scenario(run_dir / "scenario.yaml")
     else:
         scenario = load_scenario(scenario_path, overrides)
-        check_runnable(scenario)
         run_dir = new_run_dir(scenario, out)
     prepare_assets(scenario)
     sockets = Path(tempfile.mkdtemp(prefix="testbed-"))  # short path: ipc names are limited to ~100 bytes
@@ -86,6 +73,9 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         (run_dir / "processes.json").write_text(json.dumps(group.pids()))  # for `ps`, and for the tests
         while aggregator.is_alive() and not interrupted:
             printer.poll()
+            for client_id in group.reboot_crashed():  # an injected crash is a power loss: the device reboots
+                group.start(client_id, entry.client_main, router, client_id, str(run_dir))
+                (run_dir / "processes.json").write_text(json.dumps(group.pids()))
             time.sleep(0.2)
         if interrupted:  # the aggregator says BYE and records run_interrupted; then everyone goes
             aggregator.terminate()

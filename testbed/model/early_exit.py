@@ -15,6 +15,12 @@ def default_exits(num_layers: int, count: int = 4) -> tuple[int, ...]:
     return tuple(sorted({round(num_layers * (i + 1) / count) for i in range(count)}))
 
 
+def exit_depth(exits: tuple[int, ...], max_exit: int | None) -> int:
+    """The transformer depth of the `max_exit`-th exit (1-based, capped at the deepest); None = deepest."""
+    index = len(exits) if max_exit is None else min(max_exit, len(exits))
+    return exits[index - 1]
+
+
 def normalise(waveforms: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance per utterance, as wav2vec 2.0's feature extractor does."""
     return (waveforms - waveforms.mean(-1, keepdim=True)) / (waveforms.std(-1, keepdim=True) + 1e-5)

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -120,7 +121,7 @@ def corpus_waveforms(corpus_seed: int) -> torch.Tensor:
     from testbed.data.synth import builtin_corpus
 
     utterances = [u for u in load_speech_commands(builtin_corpus(seed=corpus_seed)) if u.split == "train"]
-    return torch.from_numpy(load_waveforms(utterances, clip_seconds=1.0))
+    return torch.from_numpy(np.array(load_waveforms(utterances, clip_seconds=1.0)))  # in memory: read every step
 
 
 def pretrained_tiny(settings: PretrainSettings = PretrainSettings(), progress: bool = True, force: bool = False):

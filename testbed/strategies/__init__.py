@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from testbed.strategies.base import WEIGHTINGS, ClientUpdate, Strategy
 from testbed.strategies.depth_aware import DepthAware
+from testbed.strategies.depthfl import DepthFL
+from testbed.strategies.fedavg_drop import FedAvgDrop
 from testbed.strategies.fedavg_full import FedAvgFull
+from testbed.strategies.fedavg_hetero_naive import FedAvgHeteroNaive
+from testbed.strategies.fedavg_min_depth import FedAvgMinDepth
 from testbed.strategies.layerwise import Layerwise
+from testbed.strategies.selection import Deadline, OverSelection, RoundRule, WaitForAll, round_rule
 
-# Only what is implemented; fedavg_drop, fedavg_min_depth, fedavg_hetero_naive, depthfl come later.
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (DepthAware, FedAvgFull, Layerwise)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
+    FedAvgFull, FedAvgDrop, FedAvgMinDepth, FedAvgHeteroNaive, Layerwise, DepthAware, DepthFL)}
 
 
 def make_strategy(name: str, weighting: str = "samples_depth") -> Strategy:
@@ -18,4 +23,5 @@ def make_strategy(name: str, weighting: str = "samples_depth") -> Strategy:
     return STRATEGIES[name](weighting)
 
 
-__all__ = ["STRATEGIES", "WEIGHTINGS", "ClientUpdate", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "WEIGHTINGS", "ClientUpdate", "Deadline", "OverSelection", "RoundRule", "Strategy",
+           "WaitForAll", "make_strategy", "round_rule"]

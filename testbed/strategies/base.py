@@ -1,14 +1,21 @@
 """The strategy seam: `Strategy.aggregate` owns the per-key weighted-average loop, subclasses override hooks.
 
 Pure NumPy (no zmq, no torch), in the spirit of Flower's strategy base class: each algorithm is one
-small file that overrides `client_depth`, `weight` or `contributors`; straggler handling (deadlines,
-over-selection) wraps a strategy instead of copying it (DESIGN 4.3).
+small file that overrides `client_depth`, `weight`, `contributors` or `tensor_of` and sets two
+declarative attributes the runtime reads (`waits_for_all`, `client_loss`); straggler handling
+(deadlines, over-selection) wraps any strategy instead of copying it (testbed.strategies.selection).
+
+The aggregator calls, in this order:
+  1. `configure(fleet_depths, exits)` once, before the first round;
+  2. per round, per selected client: `client_depth(0, exits[-1])` for the ROUND message
+     (0 = the client picks its own depth; anything else is the depth it must train);
+  3. per round, after it closed: `aggregate(global_state, updates)`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -37,6 +44,8 @@ class Strategy:
 
     name = "base"
     cites = ""
+    waits_for_all = False  # True: the round has no deadline and waits for every selected client
+    client_loss: str | None = None  # the loss mode clients must train with (names.LOSSES); None: the scenario's
 
     def __init__(self, weighting: str = "samples_depth"):
         # every strategy accepts the scenario's `weighting`; only depth_aware reads it
@@ -45,6 +54,10 @@ class Strategy:
         self.weighting = weighting
 
     # ---- hooks -------------------------------------------------------------------------------
+    def configure(self, fleet_depths: Mapping[str, int], exits: tuple[int, ...]) -> None:
+        """Called once before the first round: each client's depth cap (a transformer layer, one of
+        `exits`) and the model's exit layers. Strategies that do not depend on the fleet ignore it."""
+
     def client_depth(self, chosen: int, full_depth: int) -> int:
         """The depth a client is told to train; `chosen` is its own choice (0 = let the client decide)."""
         return chosen
@@ -56,6 +69,10 @@ class Strategy:
     def contributors(self, key: str, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         """The updates averaged into `key`: those that trained it (S_l for layers, same-task clients for heads)."""
         return [update for update in updates if key in update.tensors]
+
+    def tensor_of(self, update: ClientUpdate, key: str, current: np.ndarray) -> np.ndarray:
+        """The array a contributor adds to `key` (`current` = its global value): what it uploaded."""
+        return update.tensors[key]
 
     # ---- the loop ----------------------------------------------------------------------------
     def normalised_weights(self, key: str, updates: list[ClientUpdate]) -> list[tuple[ClientUpdate, float]]:
@@ -76,7 +93,11 @@ class Strategy:
         new_state = {}
         for key, current in global_state.items():
             weights = self.normalised_weights(key, updates)
-            new_state[key] = _average(current, key, weights) if weights else current
+            if weights:
+                new_state[key] = _average(current, ((self.tensor_of(update, key, current), weight)
+                                                    for update, weight in weights))
+            else:
+                new_state[key] = current
         return new_state
 
 
@@ -91,13 +112,13 @@ def check_updates(global_state: Mapping[str, np.ndarray], updates: list[ClientUp
                                  f"expected {np.shape(global_state[key])}")
 
 
-def _average(current: np.ndarray, key: str, weights: list[tuple[ClientUpdate, float]]) -> np.ndarray:
-    """Σ w_k θ_k for normalised weights, streamed one update at a time in float64."""
+def _average(current: np.ndarray, weighted: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Σ w_k θ_k for normalised weights, streamed one array at a time in float64."""
     total = np.zeros(np.shape(current), dtype=np.float64)
     scratch = np.empty_like(total)  # reused: w_k * θ_k without a new temporary per client
-    for update, weight in weights:
+    for array, weight in weighted:
         # explicit float64 so a float32 input is never multiplied in float32 (NumPy 1 vs 2 casting rules)
-        np.multiply(update.tensors[key], np.float64(weight), out=scratch, dtype=np.float64)
+        np.multiply(array, np.float64(weight), out=scratch, dtype=np.float64)
         total += scratch
     dtype = np.asarray(current).dtype
     if not np.issubdtype(dtype, np.inexact):  # integer buffers: the nearest integer, not a truncation

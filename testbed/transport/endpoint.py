@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import zmq
 
@@ -77,6 +78,12 @@ class Router:
             self.authenticator.stop()
 
 
+class Shaper(Protocol):
+    """Link emulation seen by a socket: block for the time `nbytes` take on the link ("down" or "up")."""
+
+    def wait(self, nbytes: int, direction: str) -> None: ...
+
+
 class Dealer:
     """A client's socket: one DEALER whose routing id is the client id (its heartbeat: '<id>/hb')."""
 
@@ -92,14 +99,19 @@ class Dealer:
             configure_client(self.socket, Path(curve_dir), client_id)
         self.socket.connect(connect)
         self.client_id, self.max_bytes = client_id, max_bytes
+        self.shaper: Shaper | None = None  # the device's link (user backend); None = the host's own
 
-    def send(self, message: Message, wait_s: float = 0.0) -> int:
+    def send(self, message: Message, wait_s: float = 0.0, shaped: bool = True) -> int:
         """Send with zero copies; returns the bytes put on the wire.
 
         With `wait_s` > 0, block until libzmq has released the tensor buffers (at most `wait_s`
         seconds), so the caller may overwrite them afterwards (e.g. the model's own parameters).
+        With a shaper, the message first waits its emulated uplink time (unless `shaped` is False:
+        telemetry that a real deployment would send out of band, such as progress).
         """
         frames = encode(message)
+        if shaped and self.shaper is not None:
+            self.shaper.wait(sum(len(memoryview(frame)) for frame in frames), "up")
         tracker = self.socket.send_multipart(frames, copy=False, track=wait_s > 0)
         if wait_s > 0:
             try:
@@ -113,7 +125,10 @@ class Dealer:
         if not self.socket.poll(max(0, int(timeout_s * 1000))):
             return None, 0
         frames = self.socket.recv_multipart(copy=False)
-        return decode(frames, self.max_bytes), sum(len(frame.buffer) for frame in frames)
+        nbytes = sum(len(frame.buffer) for frame in frames)
+        if self.shaper is not None:  # delivered as the link would have delivered it
+            self.shaper.wait(nbytes, "down")
+        return decode(frames, self.max_bytes), nbytes
 
     def close(self) -> None:
         self.socket.close()

@@ -1,0 +1,51 @@
+"""What each depth costs this client: measured once after joining, before the first round.
+
+For every exit depth d (shallowest first) one real training step runs on a scratch copy of the
+trainable state: host CPU seconds per step, the peak resident memory of a round at d (the step
+allocates gradients and AdamW's moments, as a round does) and the bytes of layers <= d each way.
+The exit policies turn these into predicted emulated seconds with the profile's speed and link.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from testbed.emulation.memory import peak_mb, reset_peak
+from testbed.model.early_exit import exit_loss
+from testbed.model.state import load_partial_state, partial_state, state_bytes
+from testbed.model.train import make_optimizer
+
+
+@dataclass(frozen=True)
+class DepthCost:
+    depth: int  # transformer layers run
+    step_cpu_s: float  # host CPU seconds of one local step (forward, backward, optimizer), all threads
+    peak_mb: float  # peak resident set of a training round at this depth, MiB
+    state_bytes: int  # bytes of layers <= depth and this task's heads <= depth: each way, per round
+
+
+def measure_costs(model, waveforms: torch.Tensor, labels: torch.Tensor, *, task: str, batch_size: int,
+                  loss_mode: str) -> dict[int, DepthCost]:
+    """One measured step per exit; the model's weights are restored afterwards."""
+    batch = torch.arange(min(batch_size, len(waveforms)))
+    costs = {}
+    for depth in (model.exits[0], *model.exits):  # the first exit twice: the first step pays one-off warm-up
+        saved = {name: value.clone() for name, value in partial_state(model, depth, {task}).items()}
+        optimizer = make_optimizer(model, 1e-4)
+        reset_peak()
+        started = time.process_time()
+        model.train()
+        loss = exit_loss(model(waveforms[batch], depth, task), labels[batch], loss_mode)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        cpu_s = time.process_time() - started
+        peak = peak_mb()
+        del optimizer
+        model.zero_grad(set_to_none=True)
+        load_partial_state(model, saved)
+        costs[depth] = DepthCost(depth, cpu_s, peak, state_bytes(saved))
+    return costs

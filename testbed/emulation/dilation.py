@@ -1,0 +1,70 @@
+"""Time dilation: one factor that stretches every emulated duration when the host is oversubscribed.
+
+A client whose profile says `speed` s (per core, relative to one host core) and `threads` t computes
+as fast as s x t host cores would (intra-op threads assumed to scale linearly). When the fleet's
+demand, the sum over clients busy at once, exceeds what the host can give, some clients would be
+CPU-starved and fall behind their targets, which distorts exactly the ratios we measure. Stretching
+every duration (compute, transfer, deadline) by a common factor f keeps the ratios: a client then
+needs only s x t / f cores. All reported times are emulated seconds = wall seconds / f.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from testbed.config.schema import EmulationSpec, Profile
+
+
+def demand_cores(profile: Profile) -> float:
+    """Host cores the profile's device is worth while it computes."""
+    return profile.speed * profile.threads
+
+
+def host_cores(spec: EmulationSpec) -> int:
+    """Cores available here: the scenario's figure, else this process's CPU affinity."""
+    return spec.host_cores or len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class Dilation:
+    factor: float  # wall seconds per emulated second (>= 1)
+    demand: float  # host cores the busy fleet asks for
+    cores: int  # host cores there are
+    reason: str  # one sentence, shown by the run and kept in its events
+
+    def to_event(self) -> dict:
+        return {"factor": round(self.factor, 4), "demand_cores": round(self.demand, 3), "host_cores": self.cores,
+                "reason": self.reason}
+
+
+def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile]) -> Dilation:
+    """The factor for a fleet whose clients may all compute at once (every selected client trains each round)."""
+    demand = sum(demand_cores(profile) for profile in profiles)
+    cores = host_cores(spec)
+    usable = cores * spec.headroom
+    needed = max(1.0, demand / usable)
+    if spec.dilation is not None:
+        verdict = ("enough" if spec.dilation >= needed else
+                   f"below the {needed:.2f} needed: clients may be CPU-starved (see each round's throttle error)")
+        return Dilation(spec.dilation, demand, cores,
+                        f"set by the scenario: {spec.dilation:g}x ({verdict}; fleet demand {demand:.2f} cores "
+                        f"on {cores} host cores)")
+    if needed == 1.0:
+        return Dilation(1.0, demand, cores, f"none needed: fleet demand {demand:.2f} cores fits "
+                                            f"{usable:.2f} of {cores} host cores ({spec.headroom:.0%} headroom)")
+    return Dilation(needed, demand, cores,
+                    f"automatic: fleet demand {demand:.2f} cores (sum of speed x threads) over {usable:.2f} usable "
+                    f"of {cores} host cores ({spec.headroom:.0%} headroom)")
+
+
+def raised(factor: float, worst_overshoot: float, tolerance: float = 0.10) -> float | None:
+    """A larger factor when a client missed its compute target by more than `tolerance`, else None.
+
+    `worst_overshoot` = achieved wall / target wall of the most starved client last round. The
+    new factor absorbs that shortfall with the same headroom margin, at most doubling per round.
+    """
+    if worst_overshoot <= 1.0 + tolerance:
+        return None
+    return factor * min(2.0, worst_overshoot * (1.0 + tolerance))
