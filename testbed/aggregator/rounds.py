@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from testbed.strategies.base import ClientUpdate
 
-# statuses after which the round no longer waits for a client ("discarded": arrived after the first k)
-FINISHED = ("updated", "lost", "skipped", "discarded")
+# statuses after which the round no longer waits for a client ("discarded": arrived after the first k;
+# "rejected": failed the update sanity screen)
+FINISHED = ("updated", "lost", "skipped", "discarded", "rejected")
 TIMING_KEYS = ("download_s", "compute_s", "elapsed_s")
 
 
@@ -56,8 +57,12 @@ class Round:
             return f"timings must hold finite non-negative {', '.join(TIMING_KEYS)}"
         if body["samples"] < 1:
             return f"samples must be >= 1 (got {body['samples']})"
+        if not math.isfinite(body["loss"]):
+            return f"loss must be a finite number (got {body['loss']})"
         row.status, row.finished_t, row.bytes_up = "updated", now, nbytes
-        row.samples, row.loss, row.peak_mb = body["samples"], float(body["loss"]), body.get("peak_mb")
+        peak = body.get("peak_mb")
+        row.samples, row.loss = body["samples"], float(body["loss"])
+        row.peak_mb = float(peak) if isinstance(peak, (int, float)) and math.isfinite(peak) else None
         row.download_s, row.compute_s = timings["download_s"], timings["compute_s"]
         for key in ("cpu_s", "overshoot"):  # optional: clients that emulate a device report them
             value = timings.get(key)
@@ -79,7 +84,7 @@ class Round:
         return {"round": self.index, "started_t": round(self.started_t, 3), "wall_s": round(wall_s, 3),
                 "deadline_s": self.deadline_s, "selected": len(self.rows), "updates": statuses.count("updated"),
                 "stragglers": statuses.count("straggler"), "lost": statuses.count("lost"),
-                "discarded": statuses.count("discarded"),
+                "discarded": statuses.count("discarded"), "rejected": statuses.count("rejected"),
                 "bytes_down": sum(r.bytes_down for r in self.rows.values()),
                 "bytes_up": sum(r.bytes_up for r in self.rows.values())}
 

@@ -19,12 +19,14 @@ from testbed.aggregator.global_model import GlobalModel
 from testbed.aggregator.plan import RunPlan, client_seed
 from testbed.aggregator.records import Records, accuracy_columns
 from testbed.aggregator.rounds import ClientRow, Round
+from testbed.aggregator.sanity import UpdateScreen, check_of
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
-from testbed.emulation.dilation import choose_dilation, raised
+from testbed.emulation.dilation import fleet_dilation, raised
 from testbed.errors import UserError
 from testbed.events import EventLog, read_events
 from testbed.model.early_exit import exit_depth
+from testbed.model.state import group_of
 from testbed.strategies import make_strategy
 from testbed.strategies.selection import round_rule
 from testbed.transport.endpoint import Received, Router
@@ -41,7 +43,8 @@ class Interrupted(Exception):
 
 class Aggregator:
     def __init__(self, plan: RunPlan, run_dir: Path, *, bind: str, publish: str | None = None,
-                 curve_dir: Path | None = None, resume: bool = False, join_timeout_s: float = 120.0):
+                 curve_dir: Path | None = None, resume: bool = False, join_timeout_s: float = 120.0,
+                 fixed_dilation: bool = False):
         self.plan, self.scenario, self.run_dir = plan, plan.scenario, Path(run_dir)
         self.join_timeout_s = join_timeout_s
         self.model = GlobalModel(self.scenario, plan.classes)
@@ -67,7 +70,9 @@ class Aggregator:
                                  for cid, spec in plan.clients.items()}, self.model.exits)
         self.rule = round_rule(self.strategy, self.scenario.deadline_s, strategy.clients_per_round,
                                strategy.over_selection)
-        self.dilation = choose_dilation(self.scenario.emulation, [c.profile for c in plan.clients.values()])
+        self.dilation = fleet_dilation(self.scenario, list(plan.clients.values()))
+        # a kernel CPU quota was sized for this factor: raising it would desynchronise the two
+        self.fixed_dilation = fixed_dilation or self.scenario.emulation.dilation is not None
         self.events.set_dilation(self.dilation.factor)
         self.preferred: dict[str, int] = {}  # task -> exit layer, for tasks whose preferred exit is "auto"
         self.fleet = Fleet.of(plan.clients)
@@ -75,6 +80,7 @@ class Aggregator:
         self.test_sets = self._test_sets()
         self.round: Round | None = None
         self.dropped = 0
+        self.screen = UpdateScreen(_layer_group)  # non-finite values, wrong shapes, norms far beyond the fleet's
         if checkpoint is not None:
             self._check_resumed_state(meta)
 
@@ -174,7 +180,7 @@ class Aggregator:
     def _check_dilation(self) -> None:
         """Raise an automatic dilation when a client fell behind its compute target (CPU-starved)."""
         overshoots = [row.overshoot for row in self.round.rows.values() if row.overshoot is not None]
-        if self.scenario.emulation.dilation is not None or not overshoots:
+        if self.fixed_dilation or not overshoots:
             return
         factor = raised(self.events.dilation, max(overshoots))
         if factor is not None:
@@ -265,19 +271,25 @@ class Aggregator:
         record = self.fleet.records[message.client]
         if isinstance(message.body.get("device"), dict):  # once, when ready: what it measured about itself
             record.ready = True
-            self.events.emit("client_ready", client=message.client, device=message.body["device"])
+            try:
+                self.events.emit("client_ready", client=message.client, device=message.body["device"])
+            except (TypeError, ValueError) as error:  # not JSON-safe (NaN, bytes): still ready, no details
+                self.events.emit("client_ready", client=message.client, device={"invalid": str(error)[:200]})
         if message.body["state"] != record.state:
             record.state = message.body["state"]
             self.events.emit("client_state", client=message.client, state=record.state, round=message.round)
 
     def _on_progress(self, message: Message, received: Received) -> str | None:
-        self.events.emit("client_progress", client=message.client, round=message.round, **message.body)
+        body = message.body  # only the declared fields: a client's body must not shape our events
+        self.events.emit("client_progress", client=message.client, round=message.round, step=body["step"],
+                         steps=body["steps"], layer=body["layer"])
 
     def _on_skip(self, message: Message, received: Received) -> str | None:
         row = self._row_of(message)
         if row is not None:
             row.status = "skipped"
-            self.events.emit("client_skipped", client=message.client, round=message.round, **message.body)
+            self.events.emit("client_skipped", client=message.client, round=message.round,
+                             reason=message.body["reason"][:200])
 
     def _on_bye(self, message: Message, received: Received) -> str | None:
         self.fleet.records[message.client].lost = True
@@ -315,6 +327,13 @@ class Aggregator:
             check_tensors(message, self.model.expected(row.depth, row.task))
         except Rejected as error:
             return str(error)
+        reason = self.screen.screen(message.tensors, self.model.state)  # the state the client fetched
+        if reason is not None:
+            row.status, row.bytes_up = "rejected", received.nbytes
+            self.events.emit("update_rejected", client=message.client, round=message.round, depth=row.depth,
+                             check=check_of(reason), reason=reason)
+            log.warning("rejected the update of %s in round %d: %s", message.client, message.round, reason)
+            return None  # handled here: not also counted as a dropped message
         if not self.rule.accept(len(self.round.updates), self.events.now() - self.round.started_t):
             row.status, row.bytes_up = "discarded", received.nbytes
             self.events.emit("update_discarded", client=message.client, round=message.round,
@@ -328,6 +347,12 @@ class Aggregator:
                              upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
                              overshoot=row.overshoot)
         return reason
+
+
+def _layer_group(key: str) -> str:
+    """The unit whose update norm is compared across the fleet: "embed 0", "layer 3", "head keyword 4"."""
+    group = group_of(key)
+    return f"head {group.task} {group.depth}" if group.kind == "head" else f"{group.kind} {group.depth}"
 
 
 def write_summary(run_dir: Path) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from statistics import mean
 
 
@@ -21,6 +21,12 @@ def _per_depth_bytes(closed: dict[int, dict]) -> dict[str, dict]:
                          "mean_bytes_up": round(mean(r["bytes_up"] for r in rows)),
                          "mean_compute_s": round(mean(r["compute_s"] for r in rows), 3)}
             for depth, rows in sorted(by_depth.items())}
+
+
+def _rejected(events: list[dict]) -> dict:
+    """Updates refused by the sanity screen, in total and per check (non_finite, shape, norm, ...)."""
+    checks = Counter(e.get("check", "?") for e in events if e["kind"] == "update_rejected")
+    return {"total": sum(checks.values()), "by_check": dict(sorted(checks.items()))}
 
 
 def summarize(events: list[dict]) -> dict:
@@ -50,4 +56,5 @@ def summarize(events: list[dict]) -> dict:
         "stragglers": sum(e["stragglers"] for e in closed.values()),
         "lost_events": kinds.count("client_lost"),
         "dropped_messages": kinds.count("message_dropped"),
+        "rejected_updates": _rejected(events),
     }

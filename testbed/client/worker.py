@@ -36,9 +36,9 @@ class Stop(Exception):
 
 class ClientWorker:
     def __init__(self, connect: str, client_id: str, *, curve_dir: Path | None = None,
-                 join_timeout_s: float = 120.0, kernel_shaped: bool = False):
+                 join_timeout_s: float = 120.0, kernel_cpu: bool = False):
         self.client_id, self.join_timeout_s = client_id, join_timeout_s
-        self.kernel_shaped = kernel_shaped  # tc netem shapes this client's link: no shaping in the transport
+        self.kernel_cpu = kernel_cpu  # a cgroup CPU quota paces this process: measure, do not sleep
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
         self.heartbeat: Heartbeat | None = None  # started once joined
@@ -104,8 +104,7 @@ class ClientWorker:
         scenario = self.session.scenario
         costs = self.session.measure_costs()
         link = LinkModel(spec.link, self.session.seed)
-        if not self.kernel_shaped:
-            self.dealer.shaper = LinkShaper(link, self.dilation)
+        self.dealer.shaper = LinkShaper(link, self.dilation)  # links are shaped here with either backend
         self.throughput = demand_cores(profile)
         self.memory = MemoryBudget(profile.memory_mb, {d: c.peak_mb for d, c in costs.items()})
         device = DeviceModel(self.session.exits, costs, self.throughput, link, self.memory,
@@ -178,7 +177,8 @@ class ClientWorker:
             if fault is not None and step == fault_step:
                 self._suffer(fault)
 
-        throttle = ComputeThrottle(self.throughput, self.dilation)
+        throttle = ComputeThrottle(self.throughput, self.dilation,
+                                   sleep=(lambda seconds: None) if self.kernel_cpu else time.sleep)
         result = self.session.train_round(round_index, model.tensors, depth, progress, throttle, self.memory)
         self.memory.observe(depth, result.peak_mb)
         self.heartbeat.state = "uploading"

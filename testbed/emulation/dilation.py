@@ -10,11 +10,13 @@ needs only s x t / f cores. All reported times are emulated seconds = wall secon
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from testbed.config.schema import EmulationSpec, Profile
+from testbed.config.loader import ClientSpec
+from testbed.config.schema import EmulationSpec, Profile, Scenario
 
 
 def demand_cores(profile: Profile) -> float:
@@ -39,9 +41,13 @@ class Dilation:
                 "reason": self.reason}
 
 
-def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile]) -> Dilation:
-    """The factor for a fleet whose clients may all compute at once (every selected client trains each round)."""
-    demand = sum(demand_cores(profile) for profile in profiles)
+def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile], concurrent: int | None = None) -> Dilation:
+    """The factor for a fleet whose selected clients may all compute at once.
+
+    `concurrent`: clients selected per round (None = all); the busiest that many count.
+    """
+    demands = sorted((demand_cores(profile) for profile in profiles), reverse=True)
+    demand = sum(demands[:concurrent] if concurrent else demands)
     cores = host_cores(spec)
     usable = cores * spec.headroom
     needed = max(1.0, demand / usable)
@@ -57,6 +63,14 @@ def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile]) -> Dilatio
     return Dilation(needed, demand, cores,
                     f"automatic: fleet demand {demand:.2f} cores (sum of speed x threads) over {usable:.2f} usable "
                     f"of {cores} host cores ({spec.headroom:.0%} headroom)")
+
+
+def fleet_dilation(scenario: Scenario, clients: list[ClientSpec]) -> Dilation:
+    """The run's initial factor (the launcher and the aggregator must agree on it)."""
+    strategy = scenario.strategy
+    concurrent = (math.ceil(strategy.clients_per_round * strategy.over_selection - 1e-9)
+                  if strategy.clients_per_round else None)
+    return choose_dilation(scenario.emulation, [client.profile for client in clients], concurrent)
 
 
 def raised(factor: float, worst_overshoot: float, tolerance: float = 0.10) -> float | None:

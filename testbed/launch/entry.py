@@ -16,7 +16,7 @@ import testbed.client.local  # noqa: F401
 from testbed.launch.processes import die_with_parent, log_to
 
 
-def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool) -> None:
+def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, fixed_dilation: bool = False) -> None:
     from testbed.aggregator.plan import make_plan
     from testbed.aggregator.server import Aggregator
     from testbed.config.loader import load_scenario
@@ -25,14 +25,15 @@ def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool) 
     log_to(Path(run_dir) / "logs" / "aggregator.log")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     scenario = load_scenario(Path(run_dir) / "scenario.yaml")
-    aggregator = Aggregator(make_plan(scenario), Path(run_dir), bind=bind, publish=publish, resume=resume)
+    aggregator = Aggregator(make_plan(scenario), Path(run_dir), bind=bind, publish=publish, resume=resume,
+                            fixed_dilation=fixed_dilation)
     sys.exit(aggregator.run())
 
 
-def client_main(connect: str, client_id: str, run_dir: str) -> None:
+def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = False) -> None:
     from testbed.client.worker import run_client
 
     die_with_parent()
     log_to(Path(run_dir) / "logs" / f"{client_id}.log")
     torch.set_num_threads(1)  # while joining; the profile sets its own thread count once WELCOME names it
-    sys.exit(run_client(connect, client_id))
+    sys.exit(run_client(connect, client_id, kernel_cpu=kernel_cpu))

@@ -13,7 +13,9 @@ from testbed.config.convert import to_data
 from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
 from testbed.errors import UserError
+from testbed.emulation.dilation import fleet_dilation
 from testbed.launch.console import EventPrinter
+from testbed.launch.limits import KernelLimits
 from testbed.launch.processes import ProcessGroup
 
 PRELOAD = ["testbed.launch.entry"]
@@ -64,17 +66,26 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
     interrupted = []
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    clients = resolve_fleet(scenario)
+    limits = None
     try:
         from testbed.launch import entry
 
-        aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, bool(resume))
-        for client in resolve_fleet(scenario):
-            group.start(client.client_id, entry.client_main, router, client.client_id, str(run_dir))
+        limits = KernelLimits(scenario, clients, fleet_dilation(scenario, clients).factor, run_dir)
+
+        def start_client(client_id: str) -> None:
+            process = group.start(client_id, entry.client_main, router, client_id, str(run_dir), limits.cpu_quota)
+            limits.attach(client_id, process.pid)
+
+        aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, bool(resume),
+                                 limits.cpu_quota)
+        for client in clients:
+            start_client(client.client_id)
         (run_dir / "processes.json").write_text(json.dumps(group.pids()))  # for `ps`, and for the tests
         while aggregator.is_alive() and not interrupted:
             printer.poll()
             for client_id in group.reboot_crashed():  # an injected crash is a power loss: the device reboots
-                group.start(client_id, entry.client_main, router, client_id, str(run_dir))
+                start_client(client_id)
                 (run_dir / "processes.json").write_text(json.dumps(group.pids()))
             time.sleep(0.2)
         if interrupted:  # the aggregator says BYE and records run_interrupted; then everyone goes
@@ -82,6 +93,12 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
             aggregator.join(3.0)
     finally:
         group.stop()
+        if limits is not None:
+            for client in clients:
+                if limits.oom_killed(client.client_id):
+                    print(f"{client.client_id} was killed by the kernel: out of memory "
+                          f"(memory_mb {client.profile.memory_mb})", flush=True)
+            limits.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for leftover in sockets.iterdir():

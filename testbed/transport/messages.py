@@ -9,6 +9,7 @@ tensors come back as read-only NumPy views of the received frames (zero copies).
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 import msgpack
@@ -17,8 +18,17 @@ import numpy as np
 PROTOCOL_VERSION = 1
 MAX_ENVELOPE_BYTES = 1 << 20  # 1 MiB: bodies are small; tensors travel in their own frames
 MAX_TENSORS = 4096
+# Hostile envelopes may nest lists/maps ~1000 deep (msgpack's own limit); repr, json and friends
+# recurse and would hit Python's recursion limit. Real envelopes nest fewer than 8 levels.
+MAX_NESTING = 32
+# Tensor rank: NumPy cannot reshape beyond 32 (1.x) or 64 (2.x) dims, and math.prod over a
+# hostile shape of ~100k dims is quadratic (seconds). Model tensors have at most 4.
+MAX_DIMS = 32
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 FLOAT_DTYPES = {"float32", "float16"}
+# Peer-chosen values quoted in a reason: escaped and cut, so a reason stays one short line
+_shown = reprlib.Repr()
+_shown.maxstring = _shown.maxother = 120  # characters
 
 # Required body fields per message type (extra fields are ignored: newer minor versions may add some).
 # float accepts int; dict/list are checked only for their kind.
@@ -54,11 +64,13 @@ class Message:
 
 def encode(message: Message) -> list:
     """Frames for `socket.send_multipart(frames, copy=False)`: tensors go as buffers, never copied here."""
-    arrays = [np.ascontiguousarray(array) for array in message.tensors.values()]
+    # asarray(order="C") keeps a 0-d array 0-d (ascontiguousarray would send it as shape [1]); the
+    # buffer goes out flat, as memoryview cannot cast an empty multi-dimensional view to bytes
+    arrays = [np.asarray(array, order="C") for array in message.tensors.values()]
     specs = [[name, array.dtype.name, list(array.shape)] for name, array in zip(message.tensors, arrays)]
     envelope = {"v": PROTOCOL_VERSION, "type": message.type, "client": message.client,
                 "round": message.round, "body": message.body, "tensors": specs}
-    return [msgpack.packb(envelope, use_bin_type=True), *(memoryview(array).cast("B") for array in arrays)]
+    return [msgpack.packb(envelope, use_bin_type=True), *(memoryview(array.reshape(-1)).cast("B") for array in arrays)]
 
 
 def decode(frames: list, max_bytes: int) -> Message:
@@ -79,7 +91,7 @@ def decode(frames: list, max_bytes: int) -> Message:
     for spec, buffer in zip(specs, buffers[1:]):
         name, array = _tensor(spec, buffer)
         if name in tensors:
-            raise Rejected(f"{kind}: tensor '{name}' sent twice")
+            raise Rejected(f"{kind}: tensor {_shown.repr(name)} sent twice")
         tensors[name] = array
     return Message(kind, envelope["client"], envelope["round"], envelope["body"], tensors)
 
@@ -93,17 +105,30 @@ def _envelope(buffer) -> dict:
         raise Rejected(f"envelope is not valid msgpack ({type(error).__name__})") from None
     if not isinstance(envelope, dict):
         raise Rejected("envelope is not a map")
-    if envelope.get("v") != PROTOCOL_VERSION:
-        raise Rejected(f"protocol version {envelope.get('v')!r} (this side speaks {PROTOCOL_VERSION})")
+    _check_nesting(envelope)
+    # _is: True and 1.0 compare equal to 1 but are not a version number
+    if not _is(envelope.get("v"), int) or envelope["v"] != PROTOCOL_VERSION:
+        raise Rejected(f"protocol version {_shown.repr(envelope.get('v'))} (this side speaks {PROTOCOL_VERSION})")
     expected = {"type": str, "client": str, "round": int, "body": dict, "tensors": list}
     for key, kind in expected.items():
         if not _is(envelope.get(key), kind):
             raise Rejected(f"envelope field '{key}' missing or not {kind.__name__}")
     if envelope["type"] not in BODIES:
-        raise Rejected(f"unknown message type {envelope['type']!r}")
+        raise Rejected(f"unknown message type {_shown.repr(envelope['type'])}")
     if len(envelope["tensors"]) > MAX_TENSORS or len(envelope["client"]) > 64:
         raise Rejected("too many tensors or client id too long")
     return envelope
+
+
+def _check_nesting(envelope: dict) -> None:
+    """Reject lists/maps nested deeper than MAX_NESTING; level by level, so nothing here recurses."""
+    level = [envelope]
+    for _ in range(MAX_NESTING):
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return
+    raise Rejected(f"envelope nests lists/maps deeper than {MAX_NESTING} levels")
 
 
 def _check_body(kind: str, body: dict) -> None:
@@ -121,18 +146,21 @@ def _is(value, kind: type) -> bool:
 
 
 def _tensor(spec, buffer) -> tuple[str, np.ndarray]:
-    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and spec[1] in DTYPES
-            and isinstance(spec[2], list) and all(_is(d, int) and 0 <= d < 1 << 40 for d in spec[2])):
-        raise Rejected(f"malformed tensor spec {str(spec)[:80]} (want [name, dtype in {sorted(DTYPES)}, shape])")
+    # isinstance(spec[1], str) first: an unhashable dtype (list, map) would make `in DTYPES` raise TypeError
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], str)
+            and spec[1] in DTYPES and isinstance(spec[2], list) and len(spec[2]) <= MAX_DIMS
+            and all(_is(d, int) and 0 <= d < 1 << 40 for d in spec[2])):
+        raise Rejected(f"malformed tensor spec {_shown.repr(spec)} "
+                       f"(want [name, dtype in {sorted(DTYPES)}, shape of <= {MAX_DIMS} dims])")
     name, dtype, shape = spec
     dtype = np.dtype(DTYPES[dtype])
     expected = math.prod(shape) * dtype.itemsize
     if len(memoryview(buffer)) != expected:
-        raise Rejected(f"tensor '{name}': {len(memoryview(buffer))} bytes for shape {shape} {dtype.name} "
+        raise Rejected(f"tensor {_shown.repr(name)}: {len(memoryview(buffer))} bytes for shape {shape} {dtype.name} "
                        f"(expected {expected}; truncated?)")
     array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
     if dtype.name in FLOAT_DTYPES and not np.isfinite(array).all():
-        raise Rejected(f"tensor '{name}' carries NaN or Inf")
+        raise Rejected(f"tensor {_shown.repr(name)} carries NaN or Inf")
     return name, array
 
 
@@ -141,9 +169,9 @@ def check_tensors(message: Message, expected: dict[str, tuple[tuple[int, ...], s
     names = set(message.tensors)
     if names != set(expected):
         unknown, missing = sorted(names - set(expected)), sorted(set(expected) - names)
-        raise Rejected(f"{message.type}: unexpected tensors {unknown[:3]}, missing {missing[:3]}")
+        raise Rejected(f"{message.type}: unexpected tensors {_shown.repr(unknown[:3])}, missing {missing[:3]}")
     for name, array in message.tensors.items():
         shape, dtype = expected[name]
         if tuple(array.shape) != tuple(shape) or array.dtype.name != dtype:
-            raise Rejected(f"{message.type}: tensor '{name}' is {array.dtype.name}{list(array.shape)}, "
+            raise Rejected(f"{message.type}: tensor {_shown.repr(name)} is {array.dtype.name}{list(array.shape)}, "
                            f"expected {dtype}{list(shape)}")
