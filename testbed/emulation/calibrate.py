@@ -26,7 +26,7 @@ import numpy as np
 from testbed.config.schema import EmulationSpec, LinkSpec, Profile
 from testbed.emulation.dilation import choose_dilation, demand_cores
 
-WORK_STEPS = 24  # MLP steps per measurement: ~0.5-1 s of one host core
+WORK_STEPS = 48  # MLP steps per measurement: ~1 s of one host core
 
 
 def workload(steps: int = WORK_STEPS, after_step=None) -> float:
@@ -47,12 +47,15 @@ def workload(steps: int = WORK_STEPS, after_step=None) -> float:
     return time.process_time() - started
 
 
-def _compute_child(profile: Profile, dilation: float, slot: int, queue) -> None:
+def _compute_child(profile: Profile, dilation: float, slot: int, queue, start=None) -> None:
+    """The workload under `profile`; with `start` (a multiprocessing Barrier) all children begin together."""
     from testbed.emulation.device import apply_cpu
     from testbed.emulation.throttle import ComputeThrottle
 
     cpu = apply_cpu(profile, slot)
     workload(2)  # warm-up: first-call allocations are not the device's speed
+    if start is not None:
+        start.wait()
     throttle = ComputeThrottle(demand_cores(profile), dilation)
     throttle.start()
     workload(WORK_STEPS, after_step=throttle.pace)
@@ -65,7 +68,7 @@ def _reference_child(queue) -> None:
 
     torch.set_num_threads(1)
     workload(2)
-    queue.put(min(workload() for _ in range(3)))
+    queue.put(workload())
 
 
 def _in_child(target, *args, timeout_s: float = 600.0):
@@ -98,14 +101,18 @@ class ComputeResult:
 
 
 def calibrate_compute(profiles: list[Profile], emulation: EmulationSpec, repeats: int = 3) -> list[ComputeResult]:
-    work_s = _in_child(_reference_child)
+    """Each repeat measures the reference and then the profile, back to back, so that a change in the
+    host's load between profiles affects both sides of the ratio; the median ratio counts."""
     results = []
-    for slot, profile in enumerate(profiles):
+    for profile in profiles:
         dilation = choose_dilation(emulation, [profile]).factor  # alone on the host
-        runs = [_in_child(_compute_child, profile, dilation, 0) for _ in range(repeats)]
-        emulated = statistics.median(run["wall_s"] for run in runs) / dilation
-        results.append(ComputeResult(profile.name, demand_cores(profile), work_s / emulated, dilation,
-                                     len(runs[0]["cpus"]), runs[0]["threads"]))
+        speeds, run = [], {}
+        for _ in range(repeats):
+            work_s = _in_child(_reference_child)
+            run = _in_child(_compute_child, profile, dilation, 0)
+            speeds.append(work_s / (run["wall_s"] / dilation))
+        results.append(ComputeResult(profile.name, demand_cores(profile), statistics.median(speeds), dilation,
+                                     len(run["cpus"]), run["threads"]))
     return results
 
 

@@ -11,7 +11,8 @@ from testbed.errors import UserError
 def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("profiles", nargs="*", help="profile names or YAML files (default: every profile)")
     parser.add_argument("--links", default=None,
-                        help="comma-separated link presets to calibrate (default: the profiles' own links)")
+                        help="comma-separated link presets to calibrate (default: the named profiles' links, "
+                             "or every preset)")
     parser.add_argument("--repeats", type=int, default=3, help="compute runs per profile; the median counts")
     parser.add_argument("--no-links", action="store_true", help="calibrate compute only")
     parser.add_argument("--no-compute", action="store_true", help="calibrate links only")
@@ -24,7 +25,7 @@ def calibrate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from testbed.config.loader import available, load_link, load_profile
-    from testbed.config.schema import EmulationSpec, Profile
+    from testbed.config.schema import EmulationSpec, LinkSpec, Profile
     from testbed.emulation.calibrate import calibrate_compute, calibrate_link, worst_ratio_error
     from testbed.emulation.dilation import host_cores
 
@@ -48,7 +49,8 @@ def calibrate(args: argparse.Namespace) -> int:
         if len(results) > 1:
             console.print(f"worst compute-time ratio error between two profiles: {worst_ratio_error(results):.1%}")
     if not args.no_links:
-        names = args.links.split(",") if args.links else sorted({profile.link for profile in profiles})
+        names = (args.links.split(",") if args.links else
+                 sorted({profile.link for profile in profiles}) if args.profiles else available(LinkSpec))
         table = Table(title="Links: expected (model, loss included) vs achieved")
         for header in ("link", "RTT ms", "achieved", "error", "down Mbit/s", "achieved", "error",
                        "up Mbit/s", "achieved", "error"):

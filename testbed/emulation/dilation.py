@@ -46,11 +46,14 @@ def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile], concurrent
 
     `concurrent`: clients selected per round (None = all); the busiest that many count.
     """
+    profiles = list(profiles)
     demands = sorted((demand_cores(profile) for profile in profiles), reverse=True)
     demand = sum(demands[:concurrent] if concurrent else demands)
     cores = host_cores(spec)
     usable = cores * spec.headroom
-    needed = max(1.0, demand / usable)
+    # and no single client may need more cores than its own threads can use (it runs that many)
+    single = max((demand_cores(p) / (min(p.threads, p.cores, cores) * spec.headroom) for p in profiles), default=1.0)
+    needed = max(1.0, demand / usable, single)
     if spec.dilation is not None:
         verdict = ("enough" if spec.dilation >= needed else
                    f"below the {needed:.2f} needed: clients may be CPU-starved (see each round's throttle error)")
