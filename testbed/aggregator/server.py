@@ -206,6 +206,9 @@ class Aggregator:
                                            if value >= best - PREFER_WITHIN)
 
     def _finish(self, kind: str, reason: str) -> None:
+        # once finishing, a second Ctrl-C or the launcher's SIGTERM must not interrupt the goodbye
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for cid, record in self.fleet.records.items():
             if record.joined:
                 self.router.send(cid.encode(), Message("BYE", cid, 0, {"reason": reason}))

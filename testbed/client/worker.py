@@ -18,6 +18,7 @@ from testbed.client.policies import DeviceModel, make_policy
 from testbed.emulation.availability import CRASH_EXIT_CODE, DeviceSchedule
 from testbed.emulation.device import apply_cpu
 from testbed.emulation.dilation import demand_cores
+from testbed.emulation.injection import InjectedState, control_path
 from testbed.emulation.link import LinkModel, LinkShaper
 from testbed.emulation.memory import OOM_EXIT_CODE, MemoryBudget, OutOfMemory
 from testbed.emulation.throttle import ComputeThrottle
@@ -36,9 +37,10 @@ class Stop(Exception):
 
 class ClientWorker:
     def __init__(self, connect: str, client_id: str, *, curve_dir: Path | None = None,
-                 join_timeout_s: float = 120.0, kernel_cpu: bool = False):
+                 join_timeout_s: float = 120.0, kernel_cpu: bool = False, run_dir: Path | None = None):
         self.client_id, self.join_timeout_s = client_id, join_timeout_s
         self.kernel_cpu = kernel_cpu  # a cgroup CPU quota paces this process: measure, do not sleep
+        self.run_dir = run_dir  # where stress tests inject changes (control/<id>.json); None = never
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
         self.heartbeat: Heartbeat | None = None  # started once joined
@@ -105,7 +107,9 @@ class ClientWorker:
         costs = self.session.measure_costs()
         link = LinkModel(spec.link, self.session.seed)
         self.dealer.shaper = LinkShaper(link, self.dilation)  # links are shaped here with either backend
-        self.throughput = demand_cores(profile)
+        self.injected = InjectedState(control_path(self.run_dir, self.client_id) if self.run_dir else None,
+                                      spec.link)
+        self.throughput = self.profile_throughput = demand_cores(profile)
         self.memory = MemoryBudget(profile.memory_mb, {d: c.peak_mb for d, c in costs.items()})
         device = DeviceModel(self.session.exits, costs, self.throughput, link, self.memory,
                              scenario.training.local_steps)
@@ -151,6 +155,7 @@ class ClientWorker:
         self.dilation = float(start.body.get("dilation", self.dilation))  # the aggregator may raise it
         if self.dealer.shaper is not None:
             self.dealer.shaper.dilation = self.dilation
+        self._apply_injection()
         if not self.schedule.online(round_index, self._emulated(received - self.booted)):
             self.heartbeat.state = "offline"
             self.dealer.send(Message("SKIP", self.client_id, round_index, {"reason": "offline"}), shaped=False)
@@ -176,6 +181,8 @@ class ClientWorker:
                                      {"step": step + 1, "steps": steps, "layer": depth}), shaped=False)
             if fault is not None and step == fault_step:
                 self._suffer(fault)
+            if self._apply_injection():
+                throttle.retune(self.throughput)
 
         throttle = ComputeThrottle(self.throughput, self.dilation,
                                    sleep=(lambda seconds: None) if self.kernel_cpu else time.sleep)
@@ -194,6 +201,14 @@ class ClientWorker:
         self.dealer.send(Message("UPDATE", self.client_id, round_index, body, result.tensors), wait_s=60.0)
         self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
         self.heartbeat.state = "idle"
+
+    def _apply_injection(self) -> bool:
+        """Take up a changed control file (slowdown, link); True when something changed."""
+        if not self.injected.changed():
+            return False
+        self.throughput = self.profile_throughput / self.injected.slowdown
+        self.dealer.shaper.model = LinkModel(self.injected.link, self.session.seed)
+        return True
 
     def _suffer(self, fault: str) -> None:
         """An injected fault, mid-training: a crash (abrupt exit, no goodbye) or a freeze (total silence)."""

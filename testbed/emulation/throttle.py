@@ -32,21 +32,31 @@ class ComputeThrottle:
     def __init__(self, throughput: float, dilation: float = 1.0, sleep=time.sleep):
         if throughput <= 0 or dilation < 1:
             raise ValueError(f"throughput must be > 0 and dilation >= 1 (got {throughput}, {dilation})")
+        self.dilation = dilation
         self.seconds_per_cpu_second = dilation / throughput
         self._sleep = sleep
-        self._cpu0 = self._wall0 = 0.0
+        self._cpu0 = self._wall0 = self._cpu_start = 0.0
+        self._target_before = 0.0  # target wall seconds accumulated at earlier rates (see retune)
 
     def start(self) -> None:
-        self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
+        self._cpu0 = self._cpu_start = time.process_time()
+        self._wall0 = time.perf_counter()
+        self._target_before = 0.0
+
+    def _target(self) -> float:
+        return self._target_before + (time.process_time() - self._cpu0) * self.seconds_per_cpu_second
 
     def pace(self) -> None:
         """Sleep until the wall time since start() matches the CPU time spent, scaled."""
-        target = (time.process_time() - self._cpu0) * self.seconds_per_cpu_second
-        behind = target - (time.perf_counter() - self._wall0)
+        behind = self._target() - (time.perf_counter() - self._wall0)
         if behind > 0:
             self._sleep(behind)
 
+    def retune(self, throughput: float) -> None:
+        """A new pace from now on (an injected slowdown); the work done so far keeps its old pace."""
+        self._target_before, self._cpu0 = self._target(), time.process_time()
+        self.seconds_per_cpu_second = self.dilation / throughput
+
     def finish(self) -> ThrottleReport:
         self.pace()
-        cpu = time.process_time() - self._cpu0
-        return ThrottleReport(cpu, cpu * self.seconds_per_cpu_second, time.perf_counter() - self._wall0)
+        return ThrottleReport(time.process_time() - self._cpu_start, self._target(), time.perf_counter() - self._wall0)

@@ -14,6 +14,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                         help="override a scenario field, e.g. --set rounds=5 --set strategy.name=fedavg_full")
     parser.add_argument("--out", help="run directory (default: runs/<scenario>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
+    parser.add_argument("--no-dashboard", action="store_true",
+                        help="plain timestamped lines even on a terminal (the default when not on one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,8 +26,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (args.overrides or args.out):
         raise UserError("--resume continues a run as it was: --set and --out are not allowed with it")
     from testbed.launch.run import read_outcome
+    from testbed.monitor.live import choose_printer
 
-    return read_outcome(run_scenario(args.scenario, args.overrides, args.out, args.resume))
+    return read_outcome(run_scenario(args.scenario, args.overrides, args.out, args.resume,
+                                     choose_printer(args.no_dashboard)))
 
 
 def add_aggregator_args(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,9 @@ def aggregator(args: argparse.Namespace) -> int:
     code = Aggregator(make_plan(scenario), run_dir, bind=args.bind, publish=args.publish, curve_dir=args.keys,
                       resume=bool(args.resume), join_timeout_s=args.join_timeout).run()
     summary = write_summary(run_dir)
+    from testbed.monitor.report import build_report_or_warn
+
+    build_report_or_warn(run_dir)
     print(f"run {summary['status']}: {summary['rounds_completed']} rounds; results in {run_dir}")
     return code
 

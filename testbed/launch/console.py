@@ -6,54 +6,112 @@ import json
 import sys
 from pathlib import Path
 
+from testbed.monitor.sources import FileTail
+
+ROUTINE_STATES = ("joining", "loading", "ready", "idle", "downloading", "training", "uploading")  # no line
+
+
+def _seconds(value) -> str:
+    return f"{value:.1f} s" if isinstance(value, (int, float)) else "? s"
+
+
+def _megabytes(value) -> str:
+    return f"{value / 1e6:.1f} MB" if isinstance(value, (int, float)) else "? MB"
+
+
+def _run_line(event: dict) -> str:
+    kind = event["kind"]
+    if kind == "run_started":
+        line = (f"run started: {event.get('scenario', '?')}, {event.get('rounds', '?')} rounds, "
+                f"{len(event.get('clients') or [])} clients, exits {event.get('exits', '?')}")
+        dilation = event.get("dilation")
+        if isinstance(dilation, dict) and dilation.get("factor") is not None:
+            line += f", time dilation ×{dilation['factor']} ({dilation.get('reason', 'no reason given')})"
+        return line + (f", {event['backend']} backend" if event.get("backend") else "")
+    if kind == "run_resumed":
+        return f"run resumed after round {event.get('from_round', '?')} (global state {event.get('digest', '?')})"
+    return (f"{kind.replace('_', ' ')}: {event.get('reason', 'no reason given')} "
+            f"({event.get('dropped_messages', 0)} dropped messages)")
+
+
+def _round_line(event: dict) -> str:
+    kind, index = event["kind"], event.get("round", "?")
+    if kind == "round_started":
+        deadline = event.get("deadline_s")
+        return (f"round {index} started: {len(event.get('selected') or [])} clients, "
+                + (f"deadline {_seconds(deadline)}" if deadline is not None else "no deadline (waits for all)"))
+    if kind == "round_closed":
+        depths = sorted({row.get("depth") for row in event.get("clients") or []
+                         if isinstance(row, dict) and row.get("status") == "updated" and row.get("depth")})
+        return (f"round {index}: {_seconds(event.get('wall_s'))}, "
+                f"{event.get('updates', '?')}/{event.get('selected', '?')} updates, "
+                f"{event.get('stragglers', 0)} stragglers, {event.get('lost', 0)} lost, depths {depths}, "
+                f"{_megabytes(event.get('bytes_down'))} down / {_megabytes(event.get('bytes_up'))} up")
+    parts = [f"{task} " + " ".join(f"L{layer} {acc:.1%}" for layer, acc in by_exit.items()
+                                   if isinstance(acc, (int, float)))
+             for task, by_exit in (event.get("accuracy") or {}).items()]
+    return f"round {index} accuracy: {'; '.join(parts)} ({_seconds(event.get('eval_s'))})"
+
 
 def describe(event: dict) -> str | None:
-    """One line for the events worth a line; None for the chatty ones (progress, heartbeats)."""
-    kind = event["kind"]
-    if kind == "client_joined":
-        return f"{event['client']} joined (pid {event['pid']}, {event['profile']}, {event['task']}, {event['link']})"
-    if kind == "round_closed":
-        depths = sorted({row["depth"] for row in event["clients"] if row["status"] == "updated"})
-        return (f"round {event['round']}: {event['wall_s']:.1f} s, {event['updates']}/{event['selected']} updates, "
-                f"{event['stragglers']} stragglers, {event['lost']} lost, depths {depths}, "
-                f"{event['bytes_down'] / 1e6:.1f} MB down / {event['bytes_up'] / 1e6:.1f} MB up")
-    if kind == "evaluated":
-        parts = [f"{task} " + " ".join(f"L{layer} {acc:.1%}" for layer, acc in by_exit.items())
-                 for task, by_exit in event["accuracy"].items()]
-        return f"round {event['round']} accuracy: {'; '.join(parts)} ({event['eval_s']:.1f} s)"
-    if kind in ("client_lost", "client_rejoined", "client_left", "late_update"):
-        return f"{event['client']}: {kind.replace('client_', '').replace('_', ' ')}"
-    if kind == "message_dropped":
-        return f"dropped a message from {event['identity']!r}: {event['reason']}"
+    """One line for the events worth a line; None for the chatty ones (progress, routine states) and unknown kinds."""
+    kind, client = event.get("kind"), event.get("client", "?")
     if kind in ("run_started", "run_resumed", "run_finished", "run_interrupted", "run_failed"):
-        details = {k: v for k, v in event.items()
-                   if k in ("scenario", "rounds", "from_round", "reason", "dropped_messages")}
-        return f"{kind.replace('_', ' ')} {details}"
+        return _run_line(event)
+    if kind in ("round_started", "round_closed", "evaluated"):
+        return _round_line(event)
+    if kind == "client_joined":
+        return (f"{client} joined (pid {event.get('pid', '?')}, {event.get('profile', '?')}, "
+                f"{event.get('task', '?')}, {event.get('link', '?')})")
+    if kind == "client_state" and event.get("state") not in ROUTINE_STATES:
+        return f"{client}: {event.get('state')}"
+    if kind in ("client_lost", "client_rejoined", "client_left", "client_skipped", "late_update", "update_discarded"):
+        what = {"client_lost": "lost (silent)", "client_rejoined": "back", "client_left": "left",
+                "client_skipped": "skipped the round", "late_update": "late update (round closed)",
+                "update_discarded": "update discarded"}[kind]
+        round_ = f" in round {event['round']}" if event.get("round") else ""
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        return f"{client}: {what}{round_}{reason}"
+    if kind == "message_dropped":
+        return f"dropped a message from {event.get('identity', '?')!r}: {event.get('reason', '?')}"
+    if kind == "dilation_changed":
+        return f"time dilation ×{event.get('factor', '?')}: {event.get('reason', 'no reason given')}"
     return None
+
+
+def line_for(event: dict) -> str | None:
+    """The timestamped line of an event, or None; an event with a malformed field gets none rather than a crash."""
+    try:
+        text = describe(event)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if text is None:
+        return None
+    t = event.get("t")
+    return f"[{t:8.1f} s] {text}" if isinstance(t, (int, float)) else f"[{'?':>8} s] {text}"
+
+
+def outcome_lines(run_dir: Path, summary: dict, exit_code: int | None) -> list[str]:
+    """What `testbed run` says last: the outcome, the final accuracy, where the results are."""
+    accuracy = summary.get("final_accuracy") or {}
+    lines = [f"run {summary.get('status')}: {summary.get('rounds_completed')}/{summary.get('rounds_planned')} rounds "
+             f"in {summary.get('run_seconds', 0.0):.1f} s; final accuracy {json.dumps(accuracy)}; results in {run_dir}"]
+    if exit_code not in (0, None, 130, -15):
+        lines.append(f"the aggregator failed (exit code {exit_code}): see {run_dir}/logs/aggregator.log")
+    return lines
 
 
 class EventPrinter:
     """Tails events.jsonl and prints a line per interesting event."""
 
     def __init__(self, path: Path, stream=sys.stdout):
-        self.path, self.stream, self.offset = path, stream, 0
+        self.tail, self.stream = FileTail(path), stream
 
     def poll(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8") as file:
-            file.seek(self.offset)
-            while (line := file.readline()).endswith("\n"):
-                self.offset = file.tell()
-                line_text = describe(json.loads(line))
-                if line_text:
-                    print(f"[{json.loads(line)['t']:8.1f} s] {line_text}", file=self.stream, flush=True)
+        for event in self.tail.read():
+            if line := line_for(event):
+                print(line, file=self.stream, flush=True)
 
     def finish(self, run_dir: Path, summary: dict, exit_code: int | None) -> None:
-        accuracy = summary.get("final_accuracy") or {}
-        print(f"run {summary['status']}: {summary['rounds_completed']}/{summary['rounds_planned']} rounds in "
-              f"{summary['run_seconds']:.1f} s; final accuracy {json.dumps(accuracy)}; results in {run_dir}",
-              file=self.stream, flush=True)
-        if exit_code not in (0, None, 130, -15):
-            print(f"the aggregator failed (exit code {exit_code}): see {run_dir}/logs/aggregator.log",
-                  file=self.stream, flush=True)
+        for line in outcome_lines(run_dir, summary, exit_code):
+            print(line, file=self.stream, flush=True)

@@ -36,4 +36,4 @@ def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = F
     die_with_parent()
     log_to(Path(run_dir) / "logs" / f"{client_id}.log")
     torch.set_num_threads(1)  # while joining; the profile sets its own thread count once WELCOME names it
-    sys.exit(run_client(connect, client_id, kernel_cpu=kernel_cpu))
+    sys.exit(run_client(connect, client_id, kernel_cpu=kernel_cpu, run_dir=Path(run_dir)))

@@ -6,6 +6,7 @@ import json
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -47,8 +48,11 @@ def prepare_assets(scenario: Scenario) -> None:
 
 
 def run(scenario_path: str | None, overrides: list[str], out: str | None = None, resume: str | None = None,
-        printer: EventPrinter | None = None) -> Path:
-    """Run a scenario to the end (or Ctrl-C) and return its run directory."""
+        make_printer: Callable[[Path], EventPrinter] | None = None) -> Path:
+    """Run a scenario to the end (or Ctrl-C) and return its run directory.
+
+    `make_printer(events_path)` gives what shows the run (poll() while it goes, finish() at the end):
+    plain lines by default, the live dashboard from testbed.monitor.live on a terminal."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "scenario.yaml").exists():
@@ -62,7 +66,7 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
     router, events = f"ipc://{sockets}/router", f"ipc://{sockets}/events"
     (run_dir / "endpoints.json").write_text(json.dumps({"router": router, "events": events}))
     group = ProcessGroup(PRELOAD)
-    printer = printer or EventPrinter(run_dir / "events.jsonl")
+    printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
     interrupted = []
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -93,11 +97,8 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
             aggregator.join(3.0)
     finally:
         group.stop()
+        oom_killed = [client for client in clients if limits is not None and limits.oom_killed(client.client_id)]
         if limits is not None:
-            for client in clients:
-                if limits.oom_killed(client.client_id):
-                    print(f"{client.client_id} was killed by the kernel: out of memory "
-                          f"(memory_mb {client.profile.memory_mb})", flush=True)
             limits.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -109,6 +110,12 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
 
     summary = write_summary(run_dir)
     printer.finish(run_dir, summary, aggregator.exitcode)
+    for client in oom_killed:  # after the dashboard has left the screen, so that it is seen
+        print(f"{client.client_id} was killed by the kernel: out of memory (memory_mb {client.profile.memory_mb})",
+              flush=True)
+    from testbed.monitor.report import build_report_or_warn
+
+    build_report_or_warn(run_dir)  # report.md and plots/*.png; a failure only warns: the results are on disk
     return run_dir
 
 

@@ -1,0 +1,73 @@
+"""Changes injected into a running client from outside (stress tests): slower compute, a worse link.
+
+The injector writes `RUN_DIR/control/<client>.json`, e.g. {"slowdown": 10} or
+{"link": {"uplink_mbps": 0.1, "downlink_mbps": 0.1}}; the client re-reads it whenever the file
+changes (checked when a round starts and after every local step: one stat call). Fields:
+  slowdown: float >= 1, compute takes this many times longer than the profile says (1 = none);
+  link: any LinkSpec fields to override on the client's link (0 < bandwidth, latency >= 0).
+An invalid file is logged and ignored (the previous state holds): the run never crashes over it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from testbed.config.schema import LinkSpec
+
+log = logging.getLogger("testbed.client")
+LINK_FIELDS = ("downlink_mbps", "uplink_mbps", "latency_ms", "jitter_ms", "loss")
+
+
+def control_path(run_dir: Path, client_id: str) -> Path:
+    return Path(run_dir) / "control" / f"{client_id}.json"
+
+
+def write_injection(run_dir: Path, client_id: str, **fields) -> None:
+    """Atomically replace a client's injected state (what `testbed stress` calls)."""
+    path = control_path(run_dir, client_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(fields))
+    partial.replace(path)
+
+
+class InjectedState:
+    """The client's view of its control file: `changed()` re-reads it when its mtime moved."""
+
+    def __init__(self, path: Path | None, base_link: LinkSpec):
+        self.path, self.base_link = path, base_link
+        self.slowdown, self.link = 1.0, base_link
+        self._seen: float | None = None
+
+    def changed(self) -> bool:
+        """True when the file changed and was applied (callers then update throttles and shapers)."""
+        if self.path is None:
+            return False
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if mtime == self._seen:
+            return False
+        self._seen = mtime
+        try:
+            fields = json.loads(self.path.read_text())
+            slowdown = float(fields.get("slowdown", 1.0))
+            if not slowdown >= 1.0:
+                raise ValueError(f"slowdown {slowdown} must be >= 1")
+            link_fields = fields.get("link", {})
+            unknown = set(link_fields) - set(LINK_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown link fields {sorted(unknown)} (allowed: {', '.join(LINK_FIELDS)})")
+            link = dataclasses.replace(self.base_link, **{k: float(v) for k, v in link_fields.items()})
+            if link.downlink_mbps <= 0 or link.uplink_mbps <= 0 or link.latency_ms < 0 or not 0 <= link.loss < 1:
+                raise ValueError("bandwidths must be > 0, latency >= 0, 0 <= loss < 1")
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            log.warning("ignored %s: %s", self.path, error)
+            return False
+        self.slowdown, self.link = slowdown, link
+        log.info("injected: slowdown %.2f, link %s", slowdown, link)
+        return True
