@@ -20,7 +20,7 @@ from testbed.emulation.device import apply_cpu
 from testbed.emulation.dilation import demand_cores
 from testbed.emulation.injection import InjectedState, control_path
 from testbed.emulation.link import LinkModel, LinkShaper
-from testbed.emulation.memory import OOM_EXIT_CODE, MemoryBudget, OutOfMemory
+from testbed.emulation.memory import OOM_EXIT_CODE, MemoryBudget, OutOfMemory, release_free_memory
 from testbed.emulation.throttle import ComputeThrottle
 from testbed.transport.endpoint import Dealer
 from testbed.transport.messages import Message, Rejected
@@ -105,6 +105,7 @@ class ClientWorker:
         self.session = LocalSession(run, welcome.tensors)
         scenario = self.session.scenario
         costs = self.session.measure_costs()
+        release_free_memory()
         link = LinkModel(spec.link, self.session.seed)
         self.dealer.shaper = LinkShaper(link, self.dilation)  # links are shaped here with either backend
         self.injected = InjectedState(control_path(self.run_dir, self.client_id) if self.run_dir else None,
@@ -200,6 +201,8 @@ class ClientWorker:
         # wait until libzmq is done with the buffers: they are the model's own parameters
         self.dealer.send(Message("UPDATE", self.client_id, round_index, body, result.tensors), wait_s=60.0)
         self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
+        del result, model
+        release_free_memory()
         self.heartbeat.state = "idle"
 
     def _apply_injection(self) -> bool:

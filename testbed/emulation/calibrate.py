@@ -47,8 +47,12 @@ def workload(steps: int = WORK_STEPS, after_step=None) -> float:
     return time.process_time() - started
 
 
-def _compute_child(profile: Profile, dilation: float, slot: int, queue, start=None) -> None:
-    """The workload under `profile`; with `start` (a multiprocessing Barrier) all children begin together."""
+def _compute_child(profile: Profile, dilation: float, slot: int, queue, start=None, kernel: bool = False) -> None:
+    """The workload under `profile`; with `start` (a multiprocessing Barrier) all children begin together.
+
+    `kernel`: a cgroup CPU quota paces this process (the launcher put it there before `start`), so the
+    duty cycle only measures.
+    """
     from testbed.emulation.device import apply_cpu
     from testbed.emulation.throttle import ComputeThrottle
 
@@ -56,7 +60,7 @@ def _compute_child(profile: Profile, dilation: float, slot: int, queue, start=No
     workload(2)  # warm-up: first-call allocations are not the device's speed
     if start is not None:
         start.wait()
-    throttle = ComputeThrottle(demand_cores(profile), dilation)
+    throttle = ComputeThrottle(demand_cores(profile), dilation, sleep=(lambda s: None) if kernel else time.sleep)
     throttle.start()
     workload(WORK_STEPS, after_step=throttle.pace)
     report = throttle.finish()
@@ -100,16 +104,40 @@ class ComputeResult:
         return self.achieved / self.requested - 1.0
 
 
-def calibrate_compute(profiles: list[Profile], emulation: EmulationSpec, repeats: int = 3) -> list[ComputeResult]:
+def _in_cgroup(profile: Profile, dilation: float) -> dict:
+    """The workload in a child placed in a cgroup whose CPU quota is the profile's speed (kernel backend)."""
+    from testbed.emulation.kernel_cgroup import ClientCgroup
+
+    context = multiprocessing.get_context("spawn")
+    queue, start = context.Queue(), context.Barrier(2)
+    cgroup = ClientCgroup("calibrate", demand_cores(profile) / dilation, None, run_tag="calibrate")
+    cgroup.create()
+    process = context.Process(target=_compute_child, args=(profile, dilation, 0, queue, start, True), daemon=True)
+    process.start()
+    try:
+        cgroup.add(process.pid)
+        start.wait(timeout=300)
+        return queue.get(timeout=600)
+    finally:
+        process.join(5.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        cgroup.remove()
+
+
+def calibrate_compute(profiles: list[Profile], emulation: EmulationSpec, repeats: int = 3,
+                      kernel: bool = False) -> list[ComputeResult]:
     """Each repeat measures the reference and then the profile, back to back, so that a change in the
-    host's load between profiles affects both sides of the ratio; the median ratio counts."""
+    host's load between profiles affects both sides of the ratio; the median ratio counts.
+    `kernel`: pace with a cgroup CPU quota instead of the duty cycle."""
     results = []
     for profile in profiles:
         dilation = choose_dilation(emulation, [profile]).factor  # alone on the host
         speeds, run = [], {}
         for _ in range(repeats):
             work_s = _in_child(_reference_child)
-            run = _in_child(_compute_child, profile, dilation, 0)
+            run = _in_cgroup(profile, dilation) if kernel else _in_child(_compute_child, profile, dilation, 0)
             speeds.append(work_s / (run["wall_s"] / dilation))
         results.append(ComputeResult(profile.name, demand_cores(profile), statistics.median(speeds), dilation,
                                      len(run["cpus"]), run["threads"]))

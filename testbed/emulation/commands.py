@@ -16,6 +16,8 @@ def add_calibrate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="compute runs per profile; the median counts")
     parser.add_argument("--no-links", action="store_true", help="calibrate compute only")
     parser.add_argument("--no-compute", action="store_true", help="calibrate links only")
+    parser.add_argument("--backend", choices=("user", "kernel"), default="user",
+                        help="pace compute by duty cycle (user) or a cgroup CPU quota (kernel)")
     parser.add_argument("--headroom", type=float, default=0.75,
                         help="share of the host's cores the dilation plans to use (as emulation.headroom)")
 
@@ -36,9 +38,18 @@ def calibrate(args: argparse.Namespace) -> int:
     profiles = [load_profile(name) for name in (args.profiles or available(Profile))]
     emulation = EmulationSpec(headroom=args.headroom)
     console = Console(width=None if sys.stdout.isatty() else 132)
-    console.print(f"host: {host_cores(emulation)} cores; user backend (duty cycle, shaping in the transport)")
+    if args.backend == "kernel":
+        from testbed.emulation.kernel import probe_kernel_backend
+
+        support = probe_kernel_backend()
+        if not support.cpu:
+            raise UserError(f"--backend kernel: no cgroup CPU quota here ({support.describe()})")
+        console.print(f"host: {host_cores(emulation)} cores; {support.describe()}; compute paced by a cgroup CPU "
+                      "quota; links shaped in the transport")
+    else:
+        console.print(f"host: {host_cores(emulation)} cores; user backend (duty cycle, shaping in the transport)")
     if not args.no_compute:
-        results = calibrate_compute(profiles, emulation, args.repeats)
+        results = calibrate_compute(profiles, emulation, args.repeats, kernel=args.backend == "kernel")
         table = Table(title="Compute: requested vs achieved speed (host cores the device is worth)")
         for header in ("profile", "cpus", "threads", "dilation", "requested", "achieved", "error"):
             table.add_column(header, justify="left" if header == "profile" else "right")

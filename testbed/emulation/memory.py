@@ -7,6 +7,8 @@ resets it (Linux >= 4.0), so each measurement covers only its own phase.
 
 from __future__ import annotations
 
+import ctypes
+
 OOM_EXIT_CODE = 87  # exit status of a client that exceeded its profile's memory: not restarted
 
 
@@ -33,6 +35,19 @@ def reset_peak() -> None:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
     except OSError:  # not permitted here: peaks then cover the process's lifetime (an over-estimate)
+        pass
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by the last training step back to the kernel (glibc keeps it otherwise).
+
+    A backward pass frees a few hundred MB of activations and temporaries; without this, every idle
+    client would keep them resident until its next round (measured: ~530 MB private per tiny client
+    between rounds, ~330 MB after).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
         pass
 
 
