@@ -144,7 +144,9 @@ class Aggregator:
         everyone = lambda: all(r.ready for r in self.fleet.records.values())  # noqa: E731
         self._serve_until(everyone, self.events.now() + self.join_timeout_s)
         if not self.fleet.active():
-            raise UserError(f"no client joined within {self.join_timeout_s:.0f} s")
+            joined = [cid for cid, r in self.fleet.records.items() if r.joined]
+            raise UserError(f"no client became ready within {self.join_timeout_s:.0f} s ({len(joined)} joined; "
+                            f"see each client's log in {self.run_dir / 'logs'})")
 
     def _start_round(self, index: int) -> Round:
         round_ = Round(index, self.events.now(), self.rule.deadline_s)

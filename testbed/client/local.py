@@ -51,9 +51,12 @@ class LocalSession:
         shard = np.asarray(run["shard"], dtype=np.int64)
         self.waveforms = torch.from_numpy(data.train_clips(shard))
         self.labels = torch.from_numpy(data.train_labels[shard])
+        classes = len(data.classes)
+        del data
+        task_data.cache_clear()  # unmap the corpus-wide clip file: this client keeps only its shard (~60 MB)
         spec = self.scenario.backbone
         backbone = build_backbone(spec.name, spec.family, spec.pretrained, self.scenario.seed, progress=False)
-        self.model = EarlyExitModel(backbone, {self.task: len(data.classes)}, spec.exits,
+        self.model = EarlyExitModel(backbone, {self.task: classes}, spec.exits,
                                     spec.freeze_feature_encoder)
         load_partial_state(self.model, to_torch(frontend))  # the aggregator's frozen front end
 
@@ -66,15 +69,18 @@ class LocalSession:
     def exits(self) -> tuple[int, ...]:
         return self.model.exits
 
-    def train_round(self, round_index: int, tensors: dict[str, np.ndarray], depth: int, on_step,
+    def load(self, tensors: dict[str, np.ndarray]) -> None:
+        """Copy the received layers into the model (the received frames can then be let go)."""
+        load_partial_state(self.model, to_torch(tensors))
+
+    def train_round(self, round_index: int, depth: int, on_step,
                     throttle: ComputeThrottle, memory: MemoryBudget) -> RoundResult:
-        """Load the received layers, train `local_steps` to `depth` at the device's pace, return the trained layers.
+        """Train `local_steps` to `depth` (layers loaded by `load`) at the device's pace; return the trained layers.
 
         After every step the throttle sleeps the device's extra time and the memory budget is checked
         (OutOfMemory propagates: the emulated device would have been killed).
         """
         reset_peak()
-        load_partial_state(self.model, to_torch(tensors))
         training = self.scenario.training
         round_seed = self.seed * 100_003 + round_index
         generator = torch.Generator().manual_seed(round_seed)  # batch order, reproducible per round

@@ -187,7 +187,9 @@ class ClientWorker:
 
         throttle = ComputeThrottle(self.throughput, self.dilation,
                                    sleep=(lambda seconds: None) if self.kernel_cpu else time.sleep)
-        result = self.session.train_round(round_index, model.tensors, depth, progress, throttle, self.memory)
+        self.session.load(model.tensors)
+        del model  # the received frames (~27 MB for the tiny backbone) are not needed while training
+        result = self.session.train_round(round_index, depth, progress, throttle, self.memory)
         self.memory.observe(depth, result.peak_mb)
         self.heartbeat.state = "uploading"
         compute_s = self._emulated(result.throttle.wall_s)
@@ -201,7 +203,7 @@ class ClientWorker:
         # wait until libzmq is done with the buffers: they are the model's own parameters
         self.dealer.send(Message("UPDATE", self.client_id, round_index, body, result.tensors), wait_s=60.0)
         self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
-        del result, model
+        del result
         release_free_memory()
         self.heartbeat.state = "idle"
 

@@ -15,6 +15,9 @@ def default_exits(num_layers: int, count: int = 4) -> tuple[int, ...]:
     return tuple(sorted({round(num_layers * (i + 1) / count) for i in range(count)}))
 
 
+FRONTEND_CHUNK = 4  # clips per pass through a frozen CNN front end (peak memory, not speed)
+
+
 def exit_depth(exits: tuple[int, ...], max_exit: int | None) -> int:
     """The transformer depth of the `max_exit`-th exit (1-based, capped at the deepest); None = deepest."""
     index = len(exits) if max_exit is None else min(max_exit, len(exits))
@@ -73,7 +76,13 @@ class EarlyExitModel(nn.Module):
         """CNN front end + projection + positional conv: (batch, samples) -> (batch, frames, hidden)."""
         backbone = self.backbone
         waveforms = normalise(waveforms)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_feature_encoder):
+        if self.freeze_feature_encoder or not torch.is_grad_enabled():
+            # nothing is kept for a backward pass: run the CNN a few clips at a time, so its
+            # intermediate maps (the first is 128-512 channels x 1/5 of the samples) stay small
+            with torch.no_grad():
+                features = torch.cat([backbone.feature_extractor(chunk)
+                                      for chunk in waveforms.split(FRONTEND_CHUNK)]).transpose(1, 2)
+        else:
             features = backbone.feature_extractor(waveforms).transpose(1, 2)
         hidden = backbone.feature_projection(features)
         if isinstance(hidden, tuple):  # wav2vec2/WavLM also return the normed CNN features
