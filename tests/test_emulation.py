@@ -119,6 +119,8 @@ def test_dilation_is_the_fleet_demand_over_usable_cores_and_says_why():
     assert choose_dilation(EmulationSpec(host_cores=2), fleet, concurrent=1).factor == pytest.approx(2 / 1.5)
     fixed = choose_dilation(EmulationSpec(host_cores=2, dilation=2.0), fleet)
     assert fixed.factor == 2.0 and "CPU-starved" in fixed.reason
+    alone = choose_dilation(EmulationSpec(host_cores=16), [Profile(name="fast", speed=2.0)])
+    assert alone.factor == 2.0 and "runs 1 thread" in alone.reason  # one thread cannot be two cores
     assert raised(3.0, 1.05) is None and raised(3.0, 1.5) == pytest.approx(3.0 * 1.65)
     assert raised(3.0, 5.0) == 6.0  # at most doubling per round
 

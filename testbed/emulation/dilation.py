@@ -51,8 +51,9 @@ def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile], concurrent
     demand = sum(demands[:concurrent] if concurrent else demands)
     cores = host_cores(spec)
     usable = cores * spec.headroom
-    # and no single client may need more cores than its own threads can use (it runs that many)
-    single = max((demand_cores(p) / (min(p.threads, p.cores, cores) * spec.headroom) for p in profiles), default=1.0)
+    # and no single client may need more cores than it has threads to run on
+    fastest = max(profiles, key=lambda p: demand_cores(p) / min(p.threads, p.cores, cores), default=None)
+    single = demand_cores(fastest) / min(fastest.threads, fastest.cores, cores) if fastest else 1.0
     needed = max(1.0, demand / usable, single)
     if spec.dilation is not None:
         verdict = ("enough" if spec.dilation >= needed else
@@ -63,6 +64,10 @@ def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile], concurrent
     if needed == 1.0:
         return Dilation(1.0, demand, cores, f"none needed: fleet demand {demand:.2f} cores fits "
                                             f"{usable:.2f} of {cores} host cores ({spec.headroom:.0%} headroom)")
+    if single > demand / usable:
+        return Dilation(needed, demand, cores,
+                        f"automatic: profile {fastest.name} alone is worth {demand_cores(fastest):.2f} cores but "
+                        f"runs {min(fastest.threads, fastest.cores, cores)} thread(s) here")
     return Dilation(needed, demand, cores,
                     f"automatic: fleet demand {demand:.2f} cores (sum of speed x threads) over {usable:.2f} usable "
                     f"of {cores} host cores ({spec.headroom:.0%} headroom)")
