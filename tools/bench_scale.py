@@ -5,8 +5,8 @@ Two fleets, each a real `testbed run` of 3 rounds:
   --clients 256 --per-round 16:   over-selection, 16 updates kept per round (ceil(16 x 1.3) asked).
 Prints the run's outcome, rounds completed, wall time, the dilation it chose, and the peak memory of
 the whole host (MemTotal - MemAvailable, sampled twice a second) above what it was before the run.
-The clients are light devices (speed 1.0, 1 thread, Wi-Fi) doing 2 local steps of 8 clips: scale is
-about processes, messages and memory, not about training.
+The clients are light devices (speed 1.0, 1 thread, Wi-Fi, the first exit only) doing 2 local steps of
+8 clips: scale is about processes, messages and memory, not about training.
 
     python tools/bench_scale.py --clients 64
     python tools/bench_scale.py --clients 256 --per-round 16
@@ -29,6 +29,7 @@ speed: 1.0
 cores: 1
 threads: 1
 memory_mb: 2048
+max_exit: 1
 link: wifi
 """
 

@@ -8,6 +8,9 @@ from testbed.config.loader import ClientSpec
 
 UNRESPONSIVE_S = 3.0  # wall seconds without any message (heartbeats come every second): straggling
 LOST_S = 10.0  # wall seconds without any message: lost (dead, frozen or cut off); it may come back
+# ... while still loading (before it is ready): loading is CPU-heavy and holds the GIL for long
+# stretches, so on a crowded host heartbeats lag (64 clients starting on 2 cores: up to ~15 s)
+LOADING_LOST_S = 60.0
 
 
 @dataclass
@@ -45,7 +48,8 @@ class Fleet:
 
     def newly_lost(self, now: float) -> list[str]:
         """Joined clients silent for LOST_S, marked lost now."""
-        lost = [cid for cid, r in self.records.items() if r.joined and not r.lost and now - r.last_seen > LOST_S]
+        lost = [cid for cid, r in self.records.items()
+                if r.joined and not r.lost and now - r.last_seen > (LOST_S if r.ready else LOADING_LOST_S)]
         for cid in lost:
             self.records[cid].lost = True
         return lost

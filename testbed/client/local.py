@@ -37,18 +37,31 @@ def to_torch(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 class LocalSession:
-    """A client's long-lived state, built from the aggregator's WELCOME."""
+    """A client's long-lived state, built from the aggregator's WELCOME.
+
+    Data and model can be released between rounds (`release()`, when only a few clients of a large
+    fleet train each round) and are loaded again on the next `ensure_loaded()`.
+    """
 
     def __init__(self, run: dict, frontend: dict[str, np.ndarray]):
-        from testbed.data.source import task_data
-
         self.scenario: Scenario = from_data(Scenario, run["scenario"], source="aggregator WELCOME")
         self.spec: ClientSpec = from_data(ClientSpec, run["client"], source="aggregator WELCOME")
         self.seed: int = run["seed"]
         self.task = self.spec.task
         self.loss_mode: str = run.get("loss", self.scenario.training.loss)  # a strategy may impose its own
+        self.exits: tuple[int, ...] = ()
+        self._run, self._frontend = run, {name: np.array(value) for name, value in frontend.items()}
+        self.model: EarlyExitModel | None = None
+        self.ensure_loaded()
+
+    def ensure_loaded(self) -> None:
+        """Load this client's shard and build its model (a no-op when loaded)."""
+        from testbed.data.source import task_data
+
+        if self.model is not None:
+            return
         data = task_data(self.scenario.data, self.task, self.scenario.seed)
-        shard = np.asarray(run["shard"], dtype=np.int64)
+        shard = np.asarray(self._run["shard"], dtype=np.int64)
         self.waveforms = torch.from_numpy(data.train_clips(shard))
         self.labels = torch.from_numpy(data.train_labels[shard])
         classes = len(data.classes)
@@ -58,16 +71,17 @@ class LocalSession:
         backbone = build_backbone(spec.name, spec.family, spec.pretrained, self.scenario.seed, progress=False)
         self.model = EarlyExitModel(backbone, {self.task: classes}, spec.exits,
                                     spec.freeze_feature_encoder)
-        load_partial_state(self.model, to_torch(frontend))  # the aggregator's frozen front end
+        load_partial_state(self.model, to_torch(self._frontend))  # the aggregator's frozen front end
+        self.exits = self.model.exits
+
+    def release(self) -> None:
+        """Drop data and model until the next round that needs them (the global layers come with it)."""
+        self.model = self.waveforms = self.labels = None
 
     def measure_costs(self) -> dict[int, DepthCost]:
         training = self.scenario.training
         return measure_costs(self.model, self.waveforms, self.labels, task=self.task,
                              batch_size=training.batch_size, loss_mode=self.loss_mode)
-
-    @property
-    def exits(self) -> tuple[int, ...]:
-        return self.model.exits
 
     def load(self, tensors: dict[str, np.ndarray]) -> None:
         """Copy the received layers into the model (the received frames can then be let go)."""

@@ -105,6 +105,10 @@ class ClientWorker:
         self.session = LocalSession(run, welcome.tensors)
         scenario = self.session.scenario
         costs = self.session.measure_costs()
+        # in a large fleet of which a few train per round, an idle client holds no data and no model
+        self.lean = scenario.strategy.clients_per_round is not None
+        if self.lean:
+            self.session.release()
         release_free_memory()
         link = LinkModel(spec.link, self.session.seed)
         self.dealer.shaper = LinkShaper(link, self.dilation)  # links are shaped here with either backend
@@ -161,6 +165,9 @@ class ClientWorker:
             self.heartbeat.state = "offline"
             self.dealer.send(Message("SKIP", self.client_id, round_index, {"reason": "offline"}), shaped=False)
             return
+        if self.session.model is None:  # lean: waking up takes host time that is no phase of the device
+            self.session.ensure_loaded()
+            received = time.monotonic()
         deadline_s = start.body["deadline_s"]
         preferred = start.body.get("preferred", {}).get(self.session.task)
         depth = start.body["depth"] or self.policy.choose(deadline_s, preferred)  # the strategy may impose one
@@ -204,6 +211,8 @@ class ClientWorker:
         self.dealer.send(Message("UPDATE", self.client_id, round_index, body, result.tensors), wait_s=60.0)
         self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
         del result
+        if self.lean:
+            self.session.release()
         release_free_memory()
         self.heartbeat.state = "idle"
 

@@ -83,10 +83,12 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
 
         aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, bool(resume),
                                  limits.cpu_quota)
-        for client in clients:
-            start_client(client.client_id)
-        (run_dir / "processes.json").write_text(json.dumps(group.pids()))  # for `ps`, and for the tests
+        starts = StaggeredStart([client.client_id for client in clients], run_dir / "events.jsonl")
         while aggregator.is_alive() and not interrupted:
+            if starts.pending:
+                for client_id in starts.due():
+                    start_client(client_id)
+                (run_dir / "processes.json").write_text(json.dumps(group.pids()))  # for `ps`, and for the tests
             printer.poll()
             for client_id in group.reboot_crashed():  # an injected crash is a power loss: the device reboots
                 start_client(client_id)
@@ -117,6 +119,30 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
 
     build_report_or_warn(run_dir)  # report.md and plots/*.png; a failure only warns: the results are on disk
     return run_dir
+
+
+class StaggeredStart:
+    """Client processes to start, at most MAX_LOADING at a time until each says it is ready.
+
+    Loading (data, model, the cost probe) takes ~1 CPU second and ~200 MB per client; a fleet of
+    hundreds starting at once would need all that memory at the same moment.
+    """
+
+    MAX_LOADING = 8
+
+    def __init__(self, client_ids: list[str], events_path: Path):
+        from testbed.monitor.sources import FileTail
+
+        self.pending, self.loading = list(client_ids), set()
+        self.events = FileTail(events_path)
+
+    def due(self) -> list[str]:
+        """The clients to start now."""
+        self.loading -= {e["client"] for e in self.events.read() if e.get("kind") == "client_ready"}
+        due = self.pending[:max(0, self.MAX_LOADING - len(self.loading))]
+        del self.pending[:len(due)]
+        self.loading.update(due)
+        return due
 
 
 def read_outcome(run_dir: Path) -> int:
