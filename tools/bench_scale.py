@@ -38,6 +38,7 @@ name: bench_scale
 rounds: 3
 eval_every: 100
 deadline_s: 600
+data: {{partition: iid}}      # more clients than the corpus has speakers
 backbone: {{name: tiny}}
 training: {{local_steps: 2, batch_size: 8}}
 strategy: {{name: depth_aware, clients_per_round: {per_round}}}

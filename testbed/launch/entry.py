@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -37,3 +38,8 @@ def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = F
     log_to(Path(run_dir) / "logs" / f"{client_id}.log")
     torch.set_num_threads(1)  # while joining; the profile sets its own thread count once WELCOME names it
     sys.exit(run_client(connect, client_id, kernel_cpu=kernel_cpu, run_dir=Path(run_dir)))
+
+
+# Everything imported so far is shared with every forked child. Python's garbage collector would
+# touch each of these objects in every child and so copy their memory pages; frozen, they stay shared.
+gc.freeze()

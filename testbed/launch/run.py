@@ -38,11 +38,10 @@ def new_run_dir(scenario: Scenario, out: str | None) -> Path:
 
 def prepare_assets(scenario: Scenario) -> None:
     """Build what every process will read from the cache (corpus, waveforms, pretrained backbone) once, here."""
-    from testbed.data.source import task_data
+    from testbed.aggregator.plan import make_plan
     from testbed.model.backbone import build_backbone
 
-    for task in sorted({client.task for client in resolve_fleet(scenario)}):
-        task_data(scenario.data, task, scenario.seed)
+    make_plan(scenario)  # the data of every task, and a partition that gives every client a shard (else one-line error)
     spec = scenario.backbone
     build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
 
@@ -109,6 +108,10 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         sockets.rmdir()
     printer.poll()
     from testbed.aggregator.server import write_summary
+
+    if not (run_dir / "events.jsonl").exists():
+        raise UserError(f"the aggregator failed before the run started (exit code {aggregator.exitcode}): "
+                        f"see {run_dir / 'logs' / 'aggregator.log'}")
 
     summary = write_summary(run_dir)
     printer.finish(run_dir, summary, aggregator.exitcode)

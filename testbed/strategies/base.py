@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+BLOCK_ELEMENTS = 1 << 15  # float64 elements per block: accumulator + scratch = 512 KiB, within L2
 WEIGHTINGS = ("samples_depth", "samples")  # mirrors testbed.config.names.WEIGHTINGS (a test checks it)
 
 
@@ -36,10 +37,10 @@ class ClientUpdate:
 class Strategy:
     """Layer-by-layer weighted averaging: θ_key = Σ_k w_k θ_k,key / Σ_k w_k over the key's contributors.
 
-    Numerics: each key is accumulated in float64 (one accumulator + one scratch buffer for the key
-    being averaged, never a stack of all updates), then cast back to the global array's dtype, so
-    float32 in gives float32 out and the rounding error is one float32 rounding per key.
-    Peak memory is about the old state + the new state + two float64 copies of the largest key.
+    Numerics: every element is accumulated in float64, then cast back to the global array's dtype,
+    so float32 in gives float32 out and the rounding error is one float32 rounding per element.
+    Streamed block by block (never a stack of all updates): peak memory is about the old state +
+    the new state + two float64 blocks of 256 KiB.
     """
 
     name = "base"
@@ -112,15 +113,29 @@ def check_updates(global_state: Mapping[str, np.ndarray], updates: list[ClientUp
                                  f"expected {np.shape(global_state[key])}")
 
 
-def _average(current: np.ndarray, weighted: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:
-    """Σ w_k θ_k for normalised weights, streamed one array at a time in float64."""
-    total = np.zeros(np.shape(current), dtype=np.float64)
-    scratch = np.empty_like(total)  # reused: w_k * θ_k without a new temporary per client
-    for array, weight in weighted:
-        # explicit float64 so a float32 input is never multiplied in float32 (NumPy 1 vs 2 casting rules)
-        np.multiply(array, np.float64(weight), out=scratch, dtype=np.float64)
-        total += scratch
+def _average(current: np.ndarray, key: str, weights: list[tuple[ClientUpdate, float]]) -> np.ndarray:
+    """Σ w_k θ_k for normalised weights in float64, one block of elements at a time.
+
+    Block-major order (every update's block, then the next block) keeps the float64 accumulator and
+    scratch in a core's L2 cache, so memory traffic is just reading each update once; per element
+    the operations and their order are those of a whole-array float64 sum, so results are identical.
+    """
     dtype = np.asarray(current).dtype
-    if not np.issubdtype(dtype, np.inexact):  # integer buffers: the nearest integer, not a truncation
-        np.rint(total, out=total)
-    return total.astype(dtype)
+    result = np.empty(np.shape(current), dtype=dtype)
+    flat_result = result.reshape(-1)
+    # explicit float64 weights so float32 input is never multiplied in float32 (NumPy 1 vs 2 casting rules)
+    sources = [(np.asarray(update.tensors[key]).reshape(-1), np.float64(weight)) for update, weight in weights]
+    total = np.empty(min(BLOCK_ELEMENTS, flat_result.size), dtype=np.float64)
+    scratch = np.empty_like(total)  # w_k * θ_k for one block, reused
+    rounds = not np.issubdtype(dtype, np.inexact)  # integer buffers: the nearest integer, not a truncation
+    for start in range(0, flat_result.size, BLOCK_ELEMENTS):
+        stop = min(start + BLOCK_ELEMENTS, flat_result.size)
+        block_total, block_scratch = total[:stop - start], scratch[:stop - start]
+        block_total.fill(0.0)
+        for source, weight in sources:
+            np.multiply(source[start:stop], weight, out=block_scratch, dtype=np.float64)
+            block_total += block_scratch
+        if rounds:
+            np.rint(block_total, out=block_total)
+        flat_result[start:stop] = block_total  # cast to the global dtype, as astype does
+    return result
