@@ -68,7 +68,7 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
     printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
     interrupted = []
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # SIGHUP: the terminal closed
     clients = resolve_fleet(scenario)
     limits = None
     try:

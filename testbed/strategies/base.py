@@ -113,18 +113,18 @@ def check_updates(global_state: Mapping[str, np.ndarray], updates: list[ClientUp
                                  f"expected {np.shape(global_state[key])}")
 
 
-def _average(current: np.ndarray, key: str, weights: list[tuple[ClientUpdate, float]]) -> np.ndarray:
+def _average(current: np.ndarray, weighted: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:
     """Σ w_k θ_k for normalised weights in float64, one block of elements at a time.
 
-    Block-major order (every update's block, then the next block) keeps the float64 accumulator and
-    scratch in a core's L2 cache, so memory traffic is just reading each update once; per element
+    Block-major order (every array's block, then the next block) keeps the float64 accumulator and
+    scratch in a core's L2 cache, so memory traffic is just reading each array once; per element
     the operations and their order are those of a whole-array float64 sum, so results are identical.
     """
     dtype = np.asarray(current).dtype
     result = np.empty(np.shape(current), dtype=dtype)
     flat_result = result.reshape(-1)
     # explicit float64 weights so float32 input is never multiplied in float32 (NumPy 1 vs 2 casting rules)
-    sources = [(np.asarray(update.tensors[key]).reshape(-1), np.float64(weight)) for update, weight in weights]
+    sources = [(np.asarray(array).reshape(-1), np.float64(weight)) for array, weight in weighted]
     total = np.empty(min(BLOCK_ELEMENTS, flat_result.size), dtype=np.float64)
     scratch = np.empty_like(total)  # w_k * θ_k for one block, reused
     rounds = not np.issubdtype(dtype, np.inexact)  # integer buffers: the nearest integer, not a truncation
