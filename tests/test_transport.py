@@ -128,3 +128,24 @@ def test_curve_admits_known_keys_and_refuses_unknown_ones(context, tmp_path):
         assert exchange(router, rogue, update(), timeout_s=2.0) is None
     finally:
         router.close()
+
+
+def test_send_waits_until_every_tensor_buffer_is_released():
+    """`wait_s` covers all frames, not only the last (pyzmq copies a small last frame and is done with it at once)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts the connection, never speaks ZMTP: nothing can leave
+    context = zmq.Context()
+    try:
+        dealer = Dealer(context, f"tcp://127.0.0.1:{listener.getsockname()[1]}", "c01", max_bytes=1 << 24)
+        tensors = {"big": np.ones(1 << 20, np.float32), "small_last": np.ones(4, np.float32)}
+        body = {"depth": 1, "samples": 1, "loss": 0.0, "timings": {}}
+        started = time.monotonic()
+        dealer.send(Message("UPDATE", "c01", 1, body, tensors), wait_s=0.3)
+        assert time.monotonic() - started >= 0.25
+        dealer.close()
+    finally:
+        context.destroy(linger=0)
+        listener.close()

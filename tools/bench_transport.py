@@ -4,6 +4,8 @@ Each timed round trip starts when the aggregator-side Router is handed the state
 state it got back is decoded and validated (one MODEL out, one UPDATE back, as in a real round).
 Compared in the same run, interleaved, over the same socket pair:
   copy    np.copyto of the same arrays into preallocated ones (memory bandwidth, one process);
+  fresh   np.copy of the same arrays (context: new memory pays a page fault per 4 KiB, as every
+          received message does);
   ours    Router.send -> Dealer.recv -> Dealer.send(wait_s) -> Router.poll (msgpack + raw frames);
   raw     the same bytes as ONE raw ZeroMQ frame, socket.send(buffer, copy=False), echoed unchanged;
   pickle  what a naive implementation does: socket.send(pickle.dumps(state)), pickle.loads(socket.recv()).
@@ -37,7 +39,7 @@ from testbed.transport.messages import Message  # noqa: E402
 
 PEER_ID = "bench"
 TIMEOUT_S = 120.0  # one round trip of a few GB/s never takes this long; a dead peer fails the run
-VARIANTS = ("copy", "ours", "raw", "pickle")
+VARIANTS = ("copy", "fresh", "ours", "raw", "pickle")
 UPDATE_BODY = {"depth": 12, "samples": 1, "loss": 0.0, "timings": {}}
 
 
@@ -94,6 +96,7 @@ class Bench:
         self.process.start()
         joined = self.router.poll(TIMEOUT_S)
         if joined is None or joined.message is None or joined.message.type != "JOIN":
+            self.close()
             raise RuntimeError(f"peer did not join: {joined}")
         self.identity = joined.identity
 
@@ -109,7 +112,7 @@ class Bench:
 
     def run(self, variant: str, round_index: int) -> tuple[float, object]:
         """(seconds, what came back) for one round trip (or one copy) of the state."""
-        if variant != "copy":
+        if variant in ECHOES:
             self.control.send(variant)  # before the clock starts
         started = time.perf_counter()
         result = getattr(self, f"_{variant}")(round_index)
@@ -119,6 +122,9 @@ class Bench:
         for key, array in self.state.items():
             np.copyto(self.copies[key], array)
         return self.copies
+
+    def _fresh(self, round_index: int) -> dict[str, np.ndarray]:
+        return {key: array.copy() for key, array in self.state.items()}
 
     def _ours(self, round_index: int) -> dict[str, np.ndarray]:
         sent = self.router.send(self.identity, Message("MODEL", PEER_ID, round_index, {"depth": 12}, self.state))
@@ -148,7 +154,7 @@ class Bench:
         for variant in VARIANTS:
             _, result = self.run(variant, 0)
             if variant == "raw":
-                same = bytes(result.buffer) == self.raw.tobytes()
+                same = np.array_equal(np.frombuffer(result.buffer, np.uint8), self.raw)
             else:
                 same = result.keys() == self.state.keys() and all(
                     np.array_equal(result[key], array) for key, array in self.state.items())
@@ -175,7 +181,7 @@ def measure(address: str, state: dict[str, np.ndarray], repeats: int) -> dict[st
 
 def throughputs(size: int, seconds: dict[str, list[float]]) -> dict[str, list[float]]:
     """GB/s per repeat: a round trip moves the state twice, a copy once."""
-    return {variant: [(size if variant == "copy" else 2 * size) / s / 1e9 for s in times]
+    return {variant: [(2 * size if variant in ECHOES else size) / s / 1e9 for s in times]
             for variant, times in seconds.items()}
 
 
@@ -186,7 +192,8 @@ def report(transport: str, state: dict[str, np.ndarray], seconds: dict[str, list
     print(f"\n{transport}: {params / 1e6:.1f} M float32 parameters, {size / 1e6:.1f} MB in {len(state)} tensors, "
           f"{len(seconds['ours'])} repeats (medians)")
     print(f"  {'variant':<34}{'seconds':>9}{'GB/s':>8}")
-    labels = {"copy": "copy    np.copyto (one way)", "ours": "ours    Router/Dealer round trip",
+    labels = {"copy": "copy    np.copyto (one way)", "fresh": "fresh   np.copy (one way)",
+              "ours": "ours    Router/Dealer round trip",
               "raw": "raw     one ZeroMQ frame round trip", "pickle": "pickle  naive round trip"}
     for variant in VARIANTS:
         print(f"  {labels[variant]:<34}{statistics.median(seconds[variant]):>9.3f}"
@@ -199,6 +206,7 @@ def report(transport: str, state: dict[str, np.ndarray], seconds: dict[str, list
     speedup = ratio(seconds["pickle"], seconds["ours"])
     target_copy = "  (target >= 0.15 over ipc)" if transport == "ipc" else ""
     print(f"  ours / copy throughput      {to_copy:6.2f}{target_copy}")
+    print(f"  ours / fresh throughput     {ratio(rates['ours'], rates['fresh']):6.2f}")
     print(f"  ours / raw frame throughput {ratio(rates['ours'], rates['raw']):6.2f}")
     print(f"  pickle time / ours time     {speedup:6.2f}  (target >= 1.5)")
 

@@ -110,15 +110,21 @@ class Dealer:
         telemetry that a real deployment would send out of band, such as progress).
         """
         frames = encode(message)
+        nbytes = sum(len(memoryview(frame)) for frame in frames)
         if shaped and self.shaper is not None:
-            self.shaper.wait(sum(len(memoryview(frame)) for frame in frames), "up")
-        tracker = self.socket.send_multipart(frames, copy=False, track=wait_s > 0)
+            self.shaper.wait(nbytes, "up")
+        # one tracker per frame: send_multipart returns only the last frame's, and pyzmq copies a frame
+        # under its copy threshold (64 KiB) and reports it done at once, so a small last tensor (a
+        # bias) would end the wait while the large ones are still queued
+        last = len(frames) - 1
+        trackers = [self.socket.send(frame, zmq.SNDMORE if index < last else 0, copy=False, track=wait_s > 0)
+                    for index, frame in enumerate(frames)]
         if wait_s > 0:
             try:
-                tracker.wait(wait_s)
+                zmq.MessageTracker(*trackers).wait(wait_s)
             except zmq.NotDone:  # still queued (slow peer): the caller decides what that means
                 pass
-        return sum(len(memoryview(frame)) for frame in frames)
+        return nbytes
 
     def recv(self, timeout_s: float) -> tuple[Message | None, int]:
         """(message, wire bytes) within `timeout_s`; (None, 0) on timeout. A bad message raises Rejected."""
