@@ -27,6 +27,8 @@ COMMANDS = {
                 "live dashboard of a running run (directory or PUB address), or replay a finished one"),
     "report": ("testbed.monitor.commands", "report", "add_report_args",
                "write report.md and plots/*.png of a run directory from its events"),
+    "compare": ("testbed.compare.commands", "compare", "add_compare_args",
+                "run several strategies under the identical fleet, data and seeds; one table, one plot"),
     "aggregator": ("testbed.launch.commands", "aggregator", "add_aggregator_args",
                    "multi-host: run the aggregator of a scenario, clients connect over TCP"),
     "client": ("testbed.launch.commands", "client", "add_client_args",

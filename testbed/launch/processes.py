@@ -96,10 +96,14 @@ class ProcessGroup:
         """The fork server would exit on its own once we do; stop it now so nothing outlives the run."""
         from multiprocessing import forkserver
 
-        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        server = forkserver._forkserver  # private, but the only handle
+        pid = getattr(server, "_forkserver_pid", None)
         if pid:
             try:
                 os.kill(pid, signal.SIGTERM)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
+            except ProcessLookupError:
                 pass
+            try:
+                server._stop()  # reaps it and forgets it, so a later run in this process starts a new one
+            except (OSError, ChildProcessError):
+                server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None

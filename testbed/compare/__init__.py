@@ -1,0 +1,1 @@
+"""`testbed compare`: several strategies under the identical fleet, data and seeds, one table."""
