@@ -51,14 +51,15 @@ def test_time_to_target_and_mean_std():
 def test_compare_runs_each_strategy_and_writes_the_table_and_the_plot(write_scenario, tmp_path):
     scenario = write_scenario(exit_policy="{name: adaptive, preferred_exits: {keyword: 1}}")
     out = tmp_path / "cmp"
-    result = run("compare", str(scenario), "--strategies", "fedavg_full,depth_aware", "--out", str(out), timeout=400)
+    result = run("compare", str(scenario), "--strategies", "fedavg_full,depth_aware,centralized", "--out", str(out),
+                 timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     table = (out / "compare.md").read_text()
-    assert "| task (exit) | fedavg_full | depth_aware |" in table
+    assert "| task (exit) | fedavg_full | depth_aware | centralized |" in table
     assert "| keyword (L1) |" in table and "| speaker (L2) |" in table
     assert "time to target, keyword" in table
     figures = json.loads((out / "compare.json").read_text())
-    assert set(figures["metrics"]) == {"fedavg_full", "depth_aware"}
+    assert set(figures["metrics"]) == {"fedavg_full", "depth_aware", "centralized"}
     assert all(len(runs) == 1 and runs[0]["status"] == "finished" for runs in figures["metrics"].values())
     assert (out / "accuracy_vs_time.png").stat().st_size > 10_000
     assert (out / "fedavg_full-s0" / "events.jsonl").exists() and (out / "depth_aware-s0" / "summary.json").exists()

@@ -22,6 +22,7 @@ from testbed.emulation.injection import InjectedState, control_path
 from testbed.emulation.link import LinkModel, LinkShaper
 from testbed.emulation.memory import OOM_EXIT_CODE, MemoryBudget, OutOfMemory, release_free_memory
 from testbed.emulation.throttle import ComputeThrottle
+from testbed.model.early_exit import exit_depth
 from testbed.transport.endpoint import Dealer
 from testbed.transport.messages import Message, Rejected
 
@@ -118,9 +119,8 @@ class ClientWorker:
         self.memory = MemoryBudget(profile.memory_mb, {d: c.peak_mb for d, c in costs.items()})
         device = DeviceModel(self.session.exits, costs, self.throughput, link, self.memory,
                              scenario.training.local_steps)
-        preferred = scenario.exit_policy.preferred_exits.get(spec.task)
-        preferred_depth = self.session.exits[min(preferred, len(self.session.exits)) - 1] \
-            if isinstance(preferred, int) else None
+        preferred = scenario.exit_policy.preferred_exits.get(spec.task)  # an exit index, "auto" or None
+        preferred_depth = exit_depth(self.session.exits, preferred) if isinstance(preferred, int) else None
         self.policy = make_policy(scenario.exit_policy.name, device, profile.max_exit, preferred_depth,
                                   scenario.exit_policy.ema)
         self.schedule = DeviceSchedule(profile.availability, profile.failure, self.session.seed)

@@ -10,7 +10,8 @@ from testbed.errors import UserError
 def add_compare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", help="scenario YAML")
     parser.add_argument("--strategies", required=True,
-                        help="comma-separated strategy names, e.g. fedavg_full,layerwise,depth_aware")
+                        help="comma-separated strategy names, e.g. fedavg_full,layerwise,depth_aware; "
+                             "`centralized` adds the baseline with all data in one process")
     parser.add_argument("--seeds", type=int, default=1, help="runs per strategy: the scenario's seed, +1, ...")
     parser.add_argument("--policy", help="exit policy for every run (default: the scenario's)")
     parser.add_argument("--target", type=float, help="target accuracy (0-1) for time to target "
@@ -24,10 +25,10 @@ def compare(args: argparse.Namespace) -> int:
     from testbed.strategies import STRATEGIES
 
     strategies = [name for name in args.strategies.split(",") if name]
-    unknown = [name for name in strategies if name not in STRATEGIES]
+    unknown = [name for name in strategies if name not in STRATEGIES and name != "centralized"]
     if unknown or not strategies:
         raise UserError(f"--strategies: unknown {', '.join(unknown) or '(none given)'} "
-                        f"(allowed: {', '.join(STRATEGIES)})")
+                        f"(allowed: {', '.join(STRATEGIES)}, centralized)")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be >= 1")
     if args.target is not None and not 0 < args.target <= 1:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 
+from testbed.model.early_exit import exit_depth
 from testbed.monitor.metrics import run_figures
 from testbed.monitor.state import RunView, fold, number
 
 
 def task_exit(preferred: int | str | None, exits: tuple[int, ...]) -> int:
     """The exit layer a task is judged at: its preferred exit (1-based index) or the deepest."""
-    return exits[min(preferred, len(exits)) - 1] if isinstance(preferred, int) else exits[-1]
+    return exit_depth(exits, preferred if isinstance(preferred, int) else None)
 
 
 def accuracy_at(view: RunView, task: str, layer: int) -> list[tuple[float, float]]:

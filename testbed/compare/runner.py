@@ -14,12 +14,14 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
+from testbed.compare.centralized import run_centralized
 from testbed.compare.metrics import mean_std, run_metrics, task_exit, time_to_target
 from testbed.config.loader import load_scenario
 from testbed.errors import UserError
 from testbed.events import read_events
 
 log = logging.getLogger("testbed.compare")
+CENTRALIZED = "centralized"  # not a strategy: the baseline with all data in one process
 TARGET_MARGIN = 0.02  # target accuracy = fedavg_full's final accuracy minus 2 points
 
 
@@ -44,7 +46,8 @@ def compare(scenario_path: str, strategies: list[str], seeds: int, overrides: li
 
     scenario = load_scenario(scenario_path, overrides)  # validates before anything starts
     for name in strategies:
-        load_scenario(scenario_path, [*overrides, f"strategy.name={name}"])
+        if name != CENTRALIZED:
+            load_scenario(scenario_path, [*overrides, f"strategy.name={name}"])
     directory = Path(out) if out else Path("compare") / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if directory.exists() and any(directory.iterdir()):
         raise UserError(f"--out {directory} exists and is not empty")
@@ -56,8 +59,12 @@ def compare(scenario_path: str, strategies: list[str], seeds: int, overrides: li
             label = f"{name}-s{seed}"
             print(f"{label}:", flush=True)
             try:
-                run_dir = run(scenario_path, [*overrides, f"strategy.name={name}", f"seed={seed}"],
-                              out=str(directory / label), make_printer=QuietPrinter)
+                if name == CENTRALIZED:
+                    run_dir = run_centralized(scenario_path, [*overrides, f"seed={seed}"], directory / label)
+                    print(f"  {label}: finished", flush=True)
+                else:
+                    run_dir = run(scenario_path, [*overrides, f"strategy.name={name}", f"seed={seed}"],
+                                  out=str(directory / label), make_printer=QuietPrinter)
                 runs[name].append(run_dir)
             except UserError as error:  # one failed run does not end the comparison
                 print(f"  {label} failed: {error}", flush=True)
@@ -105,7 +112,9 @@ def _tables(name: str, tasks: list[str], task_exits: dict, metrics: dict, target
     strategies = list(metrics)
     lines = [f"# Comparison: {name}", "",
              "Error (1 - accuracy, %) at each task's exit after the last round, mean ± std over seeds "
-             f"({', '.join(f'{s}: {len(metrics[s])} runs' for s in strategies)}).", "",
+             f"({', '.join(f'{s}: {len(metrics[s])} runs' for s in strategies)})."
+             + (" centralized: all data in one process, host seconds, no emulation." if CENTRALIZED in metrics else ""),
+             "",
              "| task (exit) | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
     for task in tasks:
         cells = [_cell([None if m["tasks"][task]["final"] is None else 1 - m["tasks"][task]["final"]
