@@ -57,7 +57,7 @@ def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile], concurrent
     needed = max(1.0, demand / usable, single)
     if spec.dilation is not None:
         verdict = ("enough" if spec.dilation >= needed else
-                   f"below the {needed:.2f} needed: clients may be CPU-starved (see each round's throttle error)")
+                   f"below the {needed:.2f} needed: clients may be CPU-starved (see each update's overshoot)")
         return Dilation(spec.dilation, demand, cores,
                         f"set by the scenario: {spec.dilation:g}x ({verdict}; fleet demand {demand:.2f} cores "
                         f"on {cores} host cores)")
