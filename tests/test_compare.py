@@ -1,31 +1,45 @@
-"""testbed compare: metric functions on hand-made events, and one real comparison end to end."""
+"""testbed compare: metric functions on hand-made events, the compare directory from hand-made runs,
+and one real comparison end to end."""
 
 import json
 
 import pytest
 
-from testbed.compare.metrics import mean_std, relative_costs, run_metrics, task_exit, time_to_target
+from testbed.compare.figures import RunRecord
+from testbed.compare.metrics import (DepthTotals, costs_vs_full, error_table, mean_curve, mean_std,
+                                     relative_depth_costs, run_metrics, targets, task_exit, time_to_target)
+from testbed.compare.runner import write_comparison
+from testbed.config.loader import load_scenario
 
 from runs import run
 
 
-def _events():
-    ready = {"kind": "client_ready", "client": "c00",
-             "device": {"costs": {"2": {"step_cpu_s": 0.1, "peak_mb": 300}, "4": {"step_cpu_s": 0.4, "peak_mb": 500}}}}
-    rows = [{"client": "c00", "status": "updated", "depth": 2, "download_s": 1, "compute_s": 2, "upload_s": 1,
-             "idle_s": 4}]
-    return [
-        {"seq": 0, "t": 0.0, "kind": "run_started", "scenario": "s", "rounds": 2, "exits": [2, 4]},
-        {"seq": 1, "t": 0.1, **ready},
-        {"seq": 2, "t": 1.0, "kind": "round_started", "round": 1, "selected": ["c00"], "deadline_s": 10},
-        {"seq": 3, "t": 5.0, "kind": "update_received", "client": "c00", "round": 1, "depth": 2},
-        {"seq": 4, "t": 9.0, "kind": "round_closed", "round": 1, "wall_s": 8.0, "clients": rows,
-         "bytes_down": 1000, "bytes_up": 1000},
-        {"seq": 5, "t": 9.1, "kind": "round_aggregated", "round": 1, "digest": "a"},
-        {"seq": 6, "t": 9.2, "kind": "evaluated", "round": 1, "accuracy": {"keyword": {"2": 0.5, "4": 0.6}},
-         "eval_s": 0.0},
-        {"seq": 7, "t": 10.0, "kind": "run_finished", "reason": "done"},
-    ]
+def _row(client, depth, *, compute_s, idle_s, samples=40, cpu_s=None, peak_mb=None, status="updated"):
+    return {"client": client, "status": status, "depth": depth, "download_s": 1.0, "compute_s": compute_s,
+            "upload_s": 1.0, "idle_s": idle_s, "samples": samples, "cpu_s": cpu_s, "peak_mb": peak_mb,
+            "bytes_down": 500, "bytes_up": 500}
+
+
+def _run_events(accuracies, rows_per_round=None, exits=(2, 4), ending="run_finished", round_s=10.0):
+    """A run: one round per entry of `accuracies` ({task: {layer: accuracy}}), each `round_s` long and
+    evaluated for 1 s; `rows_per_round` gives each round's client rows."""
+    events = [{"kind": "run_started", "t": 0.0, "scenario": "s", "rounds": len(accuracies), "exits": list(exits)}]
+    for index, accuracy in enumerate(accuracies, start=1):
+        start = (round_s + 1) * (index - 1)
+        rows = (rows_per_round or [[]] * len(accuracies))[index - 1]
+        events += [
+            {"kind": "round_started", "t": start, "round": index, "selected": [r["client"] for r in rows],
+             "deadline_s": 10},
+            {"kind": "round_closed", "t": start + round_s, "round": index, "wall_s": round_s, "clients": rows,
+             "bytes_down": 500 * len(rows), "bytes_up": 500 * len(rows),
+             "updates": sum(r["status"] == "updated" for r in rows),
+             "stragglers": sum(r["status"] == "straggler" for r in rows)},
+            {"kind": "round_aggregated", "t": start + round_s, "round": index, "digest": "d"},
+            {"kind": "evaluated", "t": start + round_s + 1, "round": index, "eval_s": 1.0,
+             "accuracy": {task: {str(layer): value for layer, value in by_exit.items()}
+                          for task, by_exit in accuracy.items()}}]
+    events.append({"kind": ending, "t": (round_s + 1) * len(accuracies), "reason": "done"})
+    return [{"seq": i, **event} for i, event in enumerate(events)]
 
 
 def test_a_task_is_judged_at_its_preferred_exit_or_the_deepest():
@@ -33,12 +47,22 @@ def test_a_task_is_judged_at_its_preferred_exit_or_the_deepest():
     assert task_exit(None, (3, 6)) == 6 and task_exit(9, (3, 6)) == 6
 
 
-def test_run_metrics_from_events():
-    metrics = run_metrics(_events(), {"keyword": 2})
-    assert metrics["tasks"]["keyword"]["final"] == 0.5
-    assert metrics["mean_round_s"] == 8.0 and metrics["bytes"] == 2000
-    assert metrics["wait_share"] == pytest.approx(4 / 8)  # idle over download + compute + upload + idle
-    assert relative_costs(_events()) == {"compute_vs_full": pytest.approx(0.25), "memory_vs_full": pytest.approx(0.6)}
+def test_run_metrics_follow_the_task_exit_and_leave_evaluation_time_out():
+    metrics = run_metrics(_run_events([{"keyword": {2: 0.5, 4: 0.6}}, {"keyword": {2: 0.7, 4: 0.65}}]),
+                          {"keyword": 2})
+    # each round took 10 s, each evaluation 1 s: evaluated models were ready at 10 s and 20 s of training
+    assert metrics["tasks"]["keyword"] == {"exit": 2, "final": 0.7, "series": [(10.0, 0.5), (20.0, 0.7)]}
+    assert metrics["mean_round_s"] == 10.0 and metrics["status"] == "finished"
+    assert run_metrics(_run_events([{"keyword": {2: 0.5}}], ending="run_failed"), {"keyword": 2})["status"] == "failed"
+
+
+def test_straggler_wait_share_is_idle_over_all_client_seconds():
+    # a fast client waits 6 s for a slow one; the straggler that never delivered does not count
+    rows = [_row("fast", 2, compute_s=2.0, idle_s=6.0), _row("slow", 4, compute_s=8.0, idle_s=0.0),
+            _row("late", 4, compute_s=0.0, idle_s=0.0, status="straggler")]
+    metrics = run_metrics(_run_events([{"keyword": {2: 0.5}}], [rows]), {"keyword": 2})
+    assert metrics["wait_share"] == pytest.approx(6.0 / (1 + 2 + 1 + 6 + 1 + 8 + 1 + 0))
+    assert metrics["bytes"] == 3000
 
 
 def test_time_to_target_and_mean_std():
@@ -46,25 +70,147 @@ def test_time_to_target_and_mean_std():
     assert time_to_target(series, 0.5) == 20.0 and time_to_target(series, 0.9) is None
     assert mean_std([0.1, 0.3, None]) == (pytest.approx(0.2), pytest.approx(0.1414, abs=1e-4))
     assert mean_std([0.4]) == (0.4, 0.0) and mean_std([None]) is None
+    assert mean_curve([[(10.0, 0.2), (20.0, 0.4)], [(12.0, 0.4)]]) == [(11.0, pytest.approx(0.3))]
+
+
+def test_error_table_is_mean_and_std_over_seeds_per_task_and_strategy():
+    def final(keyword, speaker):
+        return {"tasks": {"keyword": {"final": keyword}, "speaker": {"final": speaker}}}
+
+    metrics = {"fedavg_full": [final(0.9, 0.6), final(0.8, 0.7)], "depth_aware": [final(0.85, None)]}
+    table = error_table(metrics, ["keyword", "speaker"])
+    assert table["keyword"]["fedavg_full"] == (pytest.approx(0.15), pytest.approx(0.0707, abs=1e-4))
+    assert table["speaker"]["fedavg_full"] == (pytest.approx(0.35), pytest.approx(0.0707, abs=1e-4))
+    assert table["keyword"]["depth_aware"] == (pytest.approx(0.15), 0.0)
+    assert table["speaker"]["depth_aware"] is None
+    assert targets(metrics, ["keyword"], None) == {"keyword": pytest.approx(0.85 - 0.02)}
+    assert targets(metrics, ["keyword"], 0.5) == {"keyword": 0.5}
+    assert targets({"layerwise": metrics["depth_aware"]}, ["keyword"], None) == {"keyword": None}
+    assert targets({"fedavg_full": [final(0.01, 0.5)]}, ["keyword"], None) == {"keyword": None}  # not above 0
+
+
+def test_compute_and_memory_relative_to_full_depth_from_round_rows():
+    rows = [_row("a", 2, compute_s=9.0, idle_s=0, samples=40, cpu_s=4.0, peak_mb=300.0),
+            _row("b", 2, compute_s=3.0, idle_s=0, samples=40, cpu_s=4.0, peak_mb=340.0),
+            _row("c", 4, compute_s=2.0, idle_s=0, samples=40, cpu_s=16.0, peak_mb=400.0),
+            _row("d", 4, compute_s=2.0, idle_s=0, samples=20, cpu_s=None, peak_mb=None)]  # reported no CPU or peak
+    depths = run_metrics(_run_events([{"keyword": {2: 0.5}}], [rows]), {"keyword": 2})["depths"]
+    assert depths[2] == DepthTotals(updates=2, samples=80, cpu_s=8.0, cpu_samples=80, compute_s=12.0,
+                                    peak_mb=640.0, peaks=2)
+    assert depths[4].cpu_per_sample == 0.4 and depths[4].compute_per_sample == pytest.approx(4.0 / 60)
+    relative = relative_depth_costs(depths, depths[4])
+    assert relative[2]["compute_vs_full"] == pytest.approx(0.1 / 0.4)  # host CPU s per clip, not device seconds
+    assert relative[2]["memory_vs_full"] == pytest.approx(320.0 / 400.0)
+    assert relative[4]["compute_vs_full"] == 1.0
+    whole = costs_vs_full(depths, depths[4])
+    assert whole["compute_vs_full"] == pytest.approx((24.0 / 120) / 0.4)
+    assert whole["memory_vs_full"] == pytest.approx((1040.0 / 3) / 400.0)
+    assert costs_vs_full({}, depths[4]) == {"compute_vs_full": None, "memory_vs_full": None}
+    assert costs_vs_full(depths, None) == {"compute_vs_full": None, "memory_vs_full": None}
+
+
+def _write_run(directory, events):
+    directory.mkdir()
+    (directory / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return str(directory)
+
+
+def test_the_compare_directory_from_hand_made_runs_lists_a_failed_run(tmp_path, write_scenario):
+    scenario = load_scenario(write_scenario(exit_policy="{name: adaptive, preferred_exits: {keyword: 1}}"), [])
+    full = [[_row("c00", 2, compute_s=2, idle_s=0, cpu_s=8.0, peak_mb=400.0)]]
+    shallow = [[_row("c00", 1, compute_s=1, idle_s=1, cpu_s=2.0, peak_mb=300.0)]]
+    accuracy = lambda keyword: [{"keyword": {1: keyword, 2: 0.1}, "speaker": {1: 0.2, 2: 0.3}}]  # noqa: E731
+    records = [
+        RunRecord("fedavg_full", 0, "fedavg_full-s0",
+                  _write_run(tmp_path / "f0", _run_events(accuracy(0.8), full, (1, 2))), "finished"),
+        RunRecord("fedavg_full", 1, "fedavg_full-s1",
+                  _write_run(tmp_path / "f1", _run_events(accuracy(0.6), full, (1, 2))), "finished"),
+        RunRecord("depth_aware", 0, "depth_aware-s0",
+                  _write_run(tmp_path / "d0", _run_events(accuracy(0.75), shallow, (1, 2), round_s=4.0)), "finished"),
+        RunRecord("depth_aware", 1, "depth_aware-s1", None, "failed", "RuntimeError: boom"),
+    ]
+    out = tmp_path / "cmp"
+    out.mkdir()
+    figures = write_comparison(out, scenario, ["fedavg_full", "depth_aware"], records, None)
+    table = (out / "compare.md").read_text()
+    assert "| task (exit) | fedavg_full | depth_aware |" in table
+    assert "| keyword (L1) | 30.0 ± 14.1 | 25.0 ± 0.0 |" in table  # errors 20 % and 40 %; 25 %
+    assert "| speaker (L2) | 70.0 ± 0.0 | 70.0 ± 0.0 |" in table
+    assert figures["targets"]["keyword"] == pytest.approx(0.68)  # fedavg_full's mean final 70 % minus 2 points
+    assert "| time to 68.0%, keyword, s | 10.0 ± 0.0 (1/2 reached) | 4.0 ± 0.0 (1/1 reached) |" in table
+    assert "| time to 68.0%, keyword, vs fedavg_full | 1.00x | 0.40x |" in table
+    assert "| mean round time vs fedavg_full | 1.00x | 0.40x |" in table
+    assert "| client compute vs full depth, % | 100 ± 0 | 25 ± 0 |" in table
+    assert "| client peak memory vs full depth, % | 100 ± 0 | 75 ± 0 |" in table
+    assert "- depth_aware-s1: failed: RuntimeError: boom (not in the tables)" in table
+    assert figures["strategies"]["depth_aware"]["runs"] == 1
+    assert (out / "accuracy_vs_time.png").stat().st_size > 10_000
+    assert json.loads((out / "compare.json").read_text())["runs"][3]["error"] == "RuntimeError: boom"
 
 
 def test_compare_runs_each_strategy_and_writes_the_table_and_the_plot(write_scenario, tmp_path):
-    scenario = write_scenario(exit_policy="{name: adaptive, preferred_exits: {keyword: 1}}")
+    scenario = write_scenario(exit_policy="{name: adaptive, preferred_exits: {keyword: 1}}",
+                              fleet="[{profile: laptop}, {profile: rpi4, task: speaker}]")
     out = tmp_path / "cmp"
     result = run("compare", str(scenario), "--strategies", "fedavg_full,depth_aware,centralized", "--out", str(out),
-                 timeout=400)
+                 timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     table = (out / "compare.md").read_text()
     assert "| task (exit) | fedavg_full | depth_aware | centralized |" in table
     assert "| keyword (L1) |" in table and "| speaker (L2) |" in table
-    assert "time to target, keyword" in table
+    assert "host's wall seconds of training" in table
+    assert ", keyword, s |" in table  # 3 words: fedavg_full's keyword accuracy is above 2 %, so there is a target
     figures = json.loads((out / "compare.json").read_text())
-    assert set(figures["metrics"]) == {"fedavg_full", "depth_aware", "centralized"}
-    assert all(len(runs) == 1 and runs[0]["status"] == "finished" for runs in figures["metrics"].values())
+    assert [r["status"] for r in figures["runs"]] == ["finished"] * 3
+    assert all(s["runs"] == 1 and s["error"]["keyword"] is not None for s in figures["strategies"].values())
+    assert figures["depths"]["2"]["compute_vs_full"] == 1.0 and figures["depths"]["1"]["updates"] >= 1
+    assert 0.5 < figures["strategies"]["fedavg_full"]["compute_vs_full"][0] < 2  # full depth only; host noise
     assert (out / "accuracy_vs_time.png").stat().st_size > 10_000
-    assert (out / "fedavg_full-s0" / "events.jsonl").exists() and (out / "depth_aware-s0" / "summary.json").exists()
+    assert (out / "fedavg_full-s0" / "clients.csv").exists() and (out / "centralized-s0" / "summary.json").exists()
+    centralized = [json.loads(line) for line in (out / "centralized-s0" / "events.jsonl").read_text().splitlines()]
+    started = centralized[0]
+    # the same samples as the federated run: one client per task, 3 local steps of 8 clips per round
+    assert started["steps_per_round"] == {"keyword": 3, "speaker": 3} and started["batch_size"] == 8
+    assert [e["round"] for e in centralized if e["kind"] == "evaluated"] == [1, 2]
 
 
-def test_an_unknown_strategy_is_refused_in_one_line(write_scenario, tmp_path):
+def test_an_unknown_or_repeated_strategy_is_refused_in_one_line(write_scenario, tmp_path):
     result = run("compare", str(write_scenario()), "--strategies", "fedavg_full,nope", "--out", str(tmp_path / "c"))
     assert result.returncode == 2 and "unknown nope (allowed:" in result.stderr and "Traceback" not in result.stderr
+    result = run("compare", str(write_scenario()), "--strategies", "layerwise,layerwise", "--out", str(tmp_path / "c"))
+    assert result.returncode == 2 and "each strategy once" in result.stderr and not (tmp_path / "c").exists()
+
+
+def test_a_failed_run_is_recorded_and_the_comparison_goes_on_until_interrupted(write_scenario, tmp_path, monkeypatch):
+    import testbed.compare.centralized
+    import testbed.launch.run
+    from testbed.aggregator.server import write_summary
+    from testbed.compare.runner import compare
+
+    made = []
+
+    def fake_run(path, overrides, out, make_printer=None):
+        made.append(out)
+        raise RuntimeError("aggregator exploded\nsecond line")
+
+    def fake_centralized(path, overrides, out):
+        made.append(str(out))
+        if "seed=1" in overrides:
+            raise KeyboardInterrupt
+        _write_run(out, _run_events([{"keyword": {1: 0.5, 2: 0.6}, "speaker": {1: 0.1, 2: 0.2}}], exits=(1, 2)))
+        write_summary(out)
+        return out
+
+    monkeypatch.setattr(testbed.launch.run, "run", fake_run)
+    monkeypatch.setattr(testbed.compare.centralized, "run_centralized", fake_centralized)
+    directory, complete = compare(str(write_scenario()), ["layerwise", "centralized"], 3, [], str(tmp_path / "c"))
+    assert not complete and [m.rsplit("/", 1)[1] for m in made] == ["layerwise-s0", "centralized-s0",
+                                                                      "layerwise-s1", "centralized-s1"]
+    figures = json.loads((directory / "compare.json").read_text())
+    assert [(r["label"], r["status"]) for r in figures["runs"]] == [
+        ("layerwise-s0", "failed"), ("centralized-s0", "finished"), ("layerwise-s1", "failed"),
+        ("centralized-s1", "interrupted")]
+    assert figures["runs"][0]["error"] == "RuntimeError: aggregator exploded"
+    assert figures["strategies"]["centralized"]["error"]["keyword"] == [pytest.approx(0.4), 0.0]
+    assert figures["strategies"]["layerwise"]["runs"] == 0
+    assert "| keyword (L2) | - | 40.0 ± 0.0 |" in (directory / "compare.md").read_text()

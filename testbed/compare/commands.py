@@ -16,7 +16,8 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", help="exit policy for every run (default: the scenario's)")
     parser.add_argument("--target", type=float, help="target accuracy (0-1) for time to target "
                         "(default: fedavg_full's final accuracy minus 2 points, when it is compared)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario field for every run, e.g. --set rounds=5")
     parser.add_argument("--out", help="compare directory (default: compare/<scenario>-<time>)")
 
 
@@ -24,16 +25,19 @@ def compare(args: argparse.Namespace) -> int:
     from testbed.compare.runner import compare as run_comparison
     from testbed.strategies import STRATEGIES
 
-    strategies = [name for name in args.strategies.split(",") if name]
+    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
     unknown = [name for name in strategies if name not in STRATEGIES and name != "centralized"]
     if unknown or not strategies:
         raise UserError(f"--strategies: unknown {', '.join(unknown) or '(none given)'} "
                         f"(allowed: {', '.join(STRATEGIES)}, centralized)")
+    if len(set(strategies)) != len(strategies):
+        raise UserError(f"--strategies {args.strategies}: each strategy once (seeds repeat it: --seeds N)")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be >= 1")
     if args.target is not None and not 0 < args.target <= 1:
         raise UserError(f"--target {args.target}: an accuracy in (0, 1]")
     overrides = [*args.overrides, *([f"exit_policy.name={args.policy}"] if args.policy else [])]
-    directory = run_comparison(args.scenario, strategies, args.seeds, overrides, args.out, args.target)
-    print(f"comparison in {directory}: compare.md, compare.json, accuracy_vs_time.png")
-    return 0
+    directory, complete = run_comparison(args.scenario, strategies, args.seeds, overrides, args.out, args.target)
+    print(f"comparison{'' if complete else ' (interrupted: the runs made so far)'} in {directory}: "
+          "compare.md, compare.json, accuracy_vs_time.png")
+    return 0 if complete else 130

@@ -1,56 +1,122 @@
-"""What a compare table reports about one run, from its events alone (pure: events in, numbers out).
+"""What a comparison reports, from events alone (pure functions: events or figures in, numbers out).
 
 A task is judged at its exit: the scenario's preferred exit for it when one is given, else the
-deepest. Times are the run's emulated seconds without evaluation (`train_t`), as in its report.
+deepest. Times are the run's seconds without evaluation (`train_t`): emulated seconds for a
+federated run, host seconds for the centralized baseline.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 
 from testbed.model.early_exit import exit_depth
-from testbed.monitor.metrics import run_figures
+from testbed.monitor.metrics import closed_rounds, run_figures
 from testbed.monitor.state import RunView, fold, number
+
+TARGET_MARGIN = 0.02  # the default target accuracy: fedavg_full's final accuracy minus 2 points
+TARGET_STRATEGY = "fedavg_full"
+
+Series = list[tuple[float, float]]  # (training seconds, accuracy), one point per evaluation
 
 
 def task_exit(preferred: int | str | None, exits: tuple[int, ...]) -> int:
-    """The exit layer a task is judged at: its preferred exit (1-based index) or the deepest."""
+    """The exit layer a task is judged at: its preferred exit (1-based index) or, for none or "auto", the deepest."""
     return exit_depth(exits, preferred if isinstance(preferred, int) else None)
 
 
-def accuracy_at(view: RunView, task: str, layer: int) -> list[tuple[float, float]]:
+def accuracy_at(view: RunView, task: str, layer: int) -> Series:
     """(training seconds, accuracy) of `task` at exit `layer`, one point per evaluation."""
     return [(t, value) for t, _, value in view.accuracy_series(task, layer)]
 
 
-def time_to_target(series: list[tuple[float, float]], target: float) -> float | None:
+def time_to_target(series: Series, target: float) -> float | None:
     """First training second at which the accuracy reached `target`; None if it never did."""
     return next((t for t, value in series if value >= target), None)
 
 
-def relative_costs(events: list[dict]) -> dict[str, float | None]:
-    """Mean over updates of (step CPU seconds, peak memory) at the trained depth relative to full depth,
-    each client against its own measurements (the per-exit costs it reported when ready)."""
-    costs = {e["client"]: e.get("device", {}).get("costs", {}) for e in events if e["kind"] == "client_ready"}
-    compute, memory = [], []
-    for event in events:
-        if event["kind"] != "update_received":
-            continue
-        own = costs.get(event["client"], {})
-        if not own:
-            continue
-        full = own[max(own, key=int)]
-        at = own.get(str(event["depth"]))
-        if at and number(full.get("step_cpu_s")) and number(full.get("peak_mb")):
-            compute.append(at["step_cpu_s"] / full["step_cpu_s"])
-            memory.append(at["peak_mb"] / full["peak_mb"])
-    mean = lambda values: statistics.fmean(values) if values else None  # noqa: E731
-    return {"compute_vs_full": mean(compute), "memory_vs_full": mean(memory)}
+@dataclass
+class DepthTotals:
+    """Sums over the delivered updates trained to one depth (sums, so that several runs pool exactly)."""
+
+    updates: int = 0
+    samples: int = 0  # clips trained on
+    cpu_s: float = 0.0  # host CPU seconds of local training, over the updates that reported it
+    cpu_samples: int = 0  # clips of the updates that reported cpu_s
+    compute_s: float = 0.0  # emulated seconds of local training (depends on each device's speed)
+    peak_mb: float = 0.0  # sum of the updates' peak resident memory, MiB
+    peaks: int = 0  # updates that reported a peak
+
+    def add(self, other: DepthTotals) -> DepthTotals:
+        return DepthTotals(**{key: value + getattr(other, key) for key, value in asdict(self).items()})
+
+    @property
+    def cpu_per_sample(self) -> float | None:
+        return self.cpu_s / self.cpu_samples if self.cpu_samples else None
+
+    @property
+    def compute_per_sample(self) -> float | None:
+        return self.compute_s / self.samples if self.samples else None
+
+    @property
+    def mean_peak_mb(self) -> float | None:
+        return self.peak_mb / self.peaks if self.peaks else None
+
+
+def depth_totals(view: RunView) -> dict[int, DepthTotals]:
+    """The delivered updates of a run (its round_closed rows), summed per trained depth."""
+    totals: dict[int, DepthTotals] = {}
+    for round_ in closed_rounds(view):
+        for part in round_.clients.values():
+            row = part.row
+            samples = number(row.get("samples"))
+            if part.status != "updated" or not part.depth or not samples:
+                continue
+            cpu, compute, peak = number(row.get("cpu_s")), number(row.get("compute_s")), number(row.get("peak_mb"))
+            totals[part.depth] = totals.get(part.depth, DepthTotals()).add(DepthTotals(
+                updates=1, samples=int(samples), cpu_s=cpu or 0.0, cpu_samples=int(samples) if cpu is not None else 0,
+                compute_s=compute or 0.0, peak_mb=peak or 0.0, peaks=int(peak is not None)))
+    return dict(sorted(totals.items()))
+
+
+def pool_depths(runs: Iterable[Mapping[int, DepthTotals]]) -> dict[int, DepthTotals]:
+    """Per-depth totals of several runs added together (same model on the same host: comparable)."""
+    pooled: dict[int, DepthTotals] = {}
+    for totals in runs:
+        for depth, figures in totals.items():
+            pooled[depth] = pooled.get(depth, DepthTotals()).add(figures)
+    return dict(sorted(pooled.items()))
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
+def relative_depth_costs(totals: Mapping[int, DepthTotals], full: DepthTotals | None) -> dict[int, dict]:
+    """Per depth: host CPU seconds per clip and mean peak memory, each relative to full depth's."""
+    return {depth: {"updates": figures.updates, "cpu_s_per_sample": figures.cpu_per_sample,
+                    "compute_s_per_sample": figures.compute_per_sample, "peak_mb": figures.mean_peak_mb,
+                    "compute_vs_full": _ratio(figures.cpu_per_sample, full and full.cpu_per_sample),
+                    "memory_vs_full": _ratio(figures.mean_peak_mb, full and full.mean_peak_mb)}
+            for depth, figures in totals.items()}
+
+
+def costs_vs_full(totals: Mapping[int, DepthTotals], full: DepthTotals | None) -> dict[str, float | None]:
+    """A run's client compute and memory relative to the same updates at full depth.
+
+    Compute: host CPU seconds per clip over all its updates, over full depth's (host CPU time is the
+    work done, whatever each device's speed; emulated seconds would compare devices, not depths).
+    Memory: mean peak per update over the mean peak of a full-depth update."""
+    whole = DepthTotals()
+    for figures in totals.values():
+        whole = whole.add(figures)
+    return {"compute_vs_full": _ratio(whole.cpu_per_sample, full.cpu_per_sample if full else None),
+            "memory_vs_full": _ratio(whole.mean_peak_mb, full.mean_peak_mb if full else None)}
 
 
 def run_metrics(events: list[dict], task_exits: Mapping[str, int]) -> dict:
-    """The figures of one run: final accuracy and its curve per task at its exit, and the costs."""
+    """The figures of one run: final accuracy and its curve per task at its exit, round and client costs."""
     view = fold(events)
     figures = run_figures(view)
     tasks = {}
@@ -59,12 +125,42 @@ def run_metrics(events: list[dict], task_exits: Mapping[str, int]) -> dict:
         tasks[task] = {"exit": layer, "final": series[-1][1] if series else None, "series": series}
     return {"status": figures["status"], "tasks": tasks, "mean_round_s": figures["mean_round_s"],
             "wait_share": figures["wait_share"], "bytes": figures["bytes"], "train_s": figures["train_s"],
-            **relative_costs(events)}
+            "depths": depth_totals(view)}
 
 
-def mean_std(values: list[float | None]) -> tuple[float, float] | None:
-    """(mean, standard deviation) of the values present; the deviation is 0 for a single value."""
+def mean_std(values: Iterable[float | None]) -> tuple[float, float] | None:
+    """(mean, sample standard deviation) of the values present; the deviation is 0 for a single value."""
     present = [v for v in values if v is not None]
     if not present:
         return None
     return statistics.fmean(present), (statistics.stdev(present) if len(present) > 1 else 0.0)
+
+
+def error_table(metrics: Mapping[str, list[dict]], tasks: list[str]
+                ) -> dict[str, dict[str, tuple[float, float] | None]]:
+    """task -> strategy -> (mean, std) over seeds of the final error (1 - accuracy) at the task's exit."""
+    return {task: {name: mean_std(None if m["tasks"][task]["final"] is None else 1 - m["tasks"][task]["final"]
+                                  for m in runs)
+                   for name, runs in metrics.items()}
+            for task in tasks}
+
+
+def targets(metrics: Mapping[str, list[dict]], tasks: list[str], explicit: float | None) -> dict[str, float | None]:
+    """Target accuracy per task: `explicit` when given, else fedavg_full's mean final accuracy minus 2 points
+    when fedavg_full is compared, else None (no time to target); None too where that is not above 0."""
+    if explicit is not None:
+        return {task: explicit for task in tasks}
+    reference = metrics.get(TARGET_STRATEGY) or []
+    finals = {task: mean_std(m["tasks"][task]["final"] for m in reference) for task in tasks}
+    derived = {task: finals[task][0] - TARGET_MARGIN if finals[task] else None for task in tasks}
+    return {task: value if value is not None and value > 0 else None for task, value in derived.items()}
+
+
+def mean_curve(curves: list[Series]) -> Series:
+    """The seeds' curves averaged point by point, over the evaluations every seed has."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    length = min(len(c) for c in curves)
+    return [(statistics.fmean(c[i][0] for c in curves), statistics.fmean(c[i][1] for c in curves))
+            for i in range(length)]

@@ -1,0 +1,118 @@
+"""compare.md: the paper-shaped error table, the cost table and the cost per depth, from compare.json's figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from testbed.compare.figures import CENTRALIZED, FINISHED
+from testbed.compare.metrics import TARGET_STRATEGY
+
+
+def cell(stats: list[float] | None, scale: float = 1.0, digits: int = 1) -> str:
+    """"mean ± std" of a (mean, std) pair, scaled; "-" when there is none."""
+    if not stats:
+        return "-"
+    mean, std = stats
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _header(first: str, columns: list[str]) -> list[str]:
+    return [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+
+
+def error_lines(figures: dict) -> list[str]:
+    strategies = figures["strategies"]
+    lines = ["## Error at each task's exit", "",
+             "Error (1 - accuracy, %) after the last round, mean ± std over seeds (finished runs: "
+             + ", ".join(f"{name} {s['runs']}" for name, s in strategies.items())
+             + "). A task's exit is its preferred exit in the scenario, else the deepest.", ""]
+    lines += _header("task (exit)", list(strategies))
+    for task, layer in sorted(figures["task_exits"].items()):
+        lines.append(f"| {task} (L{layer}) | " + " | ".join(cell(s["error"][task], 100)
+                                                           for s in strategies.values()) + " |")
+    return lines
+
+
+def _time_cell(reach: dict | None) -> str:
+    if not reach or not reach["runs"]:
+        return "-"
+    return f"{cell(reach['seconds'])} ({reach['reached']}/{reach['runs']} reached)"
+
+
+def cost_lines(figures: dict) -> list[str]:
+    strategies = figures["strategies"]
+    rows = [("mean round time, s", lambda s: cell(s["mean_round_s"], 1, 2)),
+            ("straggler wait share, %", lambda s: cell(s["wait_share"], 100)),
+            ("client compute vs full depth, %", lambda s: cell(s["compute_vs_full"], 100, 0)),
+            ("client peak memory vs full depth, %", lambda s: cell(s["memory_vs_full"], 100, 0)),
+            ("bytes moved, MB", lambda s: cell(s["bytes"], 1e-6))]
+    versus = lambda s: s["vs_" + TARGET_STRATEGY] or {}  # noqa: E731  (none for the baseline)
+    if TARGET_STRATEGY in strategies:
+        rows.append((f"mean round time vs {TARGET_STRATEGY}", lambda s: _times(versus(s).get("mean_round_s"))))
+    for task, target in sorted(figures["targets"].items()):
+        if target is not None:
+            rows.append((f"time to {target:.1%}, {task}, s",
+                         lambda s, task=task: _time_cell(s["time_to_target"].get(task))))
+            if TARGET_STRATEGY in strategies:
+                rows.append((f"time to {target:.1%}, {task}, vs {TARGET_STRATEGY}",
+                             lambda s, task=task: _times(versus(s).get("time_to_target", {}).get(task))))
+    missing = [task for task, target in sorted(figures["targets"].items()) if target is None]
+    target_note = (f" Target: {figures['target_rule']}, at each task's exit" if figures["target_rule"]
+                   else " No time to target: compare fedavg_full or give --target")
+    if figures["target_rule"] and missing:
+        target_note += f"; none for {', '.join(missing)} (no finished {TARGET_STRATEGY} run above 2 %)"
+    target_note += "."
+    lines = ["## Cost", "",
+             "Round time and time to target: emulated seconds of training (evaluation excluded). Wait share: "
+             "Σ idle / Σ client time (download + compute + upload + idle) over delivered updates. Client "
+             "compute: host CPU seconds per trained clip over all updates, relative to a full-depth update's; "
+             f"peak memory: mean peak resident memory per update, relative to a full-depth update's (full depth "
+             f"L{figures['full_depth']}, pooled over every finished run).{target_note}", ""]
+    lines += _header("", list(strategies))
+    lines += [f"| {label} | " + " | ".join(get(s) for s in strategies.values()) + " |" for label, get in rows]
+    return lines
+
+
+def depth_lines(figures: dict) -> list[str]:
+    lines = ["## Cost per trained depth", "",
+             "Delivered updates of every finished run, pooled. CPU: host CPU seconds per trained clip; "
+             "compute: emulated seconds per clip (depends on which devices trained to that depth).", ""]
+    lines += _header("depth", ["updates", "CPU s/clip", "vs full", "compute s/clip", "peak MB", "vs full"])
+    for depth, row in figures["depths"].items():
+        lines.append(f"| L{depth} | {row['updates']} | {_number(row['cpu_s_per_sample'], 4)} | "
+                     f"{_ratio(row['compute_vs_full'])} | {_number(row['compute_s_per_sample'], 4)} | "
+                     f"{_number(row['peak_mb'], 0)} | {_ratio(row['memory_vs_full'])} |")
+    return lines
+
+
+def run_lines(figures: dict) -> list[str]:
+    lines = ["## Runs", ""]
+    for run in figures["runs"]:
+        where = f" in `{Path(run['directory']).name}/`" if run["directory"] else ""
+        why = f": {run['error']}" if run["error"] else ""
+        left_out = "" if run["status"] == FINISHED else " (not in the tables)"
+        lines.append(f"- {run['label']}: {run['status']}{why}{where}{left_out}")
+    return lines
+
+
+def markdown(figures: dict) -> str:
+    """The whole of compare.md."""
+    lines = [f"# Comparison: {figures['scenario']}", ""]
+    if CENTRALIZED in figures["strategies"]:
+        lines += ["`centralized` is the baseline with all of the fleet's data in one process: its times are this "
+                  "host's wall seconds of training, with no device or link emulation, and it moves no bytes.", ""]
+    for section in (error_lines, cost_lines, depth_lines, run_lines):
+        lines += section(figures) + [""]
+    return "\n".join(lines)
