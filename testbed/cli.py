@@ -29,6 +29,8 @@ COMMANDS = {
                "write report.md and plots/*.png of a run directory from its events"),
     "compare": ("testbed.compare.commands", "compare", "add_compare_args",
                 "run several strategies under the identical fleet, data and seeds; one table, one plot"),
+    "stress": ("testbed.stress.commands", "stress", "add_stress_args",
+               "scripted faults and hostile input against live runs; PASS/FAIL per check"),
     "aggregator": ("testbed.launch.commands", "aggregator", "add_aggregator_args",
                    "multi-host: run the aggregator of a scenario, clients connect over TCP"),
     "client": ("testbed.launch.commands", "client", "add_client_args",

@@ -108,7 +108,7 @@ class Aggregator:
                          backend=self.scenario.emulation.backend,
                          clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
         try:
-            self._wait_for_clients()  # every client of the fleet joins (or the join timeout passes)
+            self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
             for index in range(self.first_round, self.scenario.rounds + 1):
                 # 1. announce the round to every live client (a strategy may impose the depth)
                 self.round = self._start_round(index)
@@ -141,8 +141,9 @@ class Aggregator:
 
     # ---------------------------------------------------------------- phases
     def _wait_for_clients(self) -> None:
-        everyone = lambda: all(r.ready for r in self.fleet.records.values())  # noqa: E731
-        self._serve_until(everyone, self.events.now() + self.join_timeout_s)
+        needed = self.scenario.min_clients or len(self.fleet.records)  # later joiners join between rounds
+        enough = lambda: sum(r.ready for r in self.fleet.records.values()) >= needed  # noqa: E731
+        self._serve_until(enough, self.events.now() + self.join_timeout_s)
         if not self.fleet.active():
             joined = [cid for cid, r in self.fleet.records.items() if r.joined]
             raise UserError(f"no client became ready within {self.join_timeout_s:.0f} s ({len(joined)} joined; "

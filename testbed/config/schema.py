@@ -221,9 +221,15 @@ class Scenario:
     strategy: StrategySpec = setting(StrategySpec)
     exit_policy: ExitPolicySpec = setting(ExitPolicySpec)
     emulation: EmulationSpec = setting(EmulationSpec)
+    # Round 1 starts once this many clients are ready; later joiners take part from the round after
+    # they are. None = wait for the whole fleet (up to the join timeout).
+    min_clients: int | None = setting(None, ge=1)
     fleet: tuple[FleetEntry, ...] = setting(nonempty=True)  # mandatory: who takes part
 
     def problems(self) -> Problems:
         if not _RUN_NAME.fullmatch(self.name):
             yield "name", (f"{self.name!r} is not allowed (allowed: letters, digits, '_', '.', '-', "
                           "starting with a letter or digit: it names run directories)")
+        size = sum(entry.count for entry in self.fleet)
+        if self.min_clients is not None and self.min_clients > size:
+            yield "min_clients", f"{self.min_clients} is more than the fleet's {size} clients (allowed: 1..{size})"

@@ -1,0 +1,316 @@
+"""The checks of a stress test: pure functions of the run's events and what the script did.
+
+Each check takes its settings (testbed/stress/spec.py), the events (events.jsonl, every launch) and
+the `Facts` the runner gathered, and returns a `Verdict`: passed, and the measured figure it rests on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from testbed.stress import spec
+
+
+class Verdict(NamedTuple):
+    passed: bool
+    figure: str  # what was measured, in words and numbers
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the runner knows besides the events."""
+
+    deadline_s: float                  # the scenario's round deadline, emulated seconds
+    rounds: int                        # rounds planned
+    actions: tuple[dict, ...] = ()     # steps carried out: do, clients, seq (last event seen), round (first affected)
+    processes: int = 0                 # processes of the run seen, all launches
+    orphans: tuple[str, ...] = ()      # those still running after the run ("c01 (pid 123)")
+    reference: dict[int, str] | None = field(default=None)  # round -> digest of an uninterrupted run
+
+
+# ---------------------------------------------------------------- event helpers
+def per_round(events: list[dict], kind: str) -> dict[int, dict]:
+    """The last event of `kind` for each round (a resumed run may repeat an interrupted round)."""
+    return {e["round"]: e for e in events if e["kind"] == kind}
+
+
+def rows_of(events: list[dict], client: str) -> dict[int, dict]:
+    """Round -> the client's row in that round's round_closed (rounds it was asked in)."""
+    return {index: row for index, closed in sorted(per_round(events, "round_closed").items())
+            for row in closed["clients"] if row["client"] == client}
+
+
+def first(events: list[dict], kind: str, after_seq: int = -1, **fields) -> dict | None:
+    return next((e for e in events if e["kind"] == kind and e["seq"] > after_seq
+                 and all(e.get(k) == v for k, v in fields.items())), None)
+
+
+def actions_of(facts: Facts, do: str, client: str | None = None) -> list[dict]:
+    return [a for a in facts.actions if a["do"] == do and (client is None or client in a.get("clients", ()))]
+
+
+def _rounds_text(indices: list[int]) -> str:
+    return ", ".join(map(str, indices)) or "none"
+
+
+# ---------------------------------------------------------------- checks
+def completed(settings: spec.Completed, events: list[dict], facts: Facts) -> Verdict:
+    aggregated = {e["round"] for e in events if e["kind"] == "round_aggregated"}
+    end = next((e["kind"] for e in reversed(events)
+                if e["kind"] in ("run_finished", "run_interrupted", "run_failed")), None)
+    passed = end == "run_finished" and aggregated == set(range(1, facts.rounds + 1))
+    return Verdict(passed, f"{len(aggregated)}/{facts.rounds} rounds aggregated; "
+                           f"{(end or 'no end recorded').replace('_', ' ')}")
+
+
+def round_time(settings: spec.RoundTime, events: list[dict], facts: Facts) -> Verdict:
+    closed = per_round(events, "round_closed")
+    if not closed:
+        return Verdict(False, "no round closed")
+    limit = settings.max_deadlines * facts.deadline_s
+    worst = max(closed.values(), key=lambda e: e["wall_s"])
+    return Verdict(worst["wall_s"] <= limit, f"longest round {worst['wall_s']:.2f} s (round {worst['round']}), "
+                                            f"limit {limit:.2f} s ({settings.max_deadlines:g} x deadline)")
+
+
+def round_time_recovered(settings: spec.RoundTimeRecovered, events: list[dict], facts: Facts) -> Verdict:
+    if not facts.actions:
+        return Verdict(False, "no step was carried out")
+    affected = min(a["round"] for a in facts.actions)
+    walls = {index: e["wall_s"] for index, e in per_round(events, "round_closed").items()}
+    before = [index for index in sorted(walls) if index < affected]
+    last = sorted(walls)[-settings.last:]
+    if not before or not last or last[0] <= affected:
+        return Verdict(False, f"too few rounds around the first action (round {affected}; "
+                              f"closed: {_rounds_text(sorted(walls))})")
+    mean_before = sum(walls[i] for i in before) / len(before)
+    mean_last = sum(walls[i] for i in last) / len(last)
+    change = mean_last / mean_before - 1
+    return Verdict(abs(change) <= settings.tolerance,
+                   f"rounds {before[0]}-{before[-1]} before: {mean_before:.2f} s; last {len(last)}: {mean_last:.2f} s "
+                   f"({change:+.0%}, allowed ±{settings.tolerance:.0%})")
+
+
+def no_round_lost(settings: spec.NoRoundLost, events: list[dict], facts: Facts) -> Verdict:
+    aggregated = [e for e in events if e["kind"] == "round_aggregated"]
+    problems = [f"round {r} aggregated {n} times" for r, n in Counter(e["round"] for e in aggregated).items() if n > 1]
+    resumes = [e for e in events if e["kind"] == "run_resumed"]
+    for resume in resumes:
+        done = [e for e in aggregated if e["seq"] < resume["seq"]]
+        last = max(done, key=lambda e: e["round"]) if done else None
+        if last is None or resume["from_round"] != last["round"] or resume["digest"] != last["digest"]:
+            problems.append(f"resumed from round {resume['from_round']}, but round "
+                            f"{last['round'] if last else 0} was the last completed")
+    if actions_of(facts, "kill_aggregator") and not resumes:
+        problems.append("the run was not resumed")
+    missing = sorted(set(range(1, facts.rounds + 1)) - {e["round"] for e in aggregated})
+    if missing:
+        problems.append(f"rounds {_rounds_text(missing)} never aggregated")
+    kept = ", ".join(f"resumed after round {e['from_round']} with its digest" for e in resumes) or "no resume"
+    return Verdict(not problems, "; ".join(problems) or f"{kept}; each of {facts.rounds} rounds aggregated once")
+
+
+def state_preserved(settings: spec.StatePreserved, events: list[dict], facts: Facts) -> Verdict:
+    if not facts.reference:
+        return Verdict(False, "no uninterrupted reference run to compare with")
+    digests = {index: e["digest"] for index, e in per_round(events, "round_aggregated").items()}
+    differ = [index for index, digest in sorted(facts.reference.items()) if digests.get(index) != digest]
+    extra = sorted(set(digests) - set(facts.reference))
+    if differ or extra:
+        shown = ", ".join(f"round {i}: {digests.get(i, 'missing')} vs {facts.reference[i]}" for i in differ[:3])
+        return Verdict(False, shown or f"rounds {_rounds_text(extra)} not in the reference")
+    return Verdict(True, f"{len(digests)}/{len(facts.reference)} round digests equal the uninterrupted run's "
+                         f"(last {digests[max(digests)]})")
+
+
+def no_orphans(settings: spec.NoOrphans, events: list[dict], facts: Facts) -> Verdict:
+    figure = f"{len(facts.orphans)} of {facts.processes} processes left running"
+    return Verdict(not facts.orphans and facts.processes > 0,
+                   figure + (f": {', '.join(facts.orphans)}" if facts.orphans else ""))
+
+
+def accuracy(settings: spec.Accuracy, events: list[dict], facts: Facts) -> Verdict:
+    evaluations = per_round(events, "evaluated")
+    if not evaluations:
+        return Verdict(False, "no evaluation recorded")
+    final = evaluations[max(evaluations)]
+    tasks = final["accuracy"] if settings.task is None else {settings.task: final["accuracy"].get(settings.task)}
+    parts, passed = [], True
+    for task, by_exit in sorted(tasks.items()):
+        values = [v for v in (by_exit or {}).values() if isinstance(v, (int, float))]
+        if not values or not all(math.isfinite(v) for v in values) or len(values) != len(by_exit or {}):
+            passed = False
+            parts.append(f"{task}: not finite or missing ({by_exit})")
+            continue
+        layer, best = max(by_exit.items(), key=lambda item: item[1])
+        passed &= best >= settings.min
+        parts.append(f"{task} {best:.1%} (L{layer})")
+    return Verdict(passed, f"round {final['round']}: {', '.join(parts)}; bound {settings.min:.1%}")
+
+
+def dropped(settings: spec.Dropped, events: list[dict], facts: Facts) -> Verdict:
+    floods = actions_of(facts, "flood")
+    if not floods:
+        return Verdict(False, "no flood in the script")
+    since = min(a["seq"] for a in floods)
+    drops: dict[str, list[str]] = {}
+    for event in events:
+        if event["kind"] == "message_dropped" and event["seq"] > since:
+            drops.setdefault(event["identity"], []).append(event["reason"])
+    sent = [item for action in floods for item in action.get("sent", [])]
+    misses = []
+    by_identity: dict[str, list[dict]] = {}
+    for item in sent:
+        by_identity.setdefault(item["identity"], []).append(item)
+    for identity, items in by_identity.items():  # a socket's messages are handled in the order it sent them
+        reasons = drops.get(identity, [])
+        for index, item in enumerate(items):
+            if index >= len(reasons) or item["expect"] not in reasons[index]:
+                misses.append(f"{item['attack']}: {reasons[index] if index < len(reasons) else 'not dropped'}")
+    counted = _counted_drops(events, since)
+    return Verdict(bool(sent) and not misses and counted is not None and counted[0] == counted[1],
+                   f"{len(sent) - len(misses)}/{len(sent)} malformed messages dropped with their reason; "
+                   + (f"run end counts {counted[0]} dropped, events show {counted[1]}" if counted
+                      else "no end of the run recorded after the flood")
+                   + (f"; {'; '.join(misses[:3])}" if misses else ""))
+
+
+def _counted_drops(events: list[dict], since: int) -> tuple[int, int] | None:
+    """(dropped_messages the run's end reports, message_dropped events of that launch) for the launch
+    that ended after `since`; None when none did."""
+    end = next((e for e in events if e["seq"] > since
+                and e["kind"] in ("run_finished", "run_interrupted", "run_failed")), None)
+    if end is None:
+        return None
+    start = max(e["seq"] for e in events if e["kind"] == "run_started" and e["seq"] < end["seq"])
+    return end["dropped_messages"], sum(e["kind"] == "message_dropped" and start < e["seq"] < end["seq"]
+                                        for e in events)
+
+
+def depth_change(settings: spec.DepthChange, events: list[dict], facts: Facts) -> Verdict:
+    slowed = actions_of(facts, "slow", settings.client)
+    if not slowed:
+        return Verdict(False, f"{settings.client} was not slowed by the script")
+    affected = slowed[0]["round"]
+    depths = {index: row["depth"] for index, row in rows_of(events, settings.client).items() if row["depth"]}
+    before = [index for index in sorted(depths) if index < affected]
+    if not before:
+        return Verdict(False, f"{settings.client} trained no round before round {affected}")
+    start = depths[before[-1]]
+    window = {index: depth for index, depth in depths.items() if affected < index <= affected + settings.within}
+    shallower = [index for index in sorted(window) if window[index] < start]
+    after = ", ".join(f"round {i}: {d}" for i, d in sorted(window.items())) or "no round trained"
+    figure = f"{settings.client}: depth {start} before (round {before[-1]}), slowed in round {affected}; {after}"
+    return Verdict(bool(shallower), figure + (f" (shallower {shallower[0] - affected} round(s) later)"
+                                              if shallower else f" (none shallower within {settings.within})"))
+
+
+def gone(settings: spec.Gone, events: list[dict], facts: Facts) -> Verdict:
+    kills = [(client, action) for action in actions_of(facts, "kill") for client in action["clients"]]
+    if not kills:
+        return Verdict(False, "no client was killed by the script")
+    problems, notes = [], []
+    for client, action in kills:
+        lost = first(events, "client_lost", action["seq"], client=client)
+        if lost is None:
+            problems.append(f"{client} never marked lost")
+            continue
+        asked = [e["round"] for e in events if e["kind"] == "round_started" and e["seq"] > lost["seq"]
+                 and client in e["selected"]]
+        if asked:
+            problems.append(f"{client} asked again in rounds {_rounds_text(asked)}")
+        row = rows_of(events, client).get(action["round"])
+        notes.append(f"{client} {row['status'] if row else 'not asked'} in round {action['round']}, "
+                     f"lost {lost['t'] - action['t']:.1f} s after the kill")
+    return Verdict(not problems, "; ".join(problems) or f"{', '.join(notes)}; none asked again")
+
+
+def rejoined(settings: spec.Rejoined, events: list[dict], facts: Facts) -> Verdict:
+    stops = actions_of(facts, "stop", settings.client)
+    if not stops:
+        return Verdict(False, f"{settings.client} was not stopped by the script")
+    lost = first(events, "client_lost", stops[0]["seq"], client=settings.client)
+    if lost is None:
+        return Verdict(False, f"{settings.client} was never marked lost while frozen")
+    back = first(events, "client_rejoined", lost["seq"], client=settings.client)
+    if back is None:
+        return Verdict(False, f"{settings.client} lost at {lost['t']:.1f} s, never back")
+    later = [index for index, row in rows_of(events, settings.client).items()
+             if row["status"] == "updated" and per_round(events, "round_closed")[index]["seq"] > back["seq"]]
+    figure = (f"{settings.client} frozen at {stops[0]['t']:.1f} s, lost at {lost['t']:.1f} s, back at "
+              f"{back['t']:.1f} s; updated after in rounds {_rounds_text(later)}")
+    return Verdict(bool(later), figure)
+
+
+def late_join(settings: spec.LateJoin, events: list[dict], facts: Facts) -> Verdict:
+    ready = first(events, "client_ready", client=settings.client)
+    first_round = first(events, "round_started")
+    if ready is None or first_round is None:
+        return Verdict(False, f"{settings.client} never ready" if ready is None else "no round started")
+    if ready["seq"] < first_round["seq"]:
+        return Verdict(False, f"{settings.client} was ready before round 1 started (not late)")
+    next_round = first(events, "round_started", ready["seq"])
+    if next_round is None:
+        return Verdict(False, f"{settings.client} ready at {ready['t']:.1f} s, after the last round started")
+    updated = [index for index, row in rows_of(events, settings.client).items() if row["status"] == "updated"]
+    asked = settings.client in next_round["selected"]
+    return Verdict(asked and bool(updated),
+                   f"{settings.client} ready at {ready['t']:.1f} s; round {next_round['round']} (the next) "
+                   f"{'asked' if asked else 'did not ask'} it; updated in rounds {_rounds_text(updated)}")
+
+
+def churn(settings: spec.Churn, events: list[dict], facts: Facts) -> Verdict:
+    rows = [row for closed in per_round(events, "round_closed").values() for row in closed["clients"]]
+    skipped = sum(row["status"] == "skipped" for row in rows)
+    share = skipped / len(rows) if rows else 0.0
+    return Verdict(bool(rows) and settings.min <= share <= settings.max,
+                   f"{skipped} of {len(rows)} selections offline ({share:.1%}), "
+                   f"allowed {settings.min:.0%}-{settings.max:.0%}")
+
+
+def updates(settings: spec.Updates, events: list[dict], facts: Facts) -> Verdict:
+    closed = per_round(events, "round_closed")
+    if not closed:
+        return Verdict(False, "no round closed")
+    fewest = min(closed.values(), key=lambda e: e["updates"])
+    return Verdict(fewest["updates"] >= settings.min,
+                   f"fewest updates in a round: {fewest['updates']} (round {fewest['round']}), "
+                   f"at least {settings.min} needed")
+
+
+def straggles(settings: spec.Straggles, events: list[dict], facts: Facts) -> Verdict:
+    changed = actions_of(facts, "link", settings.client)
+    if not changed:
+        return Verdict(False, f"{settings.client}'s link was not changed by the script")
+    action = changed[0]
+    statuses = {index: row["status"] for index, row in rows_of(events, settings.client).items()
+                if index >= action["round"]}
+    lost = first(events, "client_lost", action["seq"], client=settings.client)
+    straggled = [index for index, status in statuses.items() if status == "straggler"]
+    figure = (f"{settings.client} asked in rounds {_rounds_text(sorted(statuses))} after the change; straggler in "
+              f"{_rounds_text(straggled)}; " + (f"lost at {lost['t']:.1f} s" if lost else "never lost"))
+    return Verdict(bool(straggled) and lost is None and "lost" not in statuses.values(), figure)
+
+
+CheckFunction = Callable[[object, list[dict], Facts], Verdict]
+CHECKS: dict[str, CheckFunction] = {
+    "completed": completed, "round_time": round_time, "round_time_recovered": round_time_recovered,
+    "no_round_lost": no_round_lost, "state_preserved": state_preserved, "no_orphans": no_orphans,
+    "accuracy": accuracy, "dropped": dropped, "depth_change": depth_change, "gone": gone, "rejoined": rejoined,
+    "late_join": late_join, "churn": churn, "updates": updates, "straggles": straggles,
+}
+
+
+def evaluate(checks: spec.Checks, events: list[dict], facts: Facts) -> dict[str, Verdict]:
+    """Each enabled check's verdict; a check that trips over a malformed event fails, naming the fault."""
+    verdicts = {}
+    for name, settings in checks.enabled().items():
+        try:
+            verdicts[name] = CHECKS[name](settings, events, facts)
+        except (KeyError, TypeError, ValueError) as error:
+            verdicts[name] = Verdict(False, f"could not be evaluated: {type(error).__name__}: {error}")
+    return verdicts

@@ -1,0 +1,437 @@
+"""Stress files (`scenarios/stress/<name>.yaml`): a base scenario, a timed script of injections, checks.
+
+```yaml
+name: client_killed
+description: one client SIGKILLed mid-round
+scenario:                    # the base: a scenario file (relative to this file, then cwd) ...
+  path: ../smoke.yaml
+  set: [rounds=4]            # ... with --set style overrides; or `inline: {a scenario}` instead of path
+script:                      # each step fires once, when its trigger holds
+  - name: kill               # optional; a later step may trigger `after: kill`
+    when: {event: {kind: client_progress, client: c01, round: 2, step: 2}}
+    do: kill
+    clients: [c01]           # or fraction: 0.5 (the first half of the fleet, in fleet order)
+checks:                      # name: settings ({} or true = the defaults)
+  completed: {}
+  round_time: {max_deadlines: 1.05}
+quick:                       # `testbed stress --quick`: extra overrides and check settings
+  set: [backbone.name=debug, rounds=3, emulation.dilation=1]
+  checks: {accuracy: {min: 0.2}}
+```
+The file maps 1:1 onto the frozen dataclasses below and is validated by testbed.config's converter:
+an unknown key, action, check or client is one line naming the file, the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from testbed.config import names
+from testbed.config.convert import fields_of, from_data, join_path, setting
+from testbed.config.loader import is_path, load_scenario, resolve_fleet
+from testbed.config.overrides import SOURCE as OVERRIDE_SOURCE
+from testbed.config.schema import Scenario
+from testbed.config.yamlio import read_mapping
+from testbed.emulation.injection import LINK_FIELDS
+from testbed.errors import ConfigError
+from testbed.stress.flood import ATTACKS
+
+Problems = Iterator[tuple[str, str]]
+
+# What a step can do to a live run (testbed/stress/injector.py carries each out).
+ACTIONS = {
+    "kill": "SIGKILL the clients' processes: no goodbye, as on a power loss",
+    "stop": "SIGSTOP the clients: frozen, no heartbeats, no messages",
+    "cont": "SIGCONT the clients: a frozen client carries on",
+    "slow": "the clients compute `slowdown` times slower than their profile",
+    "link": "override fields of the clients' links, e.g. {uplink_mbps: 0.1, downlink_mbps: 0.1}",
+    "flood": "malformed messages at the aggregator's router (`attacks`, each `repeat` times)",
+    "kill_aggregator": "SIGKILL the aggregator, then continue the run with `testbed run --resume`",
+}
+TARGETED = ("kill", "stop", "cont", "slow", "link")  # actions on clients
+# Events the aggregator writes (testbed/aggregator/server.py); triggers match on them.
+EVENT_KINDS = (
+    "run_started", "run_resumed", "client_joined", "client_ready", "client_state", "round_started",
+    "model_sent", "client_progress", "update_received", "update_rejected", "update_discarded", "late_update",
+    "round_closed", "round_aggregated", "evaluated", "client_lost", "client_rejoined", "client_left",
+    "client_skipped", "message_dropped", "dilation_changed", "run_finished", "run_interrupted", "run_failed",
+)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names a results directory
+
+
+# ---------------------------------------------------------------- script
+@dataclass(frozen=True, kw_only=True)
+class Trigger:
+    """When a step fires: exactly one of event, t, wall_s, after, start; then after the delays."""
+
+    event: Mapping[str, str | int | float | bool] | None = None  # the first event with all these fields
+    t: float | None = setting(None, ge=0)         # emulated seconds since the run started
+    wall_s: float | None = setting(None, ge=0)    # wall seconds since the run was launched
+    after: str | None = None                      # when the earlier step of this name was carried out
+    start: bool = False                           # as soon as the step's clients have processes
+    delay_s: float = setting(0.0, ge=0)           # then wait this many emulated seconds
+    delay_deadlines: float = setting(0.0, ge=0)   # ... plus this many round deadlines
+
+    def problems(self) -> Problems:
+        given = [key for key in ("event", "t", "wall_s", "after") if getattr(self, key) is not None]
+        given += ["start"] if self.start else []
+        if len(given) != 1:
+            yield (given[1] if given else "event"), (
+                f"give exactly one of event, t, wall_s, after, start (got {', '.join(given) or 'none'})")
+        elif self.event is not None and self.event.get("kind") not in EVENT_KINDS:
+            yield "event.kind", (f"unknown event kind {self.event.get('kind')!r} "
+                                 f"(allowed: {', '.join(EVENT_KINDS)})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One injection: what (`do`), to whom (`clients` or `fraction`), when (`when`)."""
+
+    when: Trigger
+    do: str = setting(choices=tuple(ACTIONS), what="action")
+    name: str | None = None
+    clients: tuple[str, ...] | None = setting(None, nonempty=True)  # client ids, e.g. [c01, c02]
+    fraction: float | None = setting(None, gt=0, le=1)  # or the first ceil(fraction x fleet) clients
+    slowdown: float | None = setting(None, ge=1)        # slow: compute this many times slower
+    link: Mapping[str, float] | None = setting(None, keys=LINK_FIELDS, ge=0)  # link: fields to override
+    attacks: tuple[str, ...] | None = setting(None, nonempty=True, choices=tuple(ATTACKS), what="attack")
+    repeat: int = setting(1, ge=1)                      # flood: send the attacks this many times
+
+    def problems(self) -> Problems:
+        if self.do in TARGETED and (self.clients is None) == (self.fraction is None):
+            yield "clients", f"do: {self.do} needs either clients: [ids] or fraction: share of the fleet (one of them)"
+        for key in ("clients", "fraction"):
+            if self.do not in TARGETED and getattr(self, key) is not None:
+                yield key, f"only goes with do: {', '.join(TARGETED)}"
+        for key, action in (("slowdown", "slow"), ("link", "link"), ("attacks", "flood"), ("repeat", "flood")):
+            value = getattr(self, key)
+            if self.do == action and value is None and key in ("slowdown", "link"):
+                yield key, f"is required with do: {action} ({ACTIONS[action]})"
+            if self.do != action and value not in (None, 1):
+                yield key, f"only goes with do: {action}"
+        if self.link is not None:
+            for key in ("downlink_mbps", "uplink_mbps"):
+                if self.link.get(key) == 0:
+                    yield f"link.{key}", "0 is out of range (allowed: x > 0)"
+            if self.link.get("loss", 0) >= 1:
+                yield "link.loss", f"{self.link['loss']:g} is out of range (allowed: 0 <= x < 1)"
+
+
+# ---------------------------------------------------------------- checks (functions: testbed/stress/checks.py)
+@dataclass(frozen=True, kw_only=True)
+class Completed:
+    """Every planned round aggregated and the run finished."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundTime:
+    """No round lasts longer than `max_deadlines` deadlines (emulated seconds)."""
+
+    max_deadlines: float = setting(1.05, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundTimeRecovered:
+    """The last rounds' mean wall time is within `tolerance` of the rounds' before the first action."""
+
+    tolerance: float = setting(0.2, gt=0)  # share: 0.2 = within 20 %
+    last: int = setting(2, ge=1)           # how many final rounds
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoRoundLost:
+    """A resumed run continues after its last completed round and keeps every completed round as it was."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatePreserved:
+    """Each round's global-state digest equals that of an uninterrupted reference run (same seed)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoOrphans:
+    """No process of the run (processes.json, every launch) is left once it is over."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accuracy:
+    """The final evaluation is finite and each task's best exit reaches `min` (only `task`'s when given)."""
+
+    min: float = setting(0.0, ge=0, le=1)
+    task: str | None = setting(None, choices=names.TASKS, what="task")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropped:
+    """Every malformed message a flood sent was dropped, with the reason its kind calls for."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DepthChange:
+    """After the client was slowed, it trains a shallower exit within `within` rounds."""
+
+    client: str
+    within: int = setting(2, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gone:
+    """Killed clients are marked lost and never asked again afterwards."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejoined:
+    """The client was lost (frozen), came back, and contributed an update after it came back."""
+
+    client: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LateJoin:
+    """The client became ready after round 1 started and trained from the next round on."""
+
+    client: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Churn:
+    """The share of selected clients that sat a round out (offline) lies in [min, max]."""
+
+    min: float = setting(0.0, ge=0, le=1)
+    max: float = setting(1.0, ge=0, le=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Updates:
+    """Every round aggregated at least `min` updates."""
+
+    min: int = setting(1, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Straggles:
+    """After its link was changed the client was still asked, straggled, and was never lost."""
+
+    client: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checks:
+    """The checks of a stress test; each present one runs (its settings, or {} / true for the defaults)."""
+
+    completed: Completed | None = None
+    round_time: RoundTime | None = None
+    round_time_recovered: RoundTimeRecovered | None = None
+    no_round_lost: NoRoundLost | None = None
+    state_preserved: StatePreserved | None = None
+    no_orphans: NoOrphans | None = None
+    accuracy: Accuracy | None = None
+    dropped: Dropped | None = None
+    depth_change: DepthChange | None = None
+    gone: Gone | None = None
+    rejoined: Rejoined | None = None
+    late_join: LateJoin | None = None
+    churn: Churn | None = None
+    updates: Updates | None = None
+    straggles: Straggles | None = None
+
+    def enabled(self) -> dict[str, object]:
+        """Check name -> its settings, for the checks that run, in declaration order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+# ---------------------------------------------------------------- the file
+@dataclass(frozen=True, kw_only=True)
+class BaseScenario:
+    path: str | None = None           # scenario YAML (or `inline:` a scenario mapping instead)
+    set: tuple[str, ...] = ()         # --set style overrides: [rounds=4, ...] or {rounds: 4, ...}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quick:
+    """What `--quick` changes: extra overrides (debug backbone, fewer rounds, dilation 1), check settings."""
+
+    set: tuple[str, ...] = ()
+    checks: Checks | None = None      # these checks' settings replace the full run's
+    timeout_s: float | None = setting(None, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StressFile:
+    name: str                         # results go to <results>/<name>/
+    description: str = ""
+    scenario: BaseScenario
+    script: tuple[Step, ...] = ()
+    checks: Checks
+    quick: Quick = setting(Quick)
+    timeout_s: float = setting(3600.0, gt=0)  # wall seconds the stressed run may take, resumes included
+
+    def problems(self) -> Problems:
+        if not _NAME.fullmatch(self.name):
+            yield "name", f"{self.name!r} is not allowed (allowed: letters, digits, '_', '.', '-')"
+        seen: set[str] = set()
+        for index, step in enumerate(self.script):
+            if step.when.after is not None and step.when.after not in seen:
+                yield f"script[{index}].when.after", (f"no earlier step named {step.when.after!r} "
+                                                      f"(allowed: {', '.join(sorted(seen)) or 'none'})")
+            if step.name is not None:
+                if step.name in seen:
+                    yield f"script[{index}].name", f"{step.name!r} is used twice (allowed: unique names)"
+                seen.add(step.name)
+        if not self.checks.enabled():
+            yield "checks", f"no check given (allowed: {', '.join(fields_of(Checks))})"
+
+
+@dataclass(frozen=True)
+class StressTest:
+    """A stress file resolved for one variant (full or quick): what the runner needs."""
+
+    name: str
+    file: Path
+    description: str
+    scenario: Scenario
+    steps: tuple[Step, ...]
+    checks: Checks
+    timeout_s: float
+    quick: bool
+    clients: tuple[str, ...]          # the fleet's client ids, fleet order
+
+    def targets(self, step: Step) -> list[str]:
+        if step.clients is not None:
+            return list(step.clients)
+        if step.fraction is not None:
+            return list(self.clients[:math.ceil(step.fraction * len(self.clients) - 1e-9)])
+        return []
+
+
+def load_stress(path: Path | str, quick: bool = False) -> StressTest:
+    """Read and validate a stress file for the full or the quick variant; any fault is a ConfigError."""
+    path, source = Path(path), str(path)
+    raw = read_mapping(path, source)
+    base = raw.get("scenario")
+    inline = base.get("inline") if isinstance(base, Mapping) else None
+    if isinstance(base, Mapping):
+        raw = {**raw, "scenario": {key: value for key, value in base.items() if key != "inline"}}
+    raw = _overrides_as_text(_defaults_for_true(raw))
+    spec = from_data(StressFile, raw, source=source)
+    if (spec.scenario.path is None) == (inline is None):
+        raise ConfigError(source, "scenario", "give either path: SCENARIO.yaml or inline: {a scenario} (one of them)")
+    scenario = _base_scenario(path, spec, inline, quick)
+    checks = spec.checks
+    if quick and spec.quick.checks is not None:
+        checks = dataclasses.replace(checks, **spec.quick.checks.enabled())
+    clients = tuple(client.client_id for client in resolve_fleet(scenario))
+    test = StressTest(name=spec.name, file=path, description=spec.description, scenario=scenario,
+                      steps=spec.script, checks=checks, timeout_s=(spec.quick.timeout_s if quick else None)
+                      or spec.timeout_s, quick=quick, clients=clients)
+    _check_client_ids(test, source)
+    return test
+
+
+def _defaults_for_true(raw: dict) -> dict:
+    """`completed: true` means `completed: {}`; `false` leaves the check out (in checks and quick.checks)."""
+    def fix(checks):
+        if not isinstance(checks, Mapping):
+            return checks
+        return {key: {} if value is True else None if value is False else value for key, value in checks.items()}
+
+    raw = {**raw, "checks": fix(raw.get("checks"))}
+    if isinstance(raw.get("quick"), Mapping) and "checks" in raw["quick"]:
+        raw["quick"] = {**raw["quick"], "checks": fix(raw["quick"]["checks"])}
+    return raw
+
+
+def _overrides_as_text(raw: dict) -> dict:
+    """`set` may be a mapping (`rounds: 4`, `backbone: {name: debug}`) as well as a list of KEY=VALUE
+    strings; a mapping becomes the strings (values as JSON, which is YAML)."""
+    for section in ("scenario", "quick"):
+        if isinstance(raw.get(section), Mapping) and isinstance(raw[section].get("set"), Mapping):
+            overrides = [f"{key}={json.dumps(value)}" for key, value in raw[section]["set"].items()]
+            raw = {**raw, section: {**raw[section], "set": overrides}}
+    return raw
+
+
+def _base_scenario(path: Path, spec: StressFile, inline, quick: bool) -> Scenario:
+    """The base scenario with its overrides (and the quick ones); errors name the stress file's field."""
+    source = str(path)
+    layers = [("scenario.set", list(spec.scenario.set))] + ([("quick.set", list(spec.quick.set))] if quick else [])
+    with tempfile.TemporaryDirectory(prefix="testbed-stress-") as folder:
+        if inline is not None:
+            if not isinstance(inline, Mapping):
+                raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
+            file = Path(folder) / "inline.yaml"
+            file.write_text(yaml.safe_dump(_anchored(dict(inline), path.parent), sort_keys=False))
+        else:
+            file = _find(spec.scenario.path, path.parent, source)
+        overrides: list[str] = []
+        scenario = None
+        for field, extra in layers:  # one layer at a time, so that an error names the layer it is in
+            overrides += extra
+            try:
+                scenario = load_scenario(file, overrides)
+            except ConfigError as error:
+                if error.source == OVERRIDE_SOURCE:
+                    raise ConfigError(source, field, f"{error.path}: {error.problem}") from None
+                if inline is not None and error.source == str(file):
+                    raise ConfigError(source, join_path("scenario.inline", error.path), error.problem) from None
+                raise
+    return scenario
+
+
+def _find(ref: str, base_dir: Path, source: str) -> Path:
+    """The base scenario file: relative to the stress file's directory first, then the working directory."""
+    candidates = [Path(ref)] if Path(ref).is_absolute() else [base_dir / ref, Path.cwd() / ref]
+    found = next((file for file in candidates if file.is_file()), None)
+    if found is None:
+        raise ConfigError(source, "scenario.path", f"scenario file {ref!r} not found "
+                                                   f"(tried: {', '.join(str(c) for c in candidates)})")
+    return found
+
+
+def _anchored(scenario: dict, base_dir: Path) -> dict:
+    """An inline scenario's relative file references made absolute against the stress file's directory
+    (where the file is there), as they would be for a scenario file in that directory."""
+    scenario = copy.deepcopy(scenario)
+
+    def anchor(ref, path_like: bool = True):
+        if isinstance(ref, str) and (is_path(ref) or not path_like) and not Path(ref).is_absolute() \
+                and (base_dir / ref).exists():
+            return str((base_dir / ref).resolve())
+        return ref
+
+    for entry in scenario.get("fleet") or []:
+        if isinstance(entry, dict):
+            entry.update({key: anchor(entry[key]) for key in ("profile", "link") if key in entry})
+            trace = entry.get("fedscale")
+            if isinstance(trace, dict):
+                trace.update({key: anchor(trace[key], False) for key in ("capacity", "behaviour") if key in trace})
+    data = scenario.get("data")
+    if isinstance(data, dict) and "path" in data:
+        data["path"] = anchor(data["path"], False)
+    return scenario
+
+
+def _check_client_ids(test: StressTest, source: str) -> None:
+    """Every client a step, trigger or check names is in the (variant's) fleet."""
+    allowed = f"allowed: {', '.join(test.clients)}" + (" in the quick variant" if test.quick else "")
+    named = []
+    for index, step in enumerate(test.steps):
+        named += [(f"script[{index}].clients[{i}]", cid) for i, cid in enumerate(step.clients or ())]
+        if step.when.event is not None and "client" in step.when.event:
+            named.append((f"script[{index}].when.event.client", step.when.event["client"]))
+    for name, settings in test.checks.enabled().items():
+        if hasattr(settings, "client"):
+            named.append((f"checks.{name}.client", settings.client))
+    for where, cid in named:
+        if cid not in test.clients:
+            raise ConfigError(source, where, f"unknown client {cid!r} ({allowed})")

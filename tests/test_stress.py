@@ -1,0 +1,419 @@
+"""testbed stress: checks on hand-made events, stress-file validation, triggers, floods, and every
+shipped stress scenario's quick variant run for real."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from runs import run
+from testbed.config.convert import fields_of
+from testbed.errors import ConfigError
+from testbed.paths import PROJECT_ROOT
+from testbed.stress import checks, spec
+from testbed.stress.checks import Facts
+from testbed.stress.flood import ATTACKS, flood
+from testbed.stress.injector import LiveRun, Script
+from testbed.stress.spec import load_stress
+from testbed.transport.endpoint import Router
+
+STRESS_FILES = sorted((PROJECT_ROOT / "scenarios" / "stress").glob("*.yaml"))
+
+
+# ---------------------------------------------------------------- hand-made events
+class Log:
+    """Builds an event list the way the aggregator writes one (seq, t, wall, kind, fields)."""
+
+    def __init__(self):
+        self.events, self.t = [], 0.0
+
+    def add(self, kind: str, dt: float = 0.0, **fields) -> dict:
+        self.t += dt
+        event = {"seq": len(self.events), "t": round(self.t, 3), "wall": 1000.0 + self.t, "kind": kind, **fields}
+        self.events.append(event)
+        return event
+
+    def round(self, index: int, rows: dict[str, tuple[str, int]], wall_s: float = 2.0, digest: str | None = None,
+              selected: list[str] | None = None) -> None:
+        """A whole round: started, closed (rows: client -> (status, depth)), aggregated."""
+        self.add("round_started", round=index, selected=selected or list(rows), deadline_s=10.0)
+        clients = [{"round": index, "client": c, "status": s, "depth": d} for c, (s, d) in rows.items()]
+        updates = sum(s == "updated" for s, _ in rows.values())
+        self.add("round_closed", wall_s, round=index, wall_s=wall_s, clients=clients, updates=updates,
+                 stragglers=sum(s == "straggler" for s, _ in rows.values()))
+        self.add("round_aggregated", round=index, digest=digest or f"d{index}")
+
+
+def facts(**fields) -> Facts:
+    return Facts(**{"deadline_s": 10.0, "rounds": 3, **fields})
+
+
+def action(do: str, seq: int, round_: int, clients=(), t: float = 0.0, **fields) -> dict:
+    return {"step": do, "do": do, "seq": seq, "round": round_, "clients": list(clients), "t": t, **fields}
+
+
+def finished_run(walls=(2.0, 2.0, 2.0), digests=None) -> Log:
+    log = Log()
+    log.add("run_started", rounds=len(walls), dilation={"factor": 1.0}, max_message_bytes=1000)
+    for index, wall in enumerate(walls, 1):
+        log.round(index, {"c00": ("updated", 2), "c01": ("updated", 2)}, wall,
+                  digests[index - 1] if digests else None)
+    log.add("evaluated", round=len(walls), accuracy={"keyword": {"1": 0.4, "2": 0.5}})
+    log.add("run_finished", reason="rounds done", dropped_messages=0)
+    return log
+
+
+def test_every_check_in_the_schema_has_a_function():
+    assert set(checks.CHECKS) == set(fields_of(spec.Checks))
+
+
+def test_completed_and_round_time():
+    log = finished_run(walls=(2.0, 10.4, 3.0))
+    assert checks.completed(spec.Completed(), log.events, facts()).passed
+    assert not checks.completed(spec.Completed(), log.events, facts(rounds=4)).passed  # round 4 missing
+    interrupted = finished_run().events[:-1] + [{"seq": 99, "t": 9, "kind": "run_interrupted", "dropped_messages": 0}]
+    assert not checks.completed(spec.Completed(), interrupted, facts()).passed
+    verdict = checks.round_time(spec.RoundTime(max_deadlines=1.05), log.events, facts())
+    assert verdict.passed and "10.40 s (round 2)" in verdict.figure
+    assert not checks.round_time(spec.RoundTime(max_deadlines=1.0), log.events, facts()).passed
+
+
+def test_round_time_recovered_compares_the_last_rounds_with_those_before_the_first_action():
+    log = finished_run(walls=(2.0, 2.2, 9.0, 2.3, 2.5))
+    recovered = checks.round_time_recovered(spec.RoundTimeRecovered(tolerance=0.2, last=2), log.events,
+                                            facts(rounds=5, actions=(action("slow", 5, 3, ["c01"]),)))
+    assert recovered.passed and "2.10 s" in recovered.figure and "2.40 s" in recovered.figure
+    slower = finished_run(walls=(2.0, 2.2, 9.0, 3.0, 3.0))
+    assert not checks.round_time_recovered(spec.RoundTimeRecovered(), slower.events,
+                                           facts(rounds=5, actions=(action("slow", 5, 3, ["c01"]),))).passed
+    assert not checks.round_time_recovered(spec.RoundTimeRecovered(), log.events, facts()).passed  # no action
+
+
+def test_no_round_lost_and_state_preserved_after_a_resume():
+    log = Log()
+    log.add("run_started", rounds=3)
+    log.round(1, {"c00": ("updated", 2)}, digest="a")
+    log.round(2, {"c00": ("updated", 2)}, digest="b")
+    killed = action("kill_aggregator", log.events[-1]["seq"], 3)
+    log.add("round_started", round=3, selected=["c00"])  # the aggregator dies mid-round
+    log.add("run_started", rounds=3)
+    log.add("run_resumed", from_round=2, digest="b")
+    log.round(3, {"c00": ("updated", 2)}, digest="c")
+    log.add("run_finished", dropped_messages=0)
+    run_facts = facts(actions=(killed,), reference={1: "a", 2: "b", 3: "c"})
+    verdict = checks.no_round_lost(spec.NoRoundLost(), log.events, run_facts)
+    assert verdict.passed and "resumed after round 2" in verdict.figure
+    assert checks.state_preserved(spec.StatePreserved(), log.events, run_facts).passed
+    assert not checks.state_preserved(spec.StatePreserved(), log.events,
+                                      facts(reference={1: "a", 2: "b", 3: "x"})).passed
+    assert not checks.state_preserved(spec.StatePreserved(), log.events, facts()).passed  # no reference
+    wrong = [dict(e, from_round=1) if e["kind"] == "run_resumed" else e for e in log.events]
+    assert not checks.no_round_lost(spec.NoRoundLost(), wrong, run_facts).passed
+    never_resumed = finished_run().events
+    assert not checks.no_round_lost(spec.NoRoundLost(), never_resumed, facts(actions=(killed,))).passed
+
+
+def test_no_orphans_and_accuracy():
+    assert checks.no_orphans(spec.NoOrphans(), [], facts(processes=5)).passed
+    left = checks.no_orphans(spec.NoOrphans(), [], facts(processes=5, orphans=("c01 (pid 12)",)))
+    assert not left.passed and "c01 (pid 12)" in left.figure
+    log = finished_run()
+    assert checks.accuracy(spec.Accuracy(min=0.5), log.events, facts()).passed
+    assert not checks.accuracy(spec.Accuracy(min=0.6), log.events, facts()).passed
+    assert not checks.accuracy(spec.Accuracy(task="speaker"), log.events, facts()).passed  # not evaluated
+    log.events[-2]["accuracy"]["keyword"]["2"] = float("nan")
+    assert not checks.accuracy(spec.Accuracy(), log.events, facts()).passed
+
+
+def test_dropped_pairs_each_attack_with_its_own_drop_and_the_count_at_the_end():
+    log = Log()
+    log.add("run_started", rounds=1)
+    sent = [{"attack": "nan", "identity": "intruder", "expect": "NaN or Inf"},
+            {"attack": "garbage", "identity": "intruder", "expect": "not valid msgpack"},
+            {"attack": "unknown_client", "identity": "stranger-0", "expect": "unknown client"}]
+    flooded = action("flood", 0, 1, sent=sent)
+    log.add("message_dropped", identity="stranger-0", reason="unknown client 'stranger-0' (not in the fleet)")
+    log.add("message_dropped", identity="intruder", reason="tensor 'w' carries NaN or Inf")
+    log.add("message_dropped", identity="intruder", reason="envelope is not valid msgpack (FormatError)")
+    log.add("run_finished", dropped_messages=3)
+    assert checks.dropped(spec.Dropped(), log.events, facts(actions=(flooded,))).passed
+    swapped = [dict(e, reason="envelope is not a map") if e["seq"] == 3 else e for e in log.events]
+    assert not checks.dropped(spec.Dropped(), swapped, facts(actions=(flooded,))).passed
+    uncounted = log.events[:-1] + [dict(log.events[-1], dropped_messages=2)]
+    assert not checks.dropped(spec.Dropped(), uncounted, facts(actions=(flooded,))).passed
+    assert not checks.dropped(spec.Dropped(), log.events, facts()).passed  # no flood
+
+
+def test_depth_change_within_rounds_of_the_slowdown():
+    log = Log()
+    depths = [8, 8, 8, 8, 2, 2]
+    for index, depth in enumerate(depths, 1):
+        log.round(index, {"c00": ("updated", 8), "c01": ("updated" if index != 3 else "straggler", depth)})
+    slowed = facts(rounds=6, actions=(action("slow", 6, 3, ["c01"]),))
+    assert checks.depth_change(spec.DepthChange(client="c01", within=2), log.events, slowed).passed
+    assert not checks.depth_change(spec.DepthChange(client="c01", within=1), log.events, slowed).passed
+    assert not checks.depth_change(spec.DepthChange(client="c00", within=2), log.events, slowed).passed
+
+
+def test_gone_requires_lost_and_never_asked_again():
+    log = Log()
+    log.round(1, {"c00": ("updated", 2), "c01": ("updated", 2)})
+    killed = action("kill", log.events[-1]["seq"], 2, ["c01"], t=log.t)
+    log.round(2, {"c00": ("updated", 2), "c01": ("straggler", 2)})
+    log.add("client_lost", 1.0, client="c01")
+    log.round(3, {"c00": ("updated", 2)})
+    verdict = checks.gone(spec.Gone(), log.events, facts(actions=(killed,)))
+    assert verdict.passed and "c01 straggler in round 2" in verdict.figure
+    log.round(4, {"c00": ("updated", 2), "c01": ("straggler", 0)})  # asked again after it was lost
+    assert not checks.gone(spec.Gone(), log.events, facts(actions=(killed,))).passed
+    never_lost = [e for e in log.events if e["kind"] != "client_lost"]
+    assert not checks.gone(spec.Gone(), never_lost, facts(actions=(killed,))).passed
+
+
+def test_rejoined_late_join_straggles():
+    log = Log()
+    log.add("client_ready", client="c00")
+    log.round(1, {"c00": ("updated", 2), "c01": ("updated", 2)})
+    stopped = action("stop", log.events[-1]["seq"], 2, ["c01"])
+    log.add("client_lost", 10, client="c01")
+    log.add("client_ready", client="c02")  # joins late
+    log.round(2, {"c00": ("updated", 2)}, selected=["c00"])
+    log.add("client_rejoined", client="c01")
+    log.round(3, {"c00": ("updated", 2), "c01": ("updated", 2), "c02": ("updated", 2)})
+    assert checks.rejoined(spec.Rejoined(client="c01"), log.events, facts(actions=(stopped,))).passed
+    assert not checks.rejoined(spec.Rejoined(client="c00"), log.events, facts(actions=(stopped,))).passed
+    late = checks.late_join(spec.LateJoin(client="c02"), log.events, facts())
+    assert not late.passed and "did not ask" in late.figure  # ready before round 2, which left it out
+    assert not checks.late_join(spec.LateJoin(client="c00"), log.events, facts()).passed  # ready before round 1
+    collapsed = action("link", 0, 2, ["c01"])
+    log.round(4, {"c00": ("updated", 2), "c01": ("straggler", 2)})
+    assert checks.straggles(spec.Straggles(client="c01"), log.events[-4:], facts(actions=(collapsed,))).passed
+    assert not checks.straggles(spec.Straggles(client="c01"), log.events, facts(actions=(collapsed,))).passed
+
+
+def test_churn_and_updates():
+    log = Log()
+    log.round(1, {"c00": ("updated", 2), "c01": ("skipped", 0), "c02": ("updated", 2)})
+    log.round(2, {"c00": ("skipped", 0), "c01": ("skipped", 0), "c02": ("skipped", 0)})
+    verdict = checks.churn(spec.Churn(min=0.5, max=0.9), log.events, facts())
+    assert verdict.passed and "4 of 6" in verdict.figure
+    assert not checks.churn(spec.Churn(min=0.0, max=0.5), log.events, facts()).passed
+    assert checks.updates(spec.Updates(min=0), log.events, facts()).passed
+    assert not checks.updates(spec.Updates(min=1), log.events, facts()).passed
+
+
+def test_a_check_that_meets_a_malformed_event_fails_with_the_fault():
+    broken = [{"seq": 0, "t": 0.0, "kind": "round_closed", "round": 1}]  # no wall_s
+    verdicts = checks.evaluate(spec.Checks(round_time=spec.RoundTime()), broken, facts())
+    assert not verdicts["round_time"].passed and "KeyError" in verdicts["round_time"].figure
+
+
+# ---------------------------------------------------------------- stress files
+def _stress_file(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = f"""
+name: t
+scenario: {{path: {PROJECT_ROOT / 'scenarios' / 'stress' / 'base' / 'edge.yaml'}, set: [rounds=3]}}
+script:
+  - {{name: stop, when: {{event: {{kind: round_started, round: 2}}}}, do: stop, clients: [c01]}}
+  - {{when: {{after: stop, delay_deadlines: 3}}, do: cont, clients: [c01]}}
+checks: {{completed: true, rejoined: {{client: c01}}}}
+quick: {{set: {{backbone: {{name: debug}}, fleet: [{{profile: rpi5, count: 2}}]}}, checks: {{completed: {{}}}}}}
+"""
+
+
+@pytest.mark.parametrize("file", STRESS_FILES, ids=lambda f: f.stem)
+def test_shipped_stress_files_load_in_both_variants(file):
+    full, quick = load_stress(file), load_stress(file, quick=True)
+    assert full.scenario.backbone.name == "tiny" and full.checks.enabled()
+    assert quick.quick and quick.scenario.emulation.dilation == 1
+
+
+def test_a_good_file_loads_with_its_quick_variant(tmp_path):
+    file = _stress_file(tmp_path, GOOD)
+    full, quick = load_stress(file), load_stress(file, quick=True)
+    assert full.scenario.rounds == 3 and full.clients == ("c00", "c01", "c02", "c03")
+    assert quick.scenario.backbone.name == "debug" and quick.clients == ("c00", "c01")
+    assert full.steps[1].when.after == "stop" and quick.checks.rejoined.client == "c01"
+    half = load_stress(_stress_file(tmp_path, GOOD.replace("clients: [c01]}", "fraction: 0.5}"), "h.yaml"))
+    assert half.targets(half.steps[0]) == ["c00", "c01"]
+
+
+def test_an_inline_scenario_resolves_paths_next_to_the_stress_file(tmp_path):
+    (tmp_path / "slow.yaml").write_text("name: slow\nspeed: 0.5\nlink: wifi\n")
+    inline = ("name: t\nscenario:\n  inline: {name: x, fleet: [{profile: slow.yaml, count: 2}]}\n"
+              "  set: [rounds=2]\nchecks: {completed: true}\n")
+    test = load_stress(_stress_file(tmp_path, inline))
+    assert test.scenario.rounds == 2 and test.clients == ("c00", "c01")
+    assert test.scenario.fleet[0].profile == str(tmp_path / "slow.yaml")
+    with pytest.raises(ConfigError, match=r"s\.yaml: scenario\.inline\.fleet\[0\]\.count: 0 is out of range"):
+        load_stress(_stress_file(tmp_path, inline.replace("count: 2", "count: 0")))
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (("do: stop, clients: [c01]}", "do: freeze, clients: [c01]}"),
+     ["script[0].do", "unknown action 'freeze'", "kill_aggregator"]),
+    (("completed: true,", "finished: true,"), ["checks.finished", "unknown key", "round_time_recovered"]),
+    (("clients: [c01]}", "clients: [c09]}"), ["script[0].clients[0]", "unknown client 'c09'", "c00, c01, c02, c03"]),
+    (("do: stop, clients: [c01]}", "do: stop}"), ["script[0].clients", "needs either clients"]),
+    (("do: stop, clients: [c01]}", "do: stop, clients: [c01], slowdown: 2}"),
+     ["script[0].slowdown", "only goes with do: slow"]),
+    (("after: stop", "after: nothing"), ["script[1].when.after", "no earlier step named 'nothing'"]),
+    (("kind: round_started", "kind: round_begun"), ["script[0].when.event.kind", "unknown event kind 'round_begun'"]),
+    (("{after: stop, delay_deadlines: 3}", "{after: stop, t: 3}"), ["script[1].when.after", "exactly one of", "got t, after"]),
+    (("rejoined: {client: c01}", "rejoined: {client: c07}"), ["checks.rejoined.client", "unknown client 'c07'"]),
+    (("set: [rounds=3]", "set: [rounds=0]"), ["scenario.set", "rounds: 0 is out of range"]),
+    (("checks: {completed: {}}", "checks: {round_time: {max_deadlines: -1}}"),
+     ["quick.checks.round_time.max_deadlines", "out of range"]),
+])
+def test_bad_stress_files_name_file_field_and_what_is_allowed(tmp_path, change, fragments):
+    old, new = change
+    assert old in GOOD
+    file = _stress_file(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(ConfigError) as caught:
+        load_stress(file, quick=False)
+        load_stress(file, quick=True)
+    message = str(caught.value)
+    assert message.startswith(str(file)) and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_a_bad_quick_override_names_the_quick_section(tmp_path):
+    file = _stress_file(tmp_path, GOOD.replace("count: 2", "count: -2"))
+    load_stress(file)  # the full variant does not use it
+    with pytest.raises(ConfigError, match=r"quick\.set: fleet\[0\]\.count: -2 is out of range"):
+        load_stress(file, quick=True)
+    with pytest.raises(ConfigError, match=r"client 'c03' \(allowed: c00, c01 in the quick variant\)"):
+        load_stress(_stress_file(tmp_path, GOOD.replace("client: c01}", "client: c03}"), "q.yaml"), quick=True)
+
+
+def test_cli_refuses_a_bad_stress_file_in_one_line_before_running_anything(tmp_path):
+    file = _stress_file(tmp_path, GOOD.replace("do: stop, clients: [c01]}", "do: freeze, clients: [c01]}"))
+    result = run("stress", str(file), "--out", str(tmp_path / "out"), timeout=60)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr.count("\n") == 1 and "unknown action 'freeze'" in result.stderr
+
+
+def test_the_exit_code_is_one_when_any_check_fails(tmp_path, monkeypatch):
+    import argparse
+
+    from testbed.stress import commands, runner
+
+    failing = runner.TestResult(load_stress(_stress_file(tmp_path, GOOD)), tmp_path)
+    failing.verdicts = {"completed": checks.Verdict(True, ""), "rejoined": checks.Verdict(False, "never back")}
+    monkeypatch.setattr(runner, "run_all", lambda tests, results: [failing])
+    args = argparse.Namespace(files=[str(tmp_path / "s.yaml")], out=str(tmp_path / "out"), quick=False)
+    assert commands.stress(args) == 1
+    failing.verdicts["rejoined"] = checks.Verdict(True, "")
+    assert commands.stress(argparse.Namespace(**{**vars(args), "out": str(tmp_path / "out2")})) == 0
+
+
+# ---------------------------------------------------------------- triggers, processes, floods
+def test_triggers_fire_on_events_after_steps_and_when_processes_exist(tmp_path):
+    test = load_stress(_stress_file(tmp_path, GOOD.replace("{name: stop, when: {event: {kind: round_started, "
+                                                           "round: 2}}", "{name: stop, when: {start: true}")))
+    live = LiveRun(tmp_path)
+    script = Script(test)
+    assert script.due(live, live.poll()) == []
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "processes.json").write_text(json.dumps({"c01": sleeper.pid}))
+        now = time.time()
+        (tmp_path / "events.jsonl").write_text(json.dumps({"seq": 0, "t": 5.0, "wall": now, "kind": "run_started",
+                                                           "dilation": {"factor": 1.0}}) + "\n")
+        first = script.due(live, live.poll())
+        assert [item.step.name for item in first] == ["stop"]
+        script.done(first[0], {"t": 5.0})
+        assert script.due(live, []) == []  # cont waits 3 deadlines (3 x 30 emulated s) after the stop
+        live.events[-1]["t"] = 96.0  # the run's clock moved on
+        assert [item.step.do for item in script.due(live, [])] == ["cont"]
+        assert live.orphans() == [f"c01 (pid {sleeper.pid})"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert live.orphans() == []
+
+
+def test_each_flood_attack_is_rejected_by_the_router_for_its_reason(tmp_path):
+    context = zmq.Context()
+    router = Router(context, f"ipc://{tmp_path}/router", max_bytes=4096)
+    try:
+        sent = flood(router.address, list(ATTACKS), repeat=1, limit=4096)
+        received = [router.poll(2.0) for _ in sent]
+    finally:
+        router.close()
+        context.term()
+    assert [s.attack for s in sent] == list(ATTACKS) and None not in received
+    by_socket = {}  # each socket's messages arrive in the order it sent them; sockets interleave
+    for message in received:
+        by_socket.setdefault(message.identity.decode(), []).append(message)
+    for item in sent:
+        message = by_socket[item.identity].pop(0)
+        if item.attack == "unknown_client":  # well-formed: the aggregator refuses it as not in its fleet
+            assert message.message.type == "JOIN" and message.message.client == item.identity
+        else:
+            assert message.message is None and item.expect in message.reason, (item.attack, message.reason)
+
+
+# ---------------------------------------------------------------- the shipped stress scenarios, for real
+@pytest.mark.parametrize("file", STRESS_FILES, ids=lambda f: f.stem)
+def test_quick_stress_scenario_passes_every_check(file, tmp_path, cache):
+    out = tmp_path / "stress"
+    result = run("stress", str(file), "--quick", "--out", str(out), timeout=400)
+    report = json.loads((out / "stress.json").read_text())
+    failed = [f"{c['name']}: {c['figure']}" for t in report["tests"] for c in t["checks"] if not c["passed"]]
+    assert result.returncode == 0 and not failed, result.stdout + result.stderr
+    test = report["tests"][0]
+    assert {c["name"] for c in test["checks"]} >= {"script", "completed", "no_orphans"}
+    pids = [pid for action in test["actions"] for pid in action.get("pids", {}).values()]
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_stopped_processes_are_thawed_when_a_stress_test_ends(tmp_path):
+    from testbed.stress.injector import Injector
+
+    test = load_stress(_stress_file(tmp_path, GOOD))
+    live = LiveRun(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "processes.json").write_text(json.dumps({"c01": sleeper.pid}))
+        live.poll()
+        injector = Injector(test, live)
+        script = Script(test)
+        record = injector.carry_out(script.pending[0])
+        assert record["pids"] == {"c01": sleeper.pid} and _state(sleeper.pid) == "T"
+        injector.release()
+        assert _state(sleeper.pid) != "T"
+        sleeper.kill()
+        sleeper.wait()
+        assert "no running process" in injector.carry_out(script.pending[0])["error"]  # never a recycled pid
+    finally:
+        if sleeper.poll() is None:
+            os.kill(sleeper.pid, signal.SIGKILL)
+            sleeper.wait()
+
+
+def _state(pid: int) -> str:
+    time.sleep(0.1)
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
