@@ -166,3 +166,22 @@ def test_optimizer_gives_heads_their_own_rate_and_skips_the_frozen_cnn(debug_mod
     assert {id(p) for p in heads["params"]} == head_ids
     frozen = {id(p) for n, p in debug_model.named_parameters() if n.startswith("backbone.feature_extractor.")}
     assert not frozen & {id(p) for p in body["params"]}
+
+
+def test_cost_probe_measures_the_end_exits_and_puts_the_others_on_their_line():
+    from testbed.client.costs import measure_costs
+
+    model = EarlyExitModel(build_random("tiny", seed=2), {"keyword": 5}, exits=(2, 4, 6, 8))
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    waveforms, labels = torch.randn(6, 16000), torch.randint(0, 5, (6,))
+    costs = measure_costs(model, waveforms, labels, task="keyword", batch_size=8, loss_mode="all_exits")
+    assert sorted(costs) == [2, 4, 6, 8]
+    low, high = costs[2], costs[8]
+    for depth in (4, 6):  # affine in depth between the two measured exits
+        share = (depth - 2) / 6
+        assert costs[depth].step_cpu_s == pytest.approx(low.step_cpu_s + share * (high.step_cpu_s - low.step_cpu_s))
+        assert costs[depth].peak_mb == pytest.approx(low.peak_mb + share * (high.peak_mb - low.peak_mb))
+    assert all(c.step_cpu_s > 0 and c.peak_mb > 0 for c in costs.values())
+    assert [costs[d].state_bytes for d in (2, 4, 6, 8)] == [
+        state_bytes(partial_state(model, d, {"keyword"})) for d in (2, 4, 6, 8)]
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())  # restored

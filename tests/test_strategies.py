@@ -41,6 +41,15 @@ def update(client: str, samples: int, depth: int, task: str, value: float, dtype
     return ClientUpdate(client, samples, depth, task, tensors)
 
 
+# float32 averages carry about one rounding per element (testbed.strategies.base._average); when the
+# clients' values are far apart, as in these toy states, up to two float32 units in the last place
+F32_ROUNDING = 2 * 2.0**-23
+
+
+def about(expected: float):
+    return pytest.approx(expected, rel=F32_ROUNDING, abs=0)
+
+
 def value_of(state: dict, key: str) -> float:
     """The single value a toy array holds (asserts that it is uniform)."""
     array = state[key]
@@ -110,7 +119,7 @@ def test_heads_are_averaged_only_over_clients_of_their_task():
     assert value_of(new, head("keyword", 2)) == (4 * 1.0 + 4 * 5.0) / 8  # = 3, no speaker client in it
     assert value_of(new, head("keyword", 4)) == 5.0
     assert value_of(new, head("speaker", 2)) == value_of(new, head("speaker", 4)) == 8.0
-    assert value_of(new, layer(1)) == (4 * 1.0 + 4 * 5.0 + 12 * 8.0) / 20  # = 6, backbone is shared
+    assert value_of(new, layer(1)) == about((4 * 1.0 + 4 * 5.0 + 12 * 8.0) / 20)  # = 6, backbone is shared
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -172,6 +181,25 @@ def test_identical_updates_are_a_fixed_point():
     state = {key: np.zeros((4, 5), np.float32) for key in KEYS}
     new = make_strategy("depth_aware").aggregate(state, updates)
     assert all(np.array_equal(new[k], weights[k]) for k in trained_keys(4, "keyword"))
+
+
+def test_small_steps_are_averaged_as_a_float64_sum_rounded_once():
+    # what a round looks like: every client a small step away from the same weights, many weights
+    # (several blocks), different weights per client
+    rng = np.random.default_rng(2)
+    start = rng.standard_normal(300_000).astype(np.float32)
+    arrays = [start + np.float32(1e-3) * rng.standard_normal(start.size).astype(np.float32) for _ in range(7)]
+    samples = [5, 40, 17, 300, 1, 64, 8]
+    updates = [ClientUpdate(f"c{i}", n, 4, "keyword", {EMBED: a}) for i, (n, a) in enumerate(zip(samples, arrays))]
+    new = make_strategy("layerwise").aggregate({EMBED: start}, updates)[EMBED]
+    exact = sum(n * a.astype(np.float64) for n, a in zip(samples, arrays)) / sum(samples)
+    assert new.dtype == np.float32
+    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    steps = max(float(np.max(np.abs(a - arrays[0]))) for a in arrays)  # the steps are summed in float32
+    assert np.all(np.abs(new - exact) <= spacing + 8 * 2.0**-24 * steps)  # one rounding + the steps' own
+    assert np.mean(new == exact.astype(np.float32)) > 0.99  # and almost always the nearest float32
+    reference = sum(np.float32(n / sum(samples)) * a for n, a in zip(samples, arrays))  # float32, by hand
+    assert np.mean(np.abs(new - exact)) < 0.75 * np.mean(np.abs(reference - exact))  # optimal: ~0.5
 
 
 def test_read_only_inputs_are_accepted_and_not_mutated():

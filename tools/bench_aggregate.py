@@ -6,7 +6,7 @@ To fit in memory, the updates' tensors are the arrays of fewer distinct random s
 the aggregator only reads them, so the arithmetic is the same, but re-reading the same memory favours
 code that works block by block (the repeats hit the cache); --distinct equal to --count is the honest
 figure where memory allows (32 x 380 MB = 12 GB). Compared in the same run, interleaved:
-  ours   DepthAware().aggregate (float64 accumulation, streamed block by block);
+  ours   DepthAware().aggregate (first contributor + weighted float32 steps, streamed block by block);
   numpy  per key, sum((w_k / Σw) * a_k) over the key's contributors: what one writes by hand.
 Peak memory is measured with tracemalloc in separate untimed passes (it slows allocation down).
 
@@ -119,14 +119,14 @@ def main() -> None:
     peaks = {name: peak_bytes(variant, global_state, updates) for name, variant in VARIANTS.items()}
 
     print(f"  {'variant':<40}{'seconds':>9}{'GB/s read':>11}{'peak MB':>9}")
-    labels = {"ours": "ours   depth_aware (float64, streamed)", "numpy": "numpy  sum(w_k * a_k) per key (float32)"}
+    labels = {"ours": "ours   depth_aware (steps, streamed)", "numpy": "numpy  sum(w_k * a_k) per key (float32)"}
     for name in VARIANTS:
         median = statistics.median(seconds[name])
         print(f"  {labels[name]:<40}{median:>9.3f}{read / median / 1e9:>11.2f}{peaks[name] / 1e6:>9.0f}")
     ratio = statistics.median(a / b for a, b in zip(seconds["ours"], seconds["numpy"]))
     print(f"  ours time / numpy time   {ratio:.2f}  (target <= 1.5; median of {args.repeats} interleaved repeats)")
     print(f"  ours peak / new state    {peaks['ours'] / size:.2f}  (the result itself is 1.00; "
-          f"{args.count} float64 copies would be {2 * args.count:.0f})")
+          f"a stack of {args.count} copies would be {args.count:.0f})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Each (geometry, depth) runs in a fresh process so peak memory is its own: we report the growth of
 the resident set over the built model during training (activations, gradients, optimizer state).
-Random weights: timing does not depend on them.
+Random weights: timing does not depend on them. Per geometry, the last line says how far the middle
+depths lie from the straight line through the shallowest and the deepest one (what clients assume).
 
     python tools/depth_cost.py                 # tiny (batch 16) and base (batch 4), 1 s clips
     python tools/depth_cost.py --geometries tiny --steps 10
@@ -69,7 +70,7 @@ def main() -> None:
           f"{'train MB':>9s}")
     for geometry in args.geometries.split(","):
         layers = 8 if geometry == "tiny" else 12
-        first = None
+        first, measured = None, {}
         for depth in [d for d in (layers // 4, layers // 2, 3 * layers // 4, layers)]:
             output = subprocess.run([sys.executable, __file__, "--one", geometry, str(depth),
                                      "--steps", str(args.steps), "--threads", str(args.threads)],
@@ -79,6 +80,21 @@ def main() -> None:
             print(f"{geometry:9s} {depth:5d} {str(result['exits']):12s} {result['batch']:5d} "
                   f"{result['step_s']:8.3f} {result['step_s'] / first:8.2f} {result['train_mem_mb']:9.0f}",
                   flush=True)
+            measured[depth] = (result["step_s"], result["train_mem_mb"])
+        print(line_fit(geometry, measured), flush=True)
+
+
+def line_fit(geometry: str, measured: dict[int, tuple[float, float]]) -> str:
+    """How far the middle depths lie from the line through the shallowest and the deepest one: the
+    cost model of the clients' probe (testbed/client/costs.py), which measures only those two."""
+    low, high = min(measured), max(measured)
+    parts = []
+    for depth in sorted(measured)[1:-1]:
+        share = (depth - low) / (high - low)
+        on_line = [a + share * (b - a) for a, b in zip(measured[low], measured[high])]
+        parts.append(f"depth {depth}: time {measured[depth][0] / on_line[0] - 1:+.1%}, "
+                     f"memory {measured[depth][1] / on_line[1] - 1:+.1%}")
+    return f"{geometry:9s} line through depths {low} and {high}: " + "; ".join(parts)
 
 
 if __name__ == "__main__":
