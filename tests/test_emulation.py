@@ -12,6 +12,7 @@ from testbed.client.policies import AdaptivePolicy, BudgetPolicy, DeviceModel, S
 from testbed.config.schema import Availability, EmulationSpec, Failure, LinkSpec, Profile
 from testbed.emulation.availability import DeviceSchedule
 from testbed.emulation.dilation import choose_dilation, raised
+from testbed.emulation.injection import InjectedState, control_path, write_injection
 from testbed.emulation.link import LinkModel
 from testbed.emulation.memory import MemoryBudget, OutOfMemory
 
@@ -226,3 +227,17 @@ def test_the_kernel_backend_sets_a_cpu_quota_and_memory_limit_or_falls_back(writ
     from testbed.emulation.kernel import cleanup_stale
 
     assert cleanup_stale() == []  # nothing of this run was left behind
+
+
+def test_an_injected_state_is_taken_up_once_and_a_bad_file_keeps_the_previous_one(tmp_path):
+    base = LinkSpec(name="wifi", downlink_mbps=100.0, uplink_mbps=50.0, latency_ms=4.0)
+    state = InjectedState(control_path(tmp_path, "c01"), base)
+    assert not state.changed() and (state.slowdown, state.link, state.scale) == (1.0, base, 1.0)  # no file yet
+    write_injection(tmp_path, "c01", slowdown=10, link={"uplink_mbps": 0.1}, scale=1000)
+    assert state.changed() and not state.changed()  # taken up once
+    assert (state.slowdown, state.link.uplink_mbps, state.link.downlink_mbps, state.scale) == (10.0, 0.1, 100.0, 1000.0)
+    for bad in ({"slowdown": 0.5}, {"scale": 0}, {"scale": "inf"}, {"link": {"bandwidth": 1}}, {"link": {"loss": 1}}):
+        time.sleep(0.01)  # a new modification time
+        write_injection(tmp_path, "c01", **bad)
+        assert not state.changed(), bad
+        assert (state.slowdown, state.scale) == (10.0, 1000.0)

@@ -197,6 +197,27 @@ def test_rejoined_late_join_straggles():
     assert not checks.straggles(spec.Straggles(client="c01"), log.events, facts(actions=(collapsed,))).passed
 
 
+def test_rejected_needs_every_corrupted_update_refused_and_counted():
+    log = finished_run(walls=(2.0,))
+    corrupted = action("corrupt", log.events[-1]["seq"], 2, ["c01"], scale=1000)
+    log.add("update_received", client="c00", round=2, depth=2)
+    log.add("update_rejected", client="c01", round=2, depth=2, check="norm",
+            reason="update norm 3e3 of layer 1 is beyond 10 x the fleet's median 2.1")
+    log.add("update_received", client="c00", round=3, depth=2)
+    log.add("update_rejected", client="c01", round=3, depth=2, check="norm", reason="update norm ...")
+    counted = facts(actions=(corrupted,), summary={"rejected_updates": {"total": 2}})
+    verdict = checks.rejected(spec.Rejected(client="c01"), log.events, counted)
+    assert verdict.passed and "2 updates rejected" in verdict.figure and "counts 2 rejected" in verdict.figure
+    assert not checks.rejected(spec.Rejected(client="c00"), log.events, counted).passed
+    assert not checks.rejected(spec.Rejected(client="c01"), log.events, facts(actions=(corrupted,))).passed  # no count
+    log.add("update_received", client="c01", round=4, depth=2)  # one got through
+    assert not checks.rejected(spec.Rejected(client="c01"), log.events, counted).passed
+    innocent = finished_run(walls=(2.0,))
+    innocent.add("update_rejected", client="c01", round=2, depth=2, check="norm", reason="...")
+    innocent.add("update_rejected", client="c00", round=2, depth=2, check="norm", reason="...")  # not corrupted
+    assert not checks.rejected(spec.Rejected(client="c01"), innocent.events, counted).passed
+
+
 def test_churn_and_updates():
     log = Log()
     log.round(1, {"c00": ("updated", 2), "c01": ("skipped", 0), "c02": ("updated", 2)})

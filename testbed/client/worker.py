@@ -206,9 +206,13 @@ class ClientWorker:
                    "cpu_s": result.throttle.cpu_s, "overshoot": result.throttle.overshoot}
         body = {"depth": depth, "samples": result.samples, "loss": result.loss, "timings": timings,
                 "peak_mb": result.peak_mb}
+        tensors = result.tensors
+        if self.injected.scale != 1.0:  # a stress test corrupts this client's update (copies, not the model)
+            tensors = {key: value * value.dtype.type(self.injected.scale) if value.dtype.kind == "f" else value
+                       for key, value in tensors.items()}
         uploaded = time.monotonic()
         # wait until libzmq is done with the buffers: they are the model's own parameters
-        self.dealer.send(Message("UPDATE", self.client_id, round_index, body, result.tensors), wait_s=60.0)
+        self.dealer.send(Message("UPDATE", self.client_id, round_index, body, tensors), wait_s=60.0)
         self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
         del result
         if self.lean:
@@ -217,7 +221,7 @@ class ClientWorker:
         self.heartbeat.state = "idle"
 
     def _apply_injection(self) -> bool:
-        """Take up a changed control file (slowdown, link); True when something changed."""
+        """Take up a changed control file (slowdown, link, update scale); True when something changed."""
         if not self.injected.changed():
             return False
         self.throughput = self.profile_throughput / self.injected.slowdown

@@ -4,7 +4,9 @@ The injector writes `RUN_DIR/control/<client>.json`, e.g. {"slowdown": 10} or
 {"link": {"uplink_mbps": 0.1, "downlink_mbps": 0.1}}; the client re-reads it whenever the file
 changes (checked when a round starts and after every local step: one stat call). Fields:
   slowdown: float >= 1, compute takes this many times longer than the profile says (1 = none);
-  link: any LinkSpec fields to override on the client's link (0 < bandwidth, latency >= 0).
+  link: any LinkSpec fields to override on the client's link (0 < bandwidth, latency >= 0);
+  scale: float > 0, the client multiplies its uploaded weights by it (a broken or hostile client
+         whose update the aggregator's screen must reject; 1 = none).
 An invalid file is logged and ignored (the previous state holds): the run never crashes over it.
 """
 
@@ -39,7 +41,7 @@ class InjectedState:
 
     def __init__(self, path: Path | None, base_link: LinkSpec):
         self.path, self.base_link = path, base_link
-        self.slowdown, self.link = 1.0, base_link
+        self.slowdown, self.link, self.scale = 1.0, base_link, 1.0
         self._seen: float | None = None
 
     def changed(self) -> bool:
@@ -58,6 +60,9 @@ class InjectedState:
             slowdown = float(fields.get("slowdown", 1.0))
             if not slowdown >= 1.0:
                 raise ValueError(f"slowdown {slowdown} must be >= 1")
+            scale = float(fields.get("scale", 1.0))
+            if not 0 < scale < float("inf"):
+                raise ValueError(f"scale {scale} must be > 0 and finite")
             link_fields = fields.get("link", {})
             unknown = set(link_fields) - set(LINK_FIELDS)
             if unknown:
@@ -68,6 +73,6 @@ class InjectedState:
         except (OSError, ValueError, TypeError, AttributeError) as error:
             log.warning("ignored %s: %s", self.path, error)
             return False
-        self.slowdown, self.link = slowdown, link
-        log.info("injected: slowdown %.2f, link %s", slowdown, link)
+        self.slowdown, self.link, self.scale = slowdown, link, scale
+        log.info("injected: slowdown %.2f, link %s, update scale %g", slowdown, link, scale)
         return True

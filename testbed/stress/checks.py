@@ -30,6 +30,7 @@ class Facts:
     processes: int = 0                 # processes of the run seen, all launches
     orphans: tuple[str, ...] = ()      # those still running after the run ("c01 (pid 123)")
     reference: dict[int, str] | None = field(default=None)  # round -> digest of an uninterrupted run
+    summary: dict | None = None        # the run's summary.json (None when it wrote none)
 
 
 # ---------------------------------------------------------------- event helpers
@@ -296,12 +297,35 @@ def straggles(settings: spec.Straggles, events: list[dict], facts: Facts) -> Ver
     return Verdict(bool(straggled) and lost is None and "lost" not in statuses.values(), figure)
 
 
+def rejected(settings: spec.Rejected, events: list[dict], facts: Facts) -> Verdict:
+    corrupted = actions_of(facts, "corrupt", settings.client)
+    if not corrupted:
+        return Verdict(False, f"{settings.client} was not corrupted by the script")
+    since = corrupted[0]["seq"]
+    refused = [e for e in events if e["kind"] == "update_rejected" and e["seq"] > since]
+    mine = [e for e in refused if e["client"] == settings.client]
+    accepted = [e["round"] for e in events if e["kind"] == "update_received" and e["seq"] > since
+                and e["client"] == settings.client]
+    others = sorted({e["client"] for e in refused if e["client"] != settings.client})
+    counted = (facts.summary or {}).get("rejected_updates", {}).get("total")
+    checks = Counter(e["check"] for e in mine)
+    figure = (f"{settings.client}: {len(mine)} updates rejected after the corruption (rounds "
+              f"{_rounds_text([e['round'] for e in mine])}; {', '.join(f'{n} {c}' for c, n in checks.items())}), "
+              f"accepted in rounds {_rounds_text(accepted)}; other clients rejected: {', '.join(others) or 'none'}; "
+              f"summary.json counts {'no' if counted is None else counted} rejected")
+    if mine:
+        figure += f"; e.g. {mine[0]['reason']}"
+    logged = sum(e["kind"] == "update_rejected" for e in events)  # the whole run's, as the summary's
+    passed = bool(mine) and not accepted and not others and counted == logged
+    return Verdict(passed, figure)
+
+
 CheckFunction = Callable[[object, list[dict], Facts], Verdict]
 CHECKS: dict[str, CheckFunction] = {
     "completed": completed, "round_time": round_time, "round_time_recovered": round_time_recovered,
     "no_round_lost": no_round_lost, "state_preserved": state_preserved, "no_orphans": no_orphans,
     "accuracy": accuracy, "dropped": dropped, "depth_change": depth_change, "gone": gone, "rejoined": rejoined,
-    "late_join": late_join, "churn": churn, "updates": updates, "straggles": straggles,
+    "late_join": late_join, "churn": churn, "updates": updates, "straggles": straggles, "rejected": rejected,
 }
 
 

@@ -208,6 +208,9 @@ class Injector:
     def _link(self, step: Step, clients: list[str]) -> dict:
         return self._control(clients, link=dict(step.link))
 
+    def _corrupt(self, step: Step, clients: list[str]) -> dict:
+        return self._control(clients, scale=step.scale)
+
     def _flood(self, step: Step, clients: list[str]) -> dict:
         started = next((e for e in self.run.events if e["kind"] == "run_started"), None)
         try:

@@ -89,8 +89,10 @@ def run_test(test: StressTest, folder: Path, out=sys.stdout) -> TestResult:
         say(f"   reference: {len(reference)} rounds aggregated")
     live = _stressed_run(test, scenario_file, folder, result, say)
     events = read_events(live.run_dir / "events.jsonl") if (live.run_dir / "events.jsonl").exists() else []
+    summary_file = live.run_dir / "summary.json"
     facts = Facts(deadline_s=test.scenario.deadline_s, rounds=test.scenario.rounds, actions=tuple(result.actions),
-                  processes=len(live.seen), orphans=tuple(_orphans(live)), reference=reference)
+                  processes=len(live.seen), orphans=tuple(_orphans(live)), reference=reference,
+                  summary=json.loads(summary_file.read_text()) if summary_file.exists() else None)
     result.verdicts = {"script": _script_verdict(test, result.actions), **evaluate(test.checks, events, facts)}
     if not events:
         say(f"   the run wrote no events: see {folder / 'run.log'}")

@@ -55,10 +55,11 @@ ACTIONS = {
     "cont": "SIGCONT the clients: a frozen client carries on",
     "slow": "the clients compute `slowdown` times slower than their profile",
     "link": "override fields of the clients' links, e.g. {uplink_mbps: 0.1, downlink_mbps: 0.1}",
+    "corrupt": "the clients multiply the weights they upload by `scale`: a broken or hostile client",
     "flood": "malformed messages at the aggregator's router (`attacks`, each `repeat` times)",
     "kill_aggregator": "SIGKILL the aggregator, then continue the run with `testbed run --resume`",
 }
-TARGETED = ("kill", "stop", "cont", "slow", "link")  # actions on clients
+TARGETED = ("kill", "stop", "cont", "slow", "link", "corrupt")  # actions on clients
 # Events the aggregator writes (testbed/aggregator/server.py); triggers match on them.
 EVENT_KINDS = (
     "run_started", "run_resumed", "client_joined", "client_ready", "client_state", "round_started",
@@ -104,6 +105,7 @@ class Step:
     fraction: float | None = setting(None, gt=0, le=1)  # or the first ceil(fraction x fleet) clients
     slowdown: float | None = setting(None, ge=1)        # slow: compute this many times slower
     link: Mapping[str, float] | None = setting(None, keys=LINK_FIELDS, ge=0)  # link: fields to override
+    scale: float | None = setting(None, gt=0)           # corrupt: factor on the uploaded weights
     attacks: tuple[str, ...] | None = setting(None, nonempty=True, choices=tuple(ATTACKS), what="attack")
     repeat: int = setting(1, ge=1)                      # flood: send the attacks this many times
 
@@ -113,9 +115,10 @@ class Step:
         for key in ("clients", "fraction"):
             if self.do not in TARGETED and getattr(self, key) is not None:
                 yield key, f"only goes with do: {', '.join(TARGETED)}"
-        for key, action in (("slowdown", "slow"), ("link", "link"), ("attacks", "flood"), ("repeat", "flood")):
+        for key, action in (("slowdown", "slow"), ("link", "link"), ("scale", "corrupt"), ("attacks", "flood"),
+                            ("repeat", "flood")):
             value = getattr(self, key)
-            if self.do == action and value is None and key in ("slowdown", "link"):
+            if self.do == action and value is None and key in ("slowdown", "link", "scale"):
                 yield key, f"is required with do: {action} ({ACTIONS[action]})"
             if self.do != action and value not in (None, 1):
                 yield key, f"only goes with do: {action}"
@@ -226,6 +229,14 @@ class Straggles:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Rejected:
+    """Every update the client sent after it was corrupted was rejected by the aggregator's screen,
+    each logged with its reason and counted in the run's summary; no update of another client was."""
+
+    client: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Checks:
     """The checks of a stress test; each present one runs (its settings, or {} / true for the defaults)."""
 
@@ -244,6 +255,7 @@ class Checks:
     churn: Churn | None = None
     updates: Updates | None = None
     straggles: Straggles | None = None
+    rejected: Rejected | None = None
 
     def enabled(self) -> dict[str, object]:
         """Check name -> its settings, for the checks that run, in declaration order."""
