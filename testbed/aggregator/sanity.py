@@ -157,7 +157,8 @@ class UpdateScreen:
         for start in range(0, update.size, CHUNK):
             stop = min(start + CHUNK, update.size)
             difference, part = narrow[:stop - start], self._wide[:stop - start]
-            np.subtract(update[start:stop], base[start:stop], out=difference, dtype=difference.dtype)
+            with np.errstate(over="ignore"):  # a finite step beyond float32 is an infinite norm: rejected below
+                np.subtract(update[start:stop], base[start:stop], out=difference, dtype=difference.dtype)
             np.copyto(part, difference)
             moved += float(np.dot(part, part))
             if not math.isfinite(moved):
