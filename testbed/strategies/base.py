@@ -40,8 +40,8 @@ class Strategy:
     Numerics: the average is taken as the first contributor plus the weighted steps of the others
     from it, accumulated in the array's precision (`_average`): for a round's small steps about one
     rounding per element, and identical updates come back bit for bit. Streamed block by block
-    (never a stack of all updates): peak memory is about the old state + the new state + three
-    blocks of 512 KiB.
+    (never a stack of all updates): peak memory is about the old state + the new state + two
+    scratch blocks of 512 KiB.
     """
 
     name = "base"
