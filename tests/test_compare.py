@@ -214,3 +214,13 @@ def test_a_failed_run_is_recorded_and_the_comparison_goes_on_until_interrupted(w
     assert figures["strategies"]["centralized"]["error"]["keyword"] == [pytest.approx(0.4), 0.0]
     assert figures["strategies"]["layerwise"]["runs"] == 0
     assert "| keyword (L2) | - | 40.0 ± 0.0 |" in (directory / "compare.md").read_text()
+
+
+def test_the_centralized_baseline_keeps_to_the_time_budget_in_its_own_host_seconds(write_scenario, tmp_path):
+    from testbed.compare.centralized import run_centralized
+
+    out = run_centralized(str(write_scenario(rounds=20, eval_every=100)), ["time_budget_s=0.001"], tmp_path / "c")
+    log = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in log if e["kind"] == "round_aggregated"] == [1]  # one round spends 1 ms
+    assert [e["round"] for e in log if e["kind"] == "evaluated"] == [1]
+    assert log[-1]["kind"] == "run_finished" and log[-1]["reason"].startswith("time budget spent")

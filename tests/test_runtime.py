@@ -39,6 +39,22 @@ def test_run_completes_with_one_process_per_client_and_full_records(write_scenar
     assert all(not alive(pid) for pid in json.loads((out / "processes.json").read_text()).values())
 
 
+def test_a_time_budget_ends_the_run_after_the_round_that_spends_it(write_scenario, tmp_path):
+    out = tmp_path / "run"
+    finished(run("run", str(write_scenario(rounds=50, eval_every=100, time_budget_s=2.0)), "--out", str(out)))
+    log = events(out)
+    rounds_s = [e["wall_s"] for e in log if e["kind"] == "round_closed"]
+    assert sum(rounds_s[:-1]) < 2.0 <= sum(rounds_s) and len(rounds_s) < 50  # the rounds' seconds add up
+    last = len(rounds_s)
+    assert [e["round"] for e in log if e["kind"] == "round_aggregated"] == list(range(1, last + 1))
+    assert [e["round"] for e in log if e["kind"] == "evaluated"] == [last]  # the last round is evaluated
+    end = log[-1]
+    assert end["kind"] == "run_finished" and end["reason"].startswith("time budget spent")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["reason"] == end["reason"]
+    assert summary["rounds_completed"] == last and summary["rounds_planned"] == 50
+
+
 def test_a_client_killed_mid_round_makes_the_round_close_at_its_deadline(write_scenario, tmp_path):
     out = tmp_path / "run"
     scenario = write_scenario(rounds=3, deadline_s=6, training="{local_steps: 400, batch_size: 8}")

@@ -55,6 +55,9 @@ class Aggregator:
             meta, state = checkpoint
             self.model.load(state)
             self.first_round = meta["round"] + 1
+        # emulated seconds of the rounds so far, evaluation excluded (what time_budget_s limits)
+        self.rounds_s = sum(e["wall_s"] for e in previous
+                            if e["kind"] == "round_closed" and e["round"] < self.first_round)
         self.context = zmq.Context()
         state_bytes = sum(v.nbytes for v in self.model.state.values())
         self.router = Router(self.context, bind, max_bytes=int(1.1 * state_bytes) + (1 << 20), curve_dir=curve_dir)
@@ -109,13 +112,17 @@ class Aggregator:
                          clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
         try:
             self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
-            for index in range(self.first_round, self.scenario.rounds + 1):
+            ending, index = self._ending(self.first_round - 1), self.first_round - 1  # a resumed run may be done
+            while ending is None:
+                index += 1
                 # 1. announce the round to every live client (a strategy may impose the depth)
                 self.round = self._start_round(index)
                 # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
                 self._serve_until(self._round_done, self.round.deadline_t)
                 summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
                 self.events.emit("round_closed", **summary, clients=self.round.client_rows())
+                self.rounds_s += summary["wall_s"]
+                ending = self._ending(index)
                 self._check_dilation()
                 # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
                 started = time.perf_counter()
@@ -127,10 +134,10 @@ class Aggregator:
                 self.events.emit("round_aggregated", round=index, digest=summary["digest"],
                                  aggregate_s=summary["aggregate_s"])
                 # 4. evaluate every eval_every rounds and at the end (timed apart from the round)
-                if index % self.scenario.eval_every == 0 or index == self.scenario.rounds:
+                if index % self.scenario.eval_every == 0 or ending:
                     summary.update(self._evaluate(index))
                 self.records.add(summary, self.round.client_rows())
-            self._finish("run_finished", "rounds done")
+            self._finish("run_finished", ending)
             return 0
         except Interrupted:
             self._finish("run_interrupted", "interrupted")
@@ -162,6 +169,13 @@ class Aggregator:
             self.router.send(cid.encode(), Message("ROUND", cid, index, body))
         self.events.emit("round_started", round=index, selected=list(round_.rows), deadline_s=round_.deadline_s)
         return round_
+
+    def _ending(self, index: int) -> str | None:
+        """Why the run ends after round `index` (None: it goes on)."""
+        budget = self.scenario.time_budget_s
+        if budget is not None and self.rounds_s >= budget:
+            return f"time budget spent ({self.rounds_s:.1f} of {budget:g} s in {index} rounds)"
+        return "rounds done" if index >= self.scenario.rounds else None
 
     def _round_done(self) -> bool:
         round_ = self.round

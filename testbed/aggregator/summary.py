@@ -37,11 +37,13 @@ def summarize(events: list[dict]) -> dict:
     evaluations = _last_per_round(events, "evaluated")
     status = ("finished" if "run_finished" in kinds else "interrupted" if "run_interrupted" in kinds
               else "failed" if "run_failed" in kinds else "incomplete")  # incomplete: killed mid-run
+    end = next((e for e in reversed(events) if e["kind"] in ("run_finished", "run_interrupted", "run_failed")), {})
     walls = [e["wall_s"] for e in closed.values()]
     final = evaluations[max(evaluations)] if evaluations else None
     return {
         "scenario": started.get("scenario"),
         "status": status,
+        "reason": end.get("reason"),  # e.g. "rounds done", "time budget spent (...)"
         "rounds_planned": started.get("rounds"),
         "rounds_completed": len(aggregated),
         "last_digest": aggregated[max(aggregated)]["digest"] if aggregated else None,

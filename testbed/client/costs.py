@@ -69,8 +69,8 @@ def _probe_step(model, waveforms: torch.Tensor, labels: torch.Tensor, *, task: s
     reset_peak()
     started = time.process_time()
     model.train()
+    optimizer.zero_grad(set_to_none=True)  # where a round's step frees them (model/train.py)
     loss = exit_loss(model(waveforms, depth, task), labels, loss_mode)
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     cpu_s = time.process_time() - started

@@ -12,6 +12,7 @@ every tool that reads runs reads it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +87,26 @@ def run_centralized(scenario_path: str, overrides: list[str], out: Path) -> Path
                 strategy="centralized", clients=[], dilation={"factor": 1.0, "reason": HOST_TIME},
                 train_clips={task: len(waveforms) for task, (waveforms, _) in train.items()},
                 steps_per_round=steps, batch_size=training.batch_size)
+    training_s, ending = 0.0, None  # host seconds of training so far: what time_budget_s limits here
     try:
         for index in range(1, scenario.rounds + 1):
+            started = time.perf_counter()
             for task, (waveforms, labels) in train.items():
                 train_steps(model, optimizer, waveforms, labels, task=task, depth=model.num_layers,
                             steps=steps[task], batch_size=min(training.batch_size, len(waveforms)),
                             loss_mode=training.loss, generator=generator)
+            training_s += time.perf_counter() - started
             events.emit("round_aggregated", round=index, digest=global_model.digest(), aggregate_s=0.0)
-            if index % scenario.eval_every == 0 or index == scenario.rounds:
+            if scenario.time_budget_s is not None and training_s >= scenario.time_budget_s:
+                ending = f"time budget spent ({training_s:.1f} of {scenario.time_budget_s:g} host s in {index} rounds)"
+            elif index == scenario.rounds:
+                ending = "rounds done"
+            if index % scenario.eval_every == 0 or ending:
                 accuracy, seconds = global_model.evaluate(test)
                 events.emit("evaluated", round=index, accuracy=accuracy, eval_s=round(seconds, 3))
-        events.emit("run_finished", reason="rounds done", dropped_messages=0)
+            if ending:
+                break
+        events.emit("run_finished", reason=ending, dropped_messages=0)
     except KeyboardInterrupt:
         events.emit("run_interrupted", reason="interrupted")
         raise

@@ -42,7 +42,7 @@ class QuietPrinter:
 
     def finish(self, run_dir: Path, summary: dict, exit_code: int | None) -> None:
         print(f"  {summary.get('status')}: {summary.get('rounds_completed')}/{summary.get('rounds_planned')} rounds, "
-              f"{summary.get('run_seconds', 0.0):.1f} emulated s", flush=True)
+              f"{summary.get('run_seconds', 0.0):.1f} emulated s ({summary.get('reason')})", flush=True)
 
 
 def compare_directory(scenario: Scenario, out: str | None) -> Path:
