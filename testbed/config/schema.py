@@ -213,11 +213,11 @@ class Scenario:
     name: str                                 # run directories are runs/<name>-<time>/
     seed: int = setting(0, ge=0)              # the one seed; per-client seeds derive from it
     rounds: int = setting(10, ge=1)
+    deadline_s: float = setting(60.0, gt=0)   # round deadline, emulated seconds
+    eval_every: int = setting(1, ge=1)        # evaluate every N rounds
     # The run also ends after the round in which its rounds' emulated seconds (evaluation excluded)
     # reach this: strategies compared on equal time rather than equal rounds. None = `rounds` alone.
     time_budget_s: float | None = setting(None, gt=0)
-    deadline_s: float = setting(60.0, gt=0)   # round deadline, emulated seconds
-    eval_every: int = setting(1, ge=1)        # evaluate every N rounds
     data: DataSpec = setting(DataSpec)
     backbone: BackboneSpec = setting(BackboneSpec)
     training: TrainingSpec = setting(TrainingSpec)
