@@ -12,6 +12,9 @@ import json
 import time
 from pathlib import Path
 
+# The events that end a run (one per launch of the aggregator), and the status each leaves it in.
+ENDINGS = {"run_finished": "finished", "run_interrupted": "interrupted", "run_failed": "failed"}
+
 
 class EventLog:
     """Append-only event writer (flushed per event) with an optional ZeroMQ PUB mirror."""

@@ -112,7 +112,8 @@ class Aggregator:
                          clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
         try:
             self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
-            ending, index = self._ending(self.first_round - 1), self.first_round - 1  # a resumed run may be done
+            index = self.first_round - 1
+            ending = self.scenario.ending(index, self.rounds_s)  # a resumed run may be done already
             while ending is None:
                 index += 1
                 # 1. announce the round to every live client (a strategy may impose the depth)
@@ -122,7 +123,7 @@ class Aggregator:
                 summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
                 self.events.emit("round_closed", **summary, clients=self.round.client_rows())
                 self.rounds_s += summary["wall_s"]
-                ending = self._ending(index)
+                ending = self.scenario.ending(index, self.rounds_s)
                 self._check_dilation()
                 # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
                 started = time.perf_counter()
@@ -169,13 +170,6 @@ class Aggregator:
             self.router.send(cid.encode(), Message("ROUND", cid, index, body))
         self.events.emit("round_started", round=index, selected=list(round_.rows), deadline_s=round_.deadline_s)
         return round_
-
-    def _ending(self, index: int) -> str | None:
-        """Why the run ends after round `index` (None: it goes on)."""
-        budget = self.scenario.time_budget_s
-        if budget is not None and self.rounds_s >= budget:
-            return f"time budget spent ({self.rounds_s:.1f} of {budget:g} s in {index} rounds)"
-        return "rounds done" if index >= self.scenario.rounds else None
 
     def _round_done(self) -> bool:
         round_ = self.round

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from statistics import mean
 
+from testbed.events import ENDINGS
+
 
 def _last_per_round(events: list[dict], kind: str) -> dict[int, dict]:
     """The last event of `kind` for each round (a resumed run may repeat an interrupted round)."""
@@ -37,7 +39,7 @@ def summarize(events: list[dict]) -> dict:
     evaluations = _last_per_round(events, "evaluated")
     status = ("finished" if "run_finished" in kinds else "interrupted" if "run_interrupted" in kinds
               else "failed" if "run_failed" in kinds else "incomplete")  # incomplete: killed mid-run
-    end = next((e for e in reversed(events) if e["kind"] in ("run_finished", "run_interrupted", "run_failed")), {})
+    end = next((e for e in reversed(events) if e["kind"] in ENDINGS), {})
     walls = [e["wall_s"] for e in closed.values()]
     final = evaluations[max(evaluations)] if evaluations else None
     return {

@@ -97,10 +97,7 @@ def run_centralized(scenario_path: str, overrides: list[str], out: Path) -> Path
                             loss_mode=training.loss, generator=generator)
             training_s += time.perf_counter() - started
             events.emit("round_aggregated", round=index, digest=global_model.digest(), aggregate_s=0.0)
-            if scenario.time_budget_s is not None and training_s >= scenario.time_budget_s:
-                ending = f"time budget spent ({training_s:.1f} of {scenario.time_budget_s:g} host s in {index} rounds)"
-            elif index == scenario.rounds:
-                ending = "rounds done"
+            ending = scenario.ending(index, training_s, clock="host s")
             if index % scenario.eval_every == 0 or ending:
                 accuracy, seconds = global_model.evaluate(test)
                 events.emit("evaluated", round=index, accuracy=accuracy, eval_s=round(seconds, 3))

@@ -229,6 +229,13 @@ class Scenario:
     min_clients: int | None = setting(None, ge=1)
     fleet: tuple[FleetEntry, ...] = setting(nonempty=True)  # mandatory: who takes part
 
+    def ending(self, rounds_done: int, spent_s: float, clock: str = "s") -> str | None:
+        """Why the run ends after `rounds_done` rounds whose training took `spent_s` seconds of
+        `clock` (emulated for a federated run, host seconds for the centralized one); None: it goes on."""
+        if self.time_budget_s is not None and spent_s >= self.time_budget_s:
+            return f"time budget spent ({spent_s:.1f} of {self.time_budget_s:g} {clock} in {rounds_done} rounds)"
+        return "rounds done" if rounds_done >= self.rounds else None
+
     def problems(self) -> Problems:
         if not _RUN_NAME.fullmatch(self.name):
             yield "name", (f"{self.name!r} is not allowed (allowed: letters, digits, '_', '.', '-', "

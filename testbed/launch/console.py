@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from testbed.events import ENDINGS
 from testbed.monitor.sources import FileTail
 
 ROUTINE_STATES = ("joining", "loading", "ready", "idle", "downloading", "training", "uploading")  # no line
@@ -56,7 +57,7 @@ def _round_line(event: dict) -> str:
 def describe(event: dict) -> str | None:
     """One line for the events worth a line; None for the chatty ones (progress, routine states) and unknown kinds."""
     kind, client = event.get("kind"), event.get("client", "?")
-    if kind in ("run_started", "run_resumed", "run_finished", "run_interrupted", "run_failed"):
+    if kind in ("run_started", "run_resumed", *ENDINGS):
         return _run_line(event)
     if kind in ("round_started", "round_closed", "evaluated"):
         return _round_line(event)

@@ -75,9 +75,8 @@ def _aggregator_alive(events: list[dict]) -> bool:
 def _open(args: argparse.Namespace, view):
     """The event source `testbed monitor` reads, its clock (run seconds now), and when it is done.
     A finished run without --speed is replayed infinitely fast: its final state at once."""
-    from testbed.events import read_events
+    from testbed.events import ENDINGS, read_events
     from testbed.monitor.sources import FileTail, Replay, Subscription
-    from testbed.monitor.state import ENDINGS
 
     live = (lambda: view.run_seconds_at(time.time())), (lambda: view.ended)
     if args.source.startswith(ADDRESS_SCHEMES):

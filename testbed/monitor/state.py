@@ -12,9 +12,10 @@ import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from testbed.events import ENDINGS
+
 log = logging.getLogger("testbed.monitor")
 
-ENDINGS = {"run_finished": "finished", "run_interrupted": "interrupted", "run_failed": "failed"}
 # a client's steps through a round, in order: a late heartbeat never moves it backwards
 ROUND_STEPS = {"asked": 0, "downloading": 1, "training": 2, "uploading": 3, "updated": 4}
 # a round no longer waits for a client in these ("discarded": it arrived after the round had the updates it needed)
