@@ -273,6 +273,17 @@ def test_defaults_obey_their_own_rules(tmp_path):
     assert scenario.strategy.name == "depth_aware" and scenario.fleet[0].count == 1
 
 
+def test_a_run_ends_when_its_rounds_are_done_or_its_time_budget_is_spent(tmp_path):
+    by_rounds = load_scenario(write(tmp_path, MINIMAL), ["rounds=3"])
+    assert by_rounds.ending(2, 1e9) is None  # no budget: seconds do not count
+    assert by_rounds.ending(3, 0.0) == "rounds done"
+    by_time = load_scenario(write(tmp_path, MINIMAL), ["rounds=3", "time_budget_s=100"])
+    assert by_time.ending(1, 99.9) is None
+    assert by_time.ending(1, 100.0) == "time budget spent (100.0 of 100 s in 1 rounds)"
+    assert by_time.ending(0, 120.0, clock="host s") == "time budget spent (120.0 of 100 host s in 0 rounds)"
+    assert by_time.ending(3, 50.0) == "rounds done"
+
+
 def test_config_is_frozen_hashable_and_picklable(tmp_path):
     scenario = load_scenario(write(tmp_path, MINIMAL), ["exit_policy.preferred_exits.keyword=2"])
     with pytest.raises(dataclasses.FrozenInstanceError):

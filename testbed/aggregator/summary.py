@@ -37,8 +37,9 @@ def summarize(events: list[dict]) -> dict:
     closed = _last_per_round(events, "round_closed")
     aggregated = _last_per_round(events, "round_aggregated")
     evaluations = _last_per_round(events, "evaluated")
-    status = ("finished" if "run_finished" in kinds else "interrupted" if "run_interrupted" in kinds
-              else "failed" if "run_failed" in kinds else "incomplete")  # incomplete: killed mid-run
+    # a resumed run has one ending per launch: finished beats interrupted beats failed (ENDINGS' order);
+    # incomplete: killed mid-run, no ending recorded
+    status = next((ENDINGS[kind] for kind in ENDINGS if kind in kinds), "incomplete")
     end = next((e for e in reversed(events) if e["kind"] in ENDINGS), {})
     walls = [e["wall_s"] for e in closed.values()]
     final = evaluations[max(evaluations)] if evaluations else None

@@ -62,8 +62,7 @@ def _rounds_text(indices: list[int]) -> str:
 # ---------------------------------------------------------------- checks
 def completed(settings: spec.Completed, events: list[dict], facts: Facts) -> Verdict:
     aggregated = {e["round"] for e in events if e["kind"] == "round_aggregated"}
-    end = next((e["kind"] for e in reversed(events)
-                if e["kind"] in ENDINGS), None)
+    end = next((e["kind"] for e in reversed(events) if e["kind"] in ENDINGS), None)
     passed = end == "run_finished" and aggregated == set(range(1, facts.rounds + 1))
     return Verdict(passed, f"{len(aggregated)}/{facts.rounds} rounds aggregated; "
                            f"{(end or 'no end recorded').replace('_', ' ')}")
@@ -184,8 +183,7 @@ def dropped(settings: spec.Dropped, events: list[dict], facts: Facts) -> Verdict
 def _counted_drops(events: list[dict], since: int) -> tuple[int, int] | None:
     """(dropped_messages the run's end reports, message_dropped events of that launch) for the launch
     that ended after `since`; None when none did."""
-    end = next((e for e in events if e["seq"] > since
-                and e["kind"] in ENDINGS), None)
+    end = next((e for e in events if e["seq"] > since and e["kind"] in ENDINGS), None)
     if end is None:
         return None
     start = max(e["seq"] for e in events if e["kind"] == "run_started" and e["seq"] < end["seq"])
