@@ -11,6 +11,7 @@ import soundfile
 
 from testbed.data import commands, synth
 from testbed.data.audio import load_waveforms, read_clip
+from testbed.data.augment import augment
 from testbed.data.espeak import Synthesizer
 from testbed.data.layouts import (Utterance, load_corpus, load_fsdd, load_manifest,
                                    load_speech_commands)
@@ -64,6 +65,22 @@ def test_tiny_corpus_layout_and_metadata(tiny_corpus):
 def test_same_seed_same_bytes_regardless_of_workers(tiny_corpus, tmp_path):
     again = synth.synthesize_corpus(tmp_path / "again", seed=3, workers=2, progress=False, **TINY)
     assert _wav_files(again) == _wav_files(tiny_corpus)
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0])
+def test_augment_mixes_noise_at_the_drawn_snr_and_peaks_at_the_drawn_level(snr_db):
+    speech = np.sin(2 * np.pi * 440 * np.arange(4000) / 16000)  # 0.25 s tone
+    offset = int(np.random.default_rng(7).integers(0, 16000 - 4000 + 1))  # augment's first draw
+    clip = augment(speech, np.random.default_rng(7), clip_samples=16000, sample_rate=16000,
+                   snr_db=(snr_db, snr_db), level_dbfs=(-6.0, -6.0))
+    assert clip.dtype == np.float32 and clip.shape == (16000,)
+    clip = clip.astype(np.float64)
+    assert np.abs(clip).max() == pytest.approx(10 ** (-6 / 20), rel=1e-3)
+    placed = np.zeros(16000)
+    placed[offset:offset + 4000] = speech
+    scale = clip @ placed / (placed @ placed)  # the level's gain; the noise barely correlates with the tone
+    noise = clip / scale - placed
+    assert 20 * np.log10(np.sqrt(np.mean(speech ** 2) / np.mean(noise ** 2))) == pytest.approx(snr_db, abs=0.3)
 
 
 def test_speakers_are_distinct_and_seeded():

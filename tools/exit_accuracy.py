@@ -56,7 +56,9 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=600, help="same for both inits (~3 min here)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="backbone")
-    parser.add_argument("--head-learning-rate", type=float, default=1e-3, help="exit heads")
+    # Fresh heads need the larger rate to converge within the budget: at 1e-3, 600 steps left the
+    # fine-tuned exits 5-13 points below a frozen probe of the same backbone (59-65 % against 71-78 %).
+    parser.add_argument("--head-learning-rate", type=float, default=1e-2, help="exit heads")
     parser.add_argument("--probe-epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Clip augmentation for the synthetic corpus: time offset, coloured noise + babble, level."""
+"""Clip augmentation for the synthetic corpus: time offset, coloured noise, level."""
 
 import numpy as np
 
@@ -33,32 +33,23 @@ def coloured_noise(rng: np.random.Generator, length: int, sample_rate: int) -> n
     return noise / max(rms(noise), 1e-12)
 
 
-def babble(rng: np.random.Generator, length: int, talkers: list[np.ndarray]) -> np.ndarray:
-    """Unit-RMS babble: 3-6 other utterances at random, wrapped-around offsets, equal levels."""
-    out = np.zeros(length)
-    count = min(len(talkers), int(rng.integers(3, 7)))
-    for pick in rng.choice(len(talkers), count, replace=False):
-        speech = talkers[pick][:length]
-        positions = (int(rng.integers(0, length)) + np.arange(len(speech))) % length
-        out[positions] += speech / max(rms(speech), 1e-12)
-    return out / max(rms(out), 1e-12)
-
-
 def augment(speech: np.ndarray, rng: np.random.Generator, *, clip_samples: int, sample_rate: int,
-            snr_db: tuple[float, float], level_dbfs: tuple[float, float],
-            babble_talkers: list[np.ndarray]) -> np.ndarray:
-    """Place trimmed speech at a random offset in a clip, add a random mix of coloured noise and
-    babble at an SNR drawn from `snr_db` (speech RMS over its own samples), then scale the clip's
-    peak to a level drawn from `level_dbfs`. Returns float32 (clip_samples,) in [-1, 1]."""
+            snr_db: tuple[float, float], level_dbfs: tuple[float, float]) -> np.ndarray:
+    """Place trimmed speech at a random offset in a clip, add coloured noise at an SNR drawn from
+    `snr_db` (speech RMS over its own samples), then scale the clip's peak to a level drawn from
+    `level_dbfs`. Returns float32 (clip_samples,) in [-1, 1].
+
+    No babble: competing talkers at 0-15 dB SNR under a 1 s keyword (which earlier versions
+    mixed in) capped what a model can learn from the clips. Measured with the same 200-step
+    pretraining, the keyword probe on held-out speakers was 59-65 % per exit with babble of the
+    vocabulary, 56-62 % with babble of other words, 71-78 % with coloured noise alone.
+    """
     speech = speech[:clip_samples]
     offset = int(rng.integers(0, clip_samples - len(speech) + 1))
     clip = np.zeros(clip_samples)
     clip[offset:offset + len(speech)] = speech
-    weight = rng.uniform()  # share of coloured noise vs babble
-    noise = weight * coloured_noise(rng, clip_samples, sample_rate)
-    if babble_talkers:
-        noise += (1.0 - weight) * babble(rng, clip_samples, babble_talkers)
+    noise = coloured_noise(rng, clip_samples, sample_rate)  # unit RMS
     snr = rng.uniform(*snr_db)
-    clip += noise / max(rms(noise), 1e-12) * rms(speech) * 10 ** (-snr / 20)
+    clip += noise * rms(speech) * 10 ** (-snr / 20)
     peak = 10 ** (rng.uniform(*level_dbfs) / 20) * (32767 / 32768)  # full scale without clipping
     return (clip * peak / max(np.abs(clip).max(), 1e-12)).astype(np.float32)
