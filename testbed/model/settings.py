@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True, kw_only=True)
 class PretrainSettings:
     family: str = "wav2vec2"  # geometry/class of the tiny backbone
-    steps: int = 560  # optimizer steps (~7 minutes on 2 cores at batch 32)
+    steps: int = 560  # optimizer steps (7-10 minutes on 2 cores at batch 32: 420-585 s measured)
     batch_size: int = 32  # clips of 1 s
     learning_rate: float = 1e-3  # peak, after linear warm-up, cosine decay to 0 (2e-3 diverged here)
     warmup: float = 0.1  # fraction of steps
