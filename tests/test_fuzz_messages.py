@@ -220,11 +220,26 @@ def test_tensor_specs_of_any_content_raise_only_rejected(message, specs_and_fram
 @FUZZ
 @given(messages(tensors=st.just({})), st.sampled_from(sorted(DTYPES)), st.lists(st.integers(0, 2**40 - 1),
        min_size=1, max_size=MAX_DIMS), st.binary(max_size=64))
+@example(Message("BYE", "c01", 1, {"reason": "x"}), "float16", [0, 1988, 72579, 159430, 200476], b"")
 def test_huge_declared_shapes_allocate_nothing_like_them(message, dtype, shape, frame):
     envelope = envelope_of(message)
     envelope["tensors"] = [["w", dtype, shape]]
     frames = [pack(envelope), frame]
     assert peak_bytes_of_decode(frames) < SLACK
+
+
+@pytest.mark.parametrize("dtype, shape", [("float16", [0, 1988, 72579, 159430, 200476]),
+                                          ("int64", [0, 2**29, 2**30, 2])])
+def test_an_empty_tensor_whose_other_dims_numpy_cannot_index_is_rejected(dtype, shape):
+    envelope = envelope_of(Message("BYE", "c01", 1, {"reason": "x"}))
+    envelope["tensors"] = [["w", dtype, shape]]
+    rejected([pack(envelope), b""], "spans 2**62 bytes or more")
+
+
+def test_an_empty_tensor_of_ordinary_dims_is_accepted():
+    envelope = envelope_of(Message("BYE", "c01", 1, {"reason": "x"}))
+    envelope["tensors"] = [["w", "float32", [0, 256]]]
+    assert outcome([pack(envelope), b""]).tensors["w"].shape == (0, 256)
 
 
 @FUZZ

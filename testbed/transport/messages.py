@@ -154,6 +154,11 @@ def _tensor(spec, buffer) -> tuple[str, np.ndarray]:
                        f"(want [name, dtype in {sorted(DTYPES)}, shape of <= {MAX_DIMS} dims])")
     name, dtype, shape = spec
     dtype = np.dtype(DTYPES[dtype])
+    # NumPy refuses a shape whose non-zero dims span more bytes than it can index (2**63), even
+    # when another dim is 0 and the tensor is empty; no real tensor comes near 2**62 bytes.
+    if math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 62:
+        raise Rejected(f"tensor {_shown.repr(name)}: shape {_shown.repr(shape)} {dtype.name} spans 2**62 bytes or "
+                       f"more, counting zero dims as 1")
     expected = math.prod(shape) * dtype.itemsize
     if len(memoryview(buffer)) != expected:
         raise Rejected(f"tensor {_shown.repr(name)}: {len(memoryview(buffer))} bytes for shape {shape} {dtype.name} "
