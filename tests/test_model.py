@@ -146,6 +146,21 @@ def test_pretraining_runs_and_reports_its_figures():
     assert set(metrics) >= {"seconds", "first_loss", "final_loss", "final_masked_accuracy"}
 
 
+def test_pretraining_on_another_vocabulary_is_cached_beside_the_default(tmp_path, monkeypatch):
+    from testbed.cli import main
+    from testbed.model.pretrain import pretrain_record, pretrained_tiny
+    from testbed.data.synth import corpus_cache_path
+
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
+    settings = PretrainSettings(steps=1, batch_size=2, clusters=4, words=("yes", "no"))
+    assert settings.key() != PretrainSettings(steps=1, batch_size=2, clusters=4).key()
+    _, path = pretrained_tiny(settings, progress=False)
+    assert path.name.endswith(corpus_cache_path(0, words=("yes", "no")).name)
+    assert pretrain_record(path)["settings"]["words"] == ["yes", "no"]
+    assert pretrain_record(path)["clips"] == 76 * 2 * 3  # training speakers x words x takes
+    assert main(["pretrain", "--words", "yes,No!", "--steps", "1"]) == 2  # one line naming the bad words
+
+
 def test_debug_backbone_is_deterministic_and_random_tiny_needs_no_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
     a, b = build_backbone("debug", seed=4), build_backbone("debug", seed=4)

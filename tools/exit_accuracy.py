@@ -7,6 +7,7 @@ initialisation, prints the accuracy of every exit
 
     python tools/exit_accuracy.py                      # both tasks, ~3 min of fine-tuning per cell
     python tools/exit_accuracy.py --tasks keyword --finetune-steps 100
+    python tools/exit_accuracy.py --words yes,no,up,down,left,right,on,off,stop,go,bed,bird   # another corpus
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from testbed.data.synth import builtin_corpus
 from testbed.data.tasks import prepare_task
 from testbed.model.backbone import build_backbone
 from testbed.model.early_exit import EarlyExitModel
+from testbed.model.pretrain import pretrained_tiny
+from testbed.model.settings import PretrainSettings
 from testbed.model.train import evaluate, linear_probe, make_optimizer, pooled_features, train_steps
 
 
@@ -61,15 +64,20 @@ def main() -> None:
     parser.add_argument("--head-learning-rate", type=float, default=1e-2, help="exit heads")
     parser.add_argument("--probe-epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--words", type=lambda text: tuple(text.split(",")), default=None,
+                        help="the built-in corpus's vocabulary, comma-separated; the backbone is pretrained on "
+                             "that corpus (default: the corpus's own words)")
     args = parser.parse_args()
 
-    utterances = load_speech_commands(builtin_corpus(seed=0))
+    pretraining = PretrainSettings(family=args.family, words=args.words)
+    utterances = load_speech_commands(builtin_corpus(seed=pretraining.corpus_seed, **pretraining.corpus_params()))
     print(f"{'task':8s} {'init':10s} {'mode':9s} accuracy per exit (held-out)")
     for task in args.tasks.split(","):
         data = prepare_task(utterances, task, test_speaker_fraction=0.2, seed=args.seed, clip_seconds=1.0)
         for init in args.inits.split(","):
             def fresh_model() -> EarlyExitModel:
-                backbone = build_backbone("tiny", args.family, pretrained=init == "pretrained", seed=args.seed)
+                backbone = (pretrained_tiny(pretraining)[0] if init == "pretrained"
+                            else build_backbone("tiny", args.family, pretrained=False, seed=args.seed))
                 torch.manual_seed(args.seed)  # identical head initialisation for both inits
                 return EarlyExitModel(backbone, {task: len(data.classes)})
 

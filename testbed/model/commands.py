@@ -18,6 +18,8 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="model/mask seed (default: %(default)s)")
     parser.add_argument("--corpus-seed", type=int, default=defaults.corpus_seed,
                         help="which built-in corpus to pretrain on (default: %(default)s)")
+    parser.add_argument("--words", type=lambda text: tuple(text.split(",")), default=None,
+                        help="the built-in corpus's vocabulary, comma-separated (default: its own)")
     parser.add_argument("--force", action="store_true", help="pretrain again even when cached")
 
 
@@ -29,7 +31,7 @@ def pretrain(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.batch_size < 1:
         raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
     settings = PretrainSettings(family=args.family, steps=args.steps, batch_size=args.batch_size,
-                                seed=args.seed, corpus_seed=args.corpus_seed)
+                                seed=args.seed, corpus_seed=args.corpus_seed, words=args.words)
     backbone, path = pretrained_tiny(settings, progress=True, force=args.force)
     record = pretrain_record(path)
     parameters = sum(p.numel() for p in backbone.parameters())

@@ -114,13 +114,14 @@ class _progress_bar:
             self.progress.stop()
 
 
-def corpus_waveforms(corpus_seed: int) -> torch.Tensor:
+def corpus_waveforms(corpus_seed: int, **corpus_params) -> torch.Tensor:
     """Unlabeled 1 s clips of the built-in corpus's training speakers (test speakers stay unseen)."""
     from testbed.data.audio import load_waveforms
     from testbed.data.layouts import load_speech_commands
     from testbed.data.synth import builtin_corpus
 
-    utterances = [u for u in load_speech_commands(builtin_corpus(seed=corpus_seed)) if u.split == "train"]
+    utterances = [u for u in load_speech_commands(builtin_corpus(seed=corpus_seed, **corpus_params))
+                  if u.split == "train"]
     return torch.from_numpy(np.array(load_waveforms(utterances, clip_seconds=1.0)))  # in memory: read every step
 
 
@@ -131,12 +132,13 @@ def pretrained_tiny(settings: PretrainSettings = PretrainSettings(), progress: b
     """
     from testbed.data.synth import corpus_cache_path
 
-    corpus = corpus_cache_path(settings.corpus_seed).name
+    corpus = corpus_cache_path(settings.corpus_seed, **settings.corpus_params()).name
     target = cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"
     if force and target.exists():
         shutil.rmtree(target)
     if not target.exists():
-        backbone, metrics = pretrain(corpus_waveforms(settings.corpus_seed), settings, progress)
+        backbone, metrics = pretrain(corpus_waveforms(settings.corpus_seed, **settings.corpus_params()), settings,
+                                     progress)
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         backbone.save_pretrained(partial)
