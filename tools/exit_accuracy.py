@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from testbed.data.commands import word_list
 from testbed.data.layouts import load_speech_commands
 from testbed.data.synth import builtin_corpus
 from testbed.data.tasks import prepare_task
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--head-learning-rate", type=float, default=1e-2, help="exit heads")
     parser.add_argument("--probe-epochs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--words", type=lambda text: tuple(text.split(",")), default=None,
+    parser.add_argument("--words", type=word_list, default=None,
                         help="the built-in corpus's vocabulary, comma-separated; the backbone is pretrained on "
                              "that corpus (default: the corpus's own words)")
     args = parser.parse_args()

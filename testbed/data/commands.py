@@ -20,7 +20,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--speakers", type=int, default=CORPUS_DEFAULTS["n_speakers"])
     synth.add_argument("--takes", type=int, default=CORPUS_DEFAULTS["takes"],
                        help="utterances per speaker and word")
-    synth.add_argument("--words", type=_word_list, default=CORPUS_DEFAULTS["words"],
+    synth.add_argument("--words", type=word_list, default=CORPUS_DEFAULTS["words"],
                        help="comma-separated, default: %(default)s")
     synth.add_argument("--workers", type=int, default=2, help="mixing/writing processes")
     info = actions.add_parser("info", help="counts per split, word and speaker of a corpus")
@@ -32,7 +32,8 @@ def data(args: argparse.Namespace) -> int:
     return {"synth": _synth, "info": _info}[args.data_action](args)
 
 
-def _word_list(text: str) -> tuple[str, ...]:
+def word_list(text: str) -> tuple[str, ...]:
+    """`--words a,b,c` -> ("a", "b", "c"), blanks dropped."""
     return tuple(word.strip() for word in text.split(",") if word.strip())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from testbed.data.commands import word_list
 from testbed.model.backbone import FAMILIES
 
 
@@ -18,7 +19,7 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="model/mask seed (default: %(default)s)")
     parser.add_argument("--corpus-seed", type=int, default=defaults.corpus_seed,
                         help="which built-in corpus to pretrain on (default: %(default)s)")
-    parser.add_argument("--words", type=lambda text: tuple(text.split(",")), default=None,
+    parser.add_argument("--words", type=word_list, default=None,
                         help="the built-in corpus's vocabulary, comma-separated (default: its own)")
     parser.add_argument("--force", action="store_true", help="pretrain again even when cached")
 

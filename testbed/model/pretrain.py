@@ -132,13 +132,13 @@ def pretrained_tiny(settings: PretrainSettings = PretrainSettings(), progress: b
     """
     from testbed.data.synth import corpus_cache_path
 
-    corpus = corpus_cache_path(settings.corpus_seed, **settings.corpus_params()).name
+    corpus_params = settings.corpus_params()
+    corpus = corpus_cache_path(settings.corpus_seed, **corpus_params).name
     target = cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"
     if force and target.exists():
         shutil.rmtree(target)
     if not target.exists():
-        backbone, metrics = pretrain(corpus_waveforms(settings.corpus_seed, **settings.corpus_params()), settings,
-                                     progress)
+        backbone, metrics = pretrain(corpus_waveforms(settings.corpus_seed, **corpus_params), settings, progress)
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         backbone.save_pretrained(partial)
