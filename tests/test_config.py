@@ -51,13 +51,13 @@ BAD_SCENARIOS = [
     ("name: t\nroundz: 3\n" + FLEET, "roundz", ["unknown key 'roundz'", "rounds", "deadline_s", "fleet"]),
     ("name: t\nbackbone: {exit: [2]}\n" + FLEET, "backbone.exit", ["unknown key 'exit'", "exits", "family"]),
     ("name: t\nfleet: [{profile: laptop, cnt: 2}]\n", "fleet[0].cnt", ["unknown key 'cnt'", "count", "task"]),
-    ("name: t\nrounds: ten\n" + FLEET, "rounds", ["expected an integer (x >= 1)", "'ten' (string)"]),
-    ("name: t\nrounds: true\n" + FLEET, "rounds", ["expected an integer (x >= 1)", "true (boolean)"]),
+    ("name: t\nrounds: ten\n" + FLEET, "rounds", ["expected an integer (1 <= x <= 1000000)", "'ten' (string)"]),
+    ("name: t\nrounds: true\n" + FLEET, "rounds", ["expected an integer (1 <= x <= 1000000)", "true (boolean)"]),
     ("name: t\nrounds: 2.5\n" + FLEET, "rounds", ["expected an integer", "2.5 (number)"]),
-    ("name: t\nrounds: 0\n" + FLEET, "rounds", ["0 is out of range", "allowed: x >= 1"]),
-    ("name: t\ndeadline_s: -1\n" + FLEET, "deadline_s", ["-1 is out of range", "x > 0"]),
-    ("name: t\ndeadline_s: true\n" + FLEET, "deadline_s", ["expected a number (x > 0)", "true (boolean)"]),
-    ("name: t\ndeadline_s: yes\n" + FLEET, "deadline_s", ["expected a number (x > 0)", "'yes' (string)"]),
+    ("name: t\nrounds: 0\n" + FLEET, "rounds", ["0 is out of range", "allowed: 1 <= x <= 1000000"]),
+    ("name: t\ndeadline_s: -1\n" + FLEET, "deadline_s", ["-1 is out of range", "1 <= x <= 86400"]),
+    ("name: t\ndeadline_s: true\n" + FLEET, "deadline_s", ["expected a number (1 <= x <= 86400)", "true (boolean)"]),
+    ("name: t\ndeadline_s: yes\n" + FLEET, "deadline_s", ["expected a number (1 <= x <= 86400)", "'yes' (string)"]),
     ("name: t\ndeadline_s: .nan\n" + FLEET, "deadline_s", ["finite number"]),
     ("name: t\nstrategy: {name: fedprox}\n" + FLEET, "strategy.name",
      ["unknown strategy 'fedprox'", "fedavg_full", "fedavg_drop", "layerwise", "depth_aware", "depthfl"]),
@@ -75,32 +75,32 @@ BAD_SCENARIOS = [
     ("name: t\nfleet: []\n", "fleet", ["must not be empty", "a list"]),
     ("name: t\n", "fleet", ["is required", "a list (items: a mapping (keys: profile, count, task, link, fedscale))"]),
     ("name: t\nfleet: laptop\n", "fleet", ["expected a list", "'laptop' (string)"]),
-    ("name: t\nfleet: [{profile: laptop, count: 0}]\n", "fleet[0].count", ["x >= 1"]),
+    ("name: t\nfleet: [{profile: laptop, count: 0}]\n", "fleet[0].count", ["1 <= x <= 1024"]),
     ("name: t\nfleet: [{count: 2}]\n", "fleet[0].profile", ["is required", "a string"]),
     ("name: t\nbackbone: {exits: [4, 2]}\n" + FLEET, "backbone.exits", ["strictly increasing", "[4, 2]"]),
-    ("name: t\nbackbone: {exits: [0, 2]}\n" + FLEET, "backbone.exits[0]", ["0 is out of range", "x >= 1"]),
+    ("name: t\nbackbone: {exits: [0, 2]}\n" + FLEET, "backbone.exits[0]", ["0 is out of range", "1 <= x <= 128"]),
     ("name: t\nbackbone: {exits: []}\n" + FLEET, "backbone.exits", ["must not be empty"]),
     ("name: t\nbackbone: {family: whisper}\n" + FLEET, "backbone.family", ["wav2vec2, hubert, wavlm"]),
     ("name: t\nbackbone: {pretrained: 1}\n" + FLEET, "backbone.pretrained", ["expected true or false"]),
     ("name: t\nexit_policy: {preferred_exits: {emotion: 2}}\n" + FLEET, "exit_policy.preferred_exits.emotion",
      ["unknown key 'emotion'", "keyword, speaker"]),
     ("name: t\nexit_policy: {preferred_exits: {keyword: fast}}\n" + FLEET, "exit_policy.preferred_exits.keyword",
-     ["unknown value 'fast'", "allowed: an integer (x >= 1) or one of auto"]),
+     ["unknown value 'fast'", "allowed: an integer (1 <= x <= 128) or one of auto"]),
     ("name: t\nexit_policy: {preferred_exits: {keyword: 0}}\n" + FLEET, "exit_policy.preferred_exits.keyword",
-     ["x >= 1"]),
-    ("name: t\nexit_policy: {ema: 1.5}\n" + FLEET, "exit_policy.ema", ["0 < x <= 1"]),
+     ["1 <= x <= 128"]),
+    ("name: t\nexit_policy: {ema: 1.5}\n" + FLEET, "exit_policy.ema", ["0.01 <= x <= 1"]),
     ("name: t\ndata: {source: fsdd}\n" + FLEET, "data.path", ["required when source is 'fsdd'"]),
     ("name: t\ndata: {source: librispeech}\n" + FLEET, "data.source",
      ["unknown data source", "builtin, speech_commands, manifest, fsdd"]),
     ("name: t\ndata: {partition: random}\n" + FLEET, "data.partition", ["speaker, dirichlet, iid"]),
-    ("name: t\ndata: {clip_seconds: 20}\n" + FLEET, "data.clip_seconds", ["0 < x <= 10"]),
-    ("name: t\ndata: {test_speaker_fraction: 1}\n" + FLEET, "data.test_speaker_fraction", ["0 < x < 1"]),
+    ("name: t\ndata: {clip_seconds: 20}\n" + FLEET, "data.clip_seconds", ["0.1 <= x <= 10"]),
+    ("name: t\ndata: {test_speaker_fraction: 1}\n" + FLEET, "data.test_speaker_fraction", ["0.01 <= x <= 0.9"]),
     ("name: t\ndata: {words: []}\n" + FLEET, "data.words", ["must not be empty"]),
     ("name: t\ntraining: 5\n" + FLEET, "training", ["expected a mapping (keys: local_steps, batch_size"]),
-    ("name: t\ntraining: {learning_rate: 0}\n" + FLEET, "training.learning_rate", ["x > 0"]),
+    ("name: t\ntraining: {learning_rate: 0}\n" + FLEET, "training.learning_rate", ["0 < x <= 10"]),
     ("name: t\ntraining: {loss: mse}\n" + FLEET, "training.loss", ["all_exits, deepest, self_distill"]),
     ("name: a/b\n" + FLEET, "name", ["letters, digits"]),
-    ("name: t\nseed: -1\n" + FLEET, "seed", ["x >= 0"]),
+    ("name: t\nseed: -1\n" + FLEET, "seed", ["0 <= x <= 4294967295"]),
 ]
 
 
@@ -131,17 +131,17 @@ def test_missing_file(tmp_path):
 
 PROFILE = "name: dev\nspeed: 0.5\ncores: 2\nthreads: 2\n"
 BAD_PROFILES = [
-    (PROFILE.replace("0.5", "0"), "speed", ["0 is out of range", "0 < x <= 16"]),
-    (PROFILE.replace("0.5", "20"), "speed", ["0 < x <= 16"]),
-    (PROFILE + "memory_mb: 32\n", "memory_mb", ["x >= 64"]),
+    (PROFILE.replace("0.5", "0"), "speed", ["0 is out of range", "0.01 <= x <= 16"]),
+    (PROFILE.replace("0.5", "20"), "speed", ["0.01 <= x <= 16"]),
+    (PROFILE + "memory_mb: 32\n", "memory_mb", ["64 <= x <= 1048576"]),
     (PROFILE + "memory_mb: 1.5e3\n", "memory_mb", ["expected an integer", "1500.0 (number)"]),
     (PROFILE.replace("threads: 2", "threads: 4"), "threads", ["threads <= cores"]),
-    (PROFILE + "max_exit: 0\n", "max_exit", ["x >= 1"]),
+    (PROFILE + "max_exit: 0\n", "max_exit", ["1 <= x <= 128"]),
     (PROFILE + "link: 6g\n", "link", ["unknown link '6g'", "4g, 5g, adsl, satellite, wifi"]),
-    (PROFILE + "availability: {online_probability: 1.5}\n", "availability.online_probability", ["0 <= x <= 1"]),
+    (PROFILE + "availability: {online_probability: 1.5}\n", "availability.online_probability", ["0.01 <= x <= 1"]),
     (PROFILE + "availability: {online_s: 10}\n", "availability.offline_s", ["go together"]),
     (PROFILE + "failure: {crash_rate: -0.1}\n", "failure.crash_rate", ["0 <= x <= 1"]),
-    (PROFILE + "failure: {freeze_s: 0}\n", "failure.freeze_s", ["x > 0"]),
+    (PROFILE + "failure: {freeze_s: 0}\n", "failure.freeze_s", ["0 < x <= 86400"]),
     (PROFILE.replace("name: dev", "name: other"), "name", ["'other' must equal the file name ('dev')"]),
     (PROFILE + "gpu: true\n", "gpu", ["unknown key 'gpu'", "cores, threads, speed"]),
 ]
@@ -156,10 +156,10 @@ def test_bad_profile(tmp_path, monkeypatch, text, path, fragments):
 
 LINK = "name: net\ndownlink_mbps: 10\nuplink_mbps: 2\nlatency_ms: 30\n"
 BAD_LINKS = [
-    (LINK + "loss: 1.0\n", "loss", ["0 <= x < 1"]),
-    (LINK.replace("downlink_mbps: 10\n", ""), "downlink_mbps", ["is required", "a number (x > 0)"]),
-    (LINK.replace("2", "fast"), "uplink_mbps", ["expected a number (x > 0)", "'fast' (string)"]),
-    (LINK + "jitter_ms: -1\n", "jitter_ms", ["x >= 0"]),
+    (LINK + "loss: 1.0\n", "loss", ["0 <= x <= 0.5"]),
+    (LINK.replace("downlink_mbps: 10\n", ""), "downlink_mbps", ["is required", "a number (0.001 <= x <= 100000)"]),
+    (LINK.replace("2", "fast"), "uplink_mbps", ["expected a number (0.001 <= x <= 100000)", "'fast' (string)"]),
+    (LINK + "jitter_ms: -1\n", "jitter_ms", ["0 <= x <= 60000"]),
 ]
 
 
@@ -174,7 +174,7 @@ def test_scenario_reports_the_bad_profile_file_it_uses(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, PROFILE.replace("0.5", "-1"), "devices/dev.yaml")
     scenario = write(tmp_path, "name: t\nfleet: [{profile: devices/dev.yaml}]\n")
-    assert_names(error_of(load_scenario, scenario), "devices/dev.yaml", "speed", ["0 < x <= 16"])
+    assert_names(error_of(load_scenario, scenario), "devices/dev.yaml", "speed", ["0.01 <= x <= 16"])
 
 
 # --- shipped files -------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ BAD_OVERRIDES = [
     ("rounds.x=1", "rounds.x", ["single value"]),
     ("fleet..count=1", "fleet..count", ["malformed key"]),
     ("backbone.exits=[2", "backbone.exits", ["invalid YAML"]),
-    ("rounds=0", "rounds", ["0 is out of range", "x >= 1"]),
+    ("rounds=0", "rounds", ["0 is out of range", "1 <= x <= 1000000"]),
     ("strategy.name=fedprox", "strategy.name", ["unknown strategy 'fedprox'", "depth_aware"]),
     ("fleet.0.profile=rpi9", "fleet[0].profile", ["unknown profile 'rpi9'", "laptop"]),
     ("backbone={exits: [3, 1]}", "backbone.exits", ["strictly increasing"]),
@@ -350,7 +350,7 @@ def test_bad_override_names_set(tmp_path, override, path, fragments):
 
 def test_error_outside_overrides_still_names_the_file(tmp_path):
     file = write(tmp_path, "name: t\nrounds: 0\n" + FLEET)
-    assert_names(error_of(load_scenario, file, ["seed=3"]), str(file), "rounds", ["x >= 1"])
+    assert_names(error_of(load_scenario, file, ["seed=3"]), str(file), "rounds", ["1 <= x <= 1000000"])
 
 
 # --- command line --------------------------------------------------------------------------------

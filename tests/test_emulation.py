@@ -241,3 +241,22 @@ def test_an_injected_state_is_taken_up_once_and_a_bad_file_keeps_the_previous_on
         write_injection(tmp_path, "c01", **bad)
         assert not state.changed(), bad
         assert (state.slowdown, state.scale) == (10.0, 1000.0)
+
+
+def test_an_injected_lie_scales_the_uploaded_step_and_claims_samples_without_touching_the_model(tmp_path):
+    base = LinkSpec(name="wifi", downlink_mbps=100.0, uplink_mbps=50.0, latency_ms=4.0)
+    state = InjectedState(control_path(tmp_path, "c01"), base)
+    fetched = {"w": np.array([1.0, 2.0], np.float32), "n": np.array([3], np.int64)}
+    trained = {"w": np.array([3.0, 0.0], np.float32), "n": np.array([4], np.int64)}
+    assert state.tampered(trained, fetched) is trained and not state.lies_about_steps  # honest: as trained
+    write_injection(tmp_path, "c01", step_scale=0.25, samples=2**62, impersonate="c02")
+    assert state.changed() and state.lies_about_steps
+    assert (state.samples, state.impersonate) == (2**62, "c02")
+    sent = state.tampered(trained, fetched)
+    assert sent["w"].tolist() == [1.5, 1.5] and sent["w"].dtype == np.float32  # fetched + 0.25 x step
+    assert sent["n"].tolist() == [4] and trained["w"].tolist() == [3.0, 0.0]  # integers as trained; model intact
+    for bad in ({"step_scale": -1}, {"samples": 0}, {"samples": 1.5}, {"impersonate": 7}):
+        time.sleep(0.01)  # a new modification time
+        write_injection(tmp_path, "c01", **bad)
+        assert not state.changed(), bad
+        assert (state.step_scale, state.samples) == (0.25, 2**62)

@@ -210,6 +210,19 @@ def test_resolved_scenario_and_client_specs_round_trip(tmp_path, monkeypatch):
         assert from_data(ClientSpec, to_data(client), source="WELCOME") == client
 
 
+def test_figures_beyond_the_schema_bounds_are_held_within_them_and_the_client_spec_validates(tmp_path):
+    """A device 1000x slower than the reference on a 0.5 kbit/s link: speed and bandwidth at their lower bounds,
+    so the ClientSpec a client receives in its WELCOME passes the schema it is checked against."""
+    file = tmp_path / "capacity.json"
+    file.write_text('{"7": {"computation": 50000, "communication": 0.5}}')
+    entry = trace_entry(file, None, count=1, options=", reference_ms_per_sample: 50")
+    [client] = resolve_fleet(load_scenario(scenario_file(tmp_path, entry)))
+    assert (client.profile.speed, client.link.uplink_mbps, client.link.downlink_mbps) == (0.01, 0.001, 0.001)
+    assert "speed 0.001, raised to 0.01 (the profile bound)" in client.profile.description
+    assert "0.5 kbit/s" in client.link.source
+    assert from_data(ClientSpec, to_data(client), source="WELCOME") == client
+
+
 # --- errors: one line naming the file and the field ----------------------------------------------
 
 BAD_CAPACITY = [
@@ -250,6 +263,8 @@ BAD_BEHAVIOUR = [
     (behaviour("[8000]", "[9000]"), "client 9.active", ["no online period", "finish_time (7200 s)"]),
     (behaviour("[0]", "[5]", "null"), "client 9.finish_time", ["seconds, > 0", "None"]),
     ('{"9": {"active": [0], "inactive": [5]}}', "client 9.finish_time", ["missing"]),
+    (behaviour("[0]", "[5]", "1e9"), "client 9.finish_time",
+     ["1e+09 is out of range (allowed: 1 <= x <= 31536000) seconds"]),
 ]
 
 
@@ -271,7 +286,8 @@ BAD_ENTRIES = [
     (trace_entry(count=6, behaviour=None), "fleet[0].count",
      ["6 clients asked for", f"capacity trace {CAPACITY} has 5", "allowed: count <= 5"]),
     (trace_entry(count=4), "fleet[0].count", [f"behaviour trace {BEHAVIOUR} has 3", "allowed: count <= 3"]),
-    (trace_entry(options=", reference_ms_per_sample: 0"), "fleet[0].fedscale.reference_ms_per_sample", ["x > 0"]),
+    (trace_entry(options=", reference_ms_per_sample: 0"), "fleet[0].fedscale.reference_ms_per_sample",
+     ["0.001 <= x <= 1000000"]),
     (trace_entry(options=", capcity: x"), "fleet[0].fedscale.capcity",
      ["unknown key 'capcity'", "capacity, behaviour, reference_ms_per_sample"]),
     ("{profile: laptop, fedscale: {behaviour: x}}", "fleet[0].fedscale.capacity", ["is required", "a string"]),
@@ -303,7 +319,7 @@ BAD_AVAILABILITY = [
     ("{intervals: [[5, 3]]}", "intervals[0]", ["end_s 3 is not after start_s 5"]),
     ("{intervals: [[0, 10], [5, 20]]}", "intervals[1]", ["starts at 5 s, before the previous period ends (10 s)"]),
     ("{intervals: [[0, 1, 2]]}", "intervals[0]", ["expected [start_s, end_s], got 3 numbers"]),
-    ("{intervals: [[-1, 2]]}", "intervals[0][0]", ["x >= 0"]),
+    ("{intervals: [[-1, 2]]}", "intervals[0][0]", ["0 <= x <= 31536000"]),
     ("{intervals: []}", "intervals", ["must not be empty"]),
     ("{intervals: [[0, 10]], period_s: 5}", "period_s", ["5 is shorter than the intervals (last end_s 10)"]),
     ("{period_s: 5}", "period_s", ["only goes with intervals"]),

@@ -57,7 +57,8 @@ def test_a_time_budget_ends_the_run_after_the_round_that_spends_it(write_scenari
 
 def test_a_client_killed_mid_round_makes_the_round_close_at_its_deadline(write_scenario, tmp_path):
     out = tmp_path / "run"
-    scenario = write_scenario(rounds=3, deadline_s=6, training="{local_steps: 400, batch_size: 8}")
+    # long enough to kill c01 mid-training, short enough for c00 to deliver (a run that trains nothing fails)
+    scenario = write_scenario(rounds=3, deadline_s=6, training="{local_steps: 40, batch_size: 8}")
     process = start("run", str(scenario), "--out", str(out))
     victim = wait_for_event(out, lambda e: e["kind"] == "client_progress" and e["client"] == "c01"
                             and e["round"] == 1)

@@ -218,6 +218,42 @@ def test_rejected_needs_every_corrupted_update_refused_and_counted():
     assert not checks.rejected(spec.Rejected(client="c01"), innocent.events, counted).passed
 
 
+def test_rejected_by_a_named_check_after_a_lie():
+    log = finished_run(walls=(2.0,))
+    lie = action("lie", log.events[-1]["seq"], 2, ["c01"], injected={"c01": {"samples": 2**62}})
+    log.add("update_received", client="c00", round=2, depth=2)
+    log.add("update_rejected", client="c01", round=2, depth=2, check="samples",
+            reason="samples: claimed 4611686018427387904 clips, at most 80 possible (10 steps x 8)")
+    counted = facts(actions=(lie,), summary={"rejected_updates": {"total": 1}})
+    assert checks.rejected(spec.Rejected(client="c01", check="samples"), log.events, counted).passed
+    verdict = checks.rejected(spec.Rejected(client="c01", check="norm"), log.events, counted)
+    assert not verdict.passed and "by the 'norm' check: no" in verdict.figure
+
+
+def _impersonated_run(victim_status: str = "updated", refused: bool = True, forged: bool = False) -> tuple[Log, dict]:
+    log = finished_run(walls=(2.0,))
+    pose = action("impersonate", log.events[-1]["seq"], 2, ["c00"], injected={"c00": {"impersonate": "c01"}})
+    for index in (2, 3):
+        if refused:
+            log.add("join_refused", client="c00", claimed="c01", reason="c00's connection claims c01")
+            log.add("message_dropped", client="c00", claimed="c01", reason="UPDATE claims c01", count=1)
+        if forged:
+            log.add("update_received", client="c00", round=index, depth=2)
+        log.round(index, {"c00": ("straggler", 2), "c01": (victim_status, 2)})
+    return log, pose
+
+
+def test_impersonation_needs_every_claim_refused_and_the_victim_never_locked_out():
+    log, pose = _impersonated_run()
+    verdict = checks.impersonation(spec.Impersonation(), log.events, facts(actions=(pose,)))
+    assert verdict.passed, verdict.figure
+    assert "4 message(s) claiming c01 refused" in verdict.figure and "c01 updated in 2 of 2" in verdict.figure
+    for bad in (dict(victim_status="fetched"), dict(refused=False), dict(forged=True)):
+        log, pose = _impersonated_run(**bad)
+        assert not checks.impersonation(spec.Impersonation(), log.events, facts(actions=(pose,))).passed, bad
+    assert not checks.impersonation(spec.Impersonation(), log.events, facts()).passed  # no such step
+
+
 def test_churn_and_updates():
     log = Log()
     log.round(1, {"c00": ("updated", 2), "c01": ("skipped", 0), "c02": ("updated", 2)})
@@ -383,6 +419,8 @@ def test_each_flood_attack_is_rejected_by_the_router_for_its_reason(tmp_path):
         message = by_socket[item.identity].pop(0)
         if item.attack == "unknown_client":  # well-formed: the aggregator refuses it as not in its fleet
             assert message.message.type == "JOIN" and message.message.client == item.identity
+        elif item.attack == "impostor":  # well-formed: the aggregator refuses it, as its connection never joined
+            assert message.message.type == "HEARTBEAT" and message.message.client == "c00"
         else:
             assert message.message is None and item.expect in message.reason, (item.attack, message.reason)
 

@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from testbed.transport.endpoint import Dealer, Router
-from testbed.transport.keys import generate_keys
+from testbed.transport.keys import authorized_keys, generate_keys
 from testbed.transport.messages import Message, Rejected, check_tensors, decode, encode
 
 LIMIT = 1 << 20
@@ -100,19 +100,23 @@ def test_router_and_dealer_over_ipc(context, tmp_path):
     router = Router(context, f"ipc://{tmp_path}/r", max_bytes=LIMIT)
     dealer = Dealer(context, router.address, "c01", max_bytes=LIMIT)
     received = exchange(router, dealer, update())
-    assert received.identity == b"c01" and received.message.type == "UPDATE" and received.reason is None
-    assert router.send(b"c01", Message("BYE", "c01", 0, {"reason": "done"})) > 0
+    assert received.message.type == "UPDATE" and received.reason is None and received.user_id is None
+    assert router.send(received.identity, Message("BYE", "c01", 0, {"reason": "done"})) > 0
     reply, nbytes = dealer.recv(5.0)
     assert reply.body == {"reason": "done"} and nbytes > 0
     assert router.send(b"nobody", Message("BYE", "nobody", 0, {"reason": "x"})) == 0  # unknown peer
+    router.close()
 
 
-def test_router_reports_rejections_and_impostors(context):
+def test_routing_ids_are_the_routers_so_no_client_can_take_anothers(context):
+    """Two sockets of the same client id get connections of their own: neither can lock the other out."""
     router = Router(context, "tcp://127.0.0.1:*", max_bytes=LIMIT)
-    dealer = Dealer(context, router.address, "c01", max_bytes=LIMIT)
-    assert "NaN or Inf" in exchange(router, dealer, update(w=np.array([np.nan], np.float32))).reason
-    impostor = Message("UPDATE", "c02", 1, update().body, update().tensors)
-    assert "differs from its socket identity" in exchange(router, dealer, impostor).reason
+    first = Dealer(context, router.address, "c01", max_bytes=LIMIT)
+    second = Dealer(context, router.address, "c01", max_bytes=LIMIT)
+    one, two = exchange(router, first, update()), exchange(router, second, update())
+    assert one.identity != two.identity and b"c01" not in (one.identity, two.identity)
+    assert "NaN or Inf" in exchange(router, first, update(w=np.array([np.nan], np.float32))).reason
+    router.close()
 
 
 def test_curve_admits_known_keys_and_refuses_unknown_ones(context, tmp_path):
@@ -121,13 +125,58 @@ def test_curve_admits_known_keys_and_refuses_unknown_ones(context, tmp_path):
     router = Router(context, "tcp://127.0.0.1:*", max_bytes=LIMIT, curve_dir=tmp_path / "fleet")
     try:
         good = Dealer(context, router.address, "c01", max_bytes=LIMIT, curve_dir=tmp_path / "fleet")
-        assert exchange(router, good, update()).message.client == "c01"
+        received = exchange(router, good, update())
+        assert received.message.client == "c01"
+        # every message names the key its connection authenticated with: what binds a client id to its key
+        assert received.user_id == authorized_keys(tmp_path / "fleet")["c01"]
         rogue_dir = tmp_path / "rogue"
         (rogue_dir / "server.key").write_bytes((tmp_path / "fleet" / "server.key").read_bytes())
         rogue = Dealer(context, router.address, "c01", max_bytes=LIMIT, curve_dir=rogue_dir)
         assert exchange(router, rogue, update(), timeout_s=2.0) is None
+        events = wait_for_connection_events(router, "handshake_failed")  # the refusal is seen, not silent
+        assert "CURVE key refused" in events[0].reason
+        deadline = time.monotonic() + 10.0
+        while not rogue.key_refused and time.monotonic() < deadline:  # the client's own monitor tells it why
+            rogue.watch()
+            time.sleep(0.05)
+        assert rogue.key_refused and "CURVE key refused" in rogue.failure
     finally:
         router.close()
+
+
+def wait_for_connection_events(router: Router, kind: str, timeout_s: float = 10.0) -> list:
+    deadline, seen = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline and not any(e.kind == kind for e in seen):
+        router.poll(0.1)
+        seen += router.connection_events()
+    return [e for e in seen if e.kind == kind]
+
+
+def test_a_connection_cut_for_an_oversized_frame_is_reported(context):
+    router = Router(context, "tcp://127.0.0.1:*", max_bytes=1024)
+    raw = context.socket(zmq.DEALER)
+    raw.connect(router.address)
+    raw.send(b"x" * 5000)  # beyond twice the limit: libzmq cuts the connection, no message arrives
+    try:
+        closed = wait_for_connection_events(router, "closed")
+        assert closed and closed[0].identity is None and "before delivering any message" in closed[0].reason
+    finally:
+        raw.close(0)
+        router.close()
+
+
+def test_keys_are_readable_by_their_owner_alone_also_when_a_directory_is_extended(tmp_path):
+    import stat
+
+    directory = tmp_path / "keys"
+    (directory / "clients").mkdir(parents=True, mode=0o755)
+    (directory / "clients").chmod(0o755)
+    generate_keys(directory, ["c00"])
+    generate_keys(directory, ["c00", "c01"])
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert {mode(d) for d in (directory, directory / "clients", directory / "authorized")} == {0o700}
+    secrets = [directory / "server.key_secret", *(directory / "clients").glob("*.key_secret")]
+    assert len(secrets) == 3 and {mode(path) for path in secrets} == {0o600}
 
 
 def test_send_waits_until_every_tensor_buffer_is_released():

@@ -22,11 +22,16 @@ class ClientRecord:
     pid: int | None = None
     last_seen: float = 0.0  # monotonic wall seconds (liveness is about the process, not emulated time)
     state: str = "expected"  # as last reported: idle, downloading, training, uploading, ...
+    left: bool = False  # it said BYE (until it joins again)
+    connections: dict[str, bytes] = field(default_factory=dict)  # channel -> routing id of the connection bound to it
 
 
 @dataclass
 class Fleet:
     records: dict[str, ClientRecord] = field(default_factory=dict)
+    # routing id -> (client id, channel): the connections whose JOIN proved who they are; a message from any
+    # other connection, or claiming another client, is dropped
+    bound: dict[bytes, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, clients: dict[str, ClientSpec]) -> "Fleet":
@@ -34,6 +39,26 @@ class Fleet:
 
     def known(self, client_id: str) -> bool:
         return client_id in self.records
+
+    def bind(self, identity: bytes, client_id: str, channel: str) -> None:
+        """The connection `identity` is `client_id`'s `channel` now; the one it replaces (a process gone) is not."""
+        record = self.records[client_id]
+        previous = record.connections.get(channel)
+        if previous is not None and previous != identity:
+            self.bound.pop(previous, None)
+        record.connections[channel] = identity
+        self.bound[identity] = (client_id, channel)
+
+    def unbind(self, identity: bytes) -> tuple[str, str] | None:
+        """Forget a closed connection; (client id, channel) it was bound to, or None."""
+        binding = self.bound.pop(identity, None)
+        if binding is not None:
+            self.records[binding[0]].connections.pop(binding[1], None)
+        return binding
+
+    def address(self, client_id: str) -> bytes | None:
+        """The routing id of the client's main connection, None if none is bound."""
+        return self.records[client_id].connections.get("main")
 
     def seen(self, client_id: str, now: float) -> bool:
         """Note a message from a client; True when it was lost and is back."""

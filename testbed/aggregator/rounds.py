@@ -8,9 +8,31 @@ from dataclasses import dataclass, field
 from testbed.strategies.base import ClientUpdate
 
 # statuses after which the round no longer waits for a client ("discarded": arrived after the first k;
-# "rejected": failed the update sanity screen)
+# "rejected": refused by a check of its claims (bookkeeping_fault) or by the update screen)
 FINISHED = ("updated", "lost", "skipped", "discarded", "rejected")
 TIMING_KEYS = ("download_s", "compute_s", "elapsed_s")
+
+
+def bookkeeping_fault(body: dict, fetched_depth: int, most_samples: int) -> str | None:
+    """Why an UPDATE's claims cannot be true, as "<check>: <the claim>, allowed <bound>"; None when plausible.
+
+    `most_samples` is the most clips the client can have trained on this round (`round_samples` of
+    testbed.model.train: local steps x its batch): a larger claim would outweigh honest clients in
+    the samples-weighted average.
+    """
+    if body["depth"] != fetched_depth:
+        return f"depth: the update claims depth {body['depth']}, its FETCH was for depth {fetched_depth}"
+    timings = body["timings"]
+    bad = [key for key in TIMING_KEYS
+           if not (isinstance(timings.get(key), (int, float)) and math.isfinite(timings[key]) and timings[key] >= 0)]
+    if bad:
+        return f"timings: {', '.join(bad)} missing or not a finite number >= 0 (allowed: seconds >= 0)"
+    if not math.isfinite(body["loss"]):
+        return f"loss: {body['loss']} (allowed: a finite number)"
+    if not 1 <= body["samples"] <= most_samples:
+        return (f"samples: claimed {body['samples']} clips, allowed 1..{most_samples} "
+                "(its local steps x batch this round)")
+    return None
 
 
 @dataclass
@@ -18,7 +40,7 @@ class ClientRow:
     client: str
     profile: str
     task: str
-    status: str = "asked"  # asked -> fetched -> updated | discarded | straggler | lost | skipped
+    status: str = "asked"  # asked -> fetched -> updated | discarded | rejected | straggler | lost | skipped
     depth: int = 0
     download_s: float | None = None
     compute_s: float | None = None
@@ -49,16 +71,9 @@ class Round:
     def waiting_for(self) -> list[str]:
         return [cid for cid, row in self.rows.items() if row.status not in FINISHED]
 
-    def accept_update(self, row: ClientRow, body: dict, tensors: dict, nbytes: int, now: float) -> str | None:
-        """Record a validated UPDATE; returns a rejection reason for bad bookkeeping fields."""
+    def accept_update(self, row: ClientRow, body: dict, tensors: dict, nbytes: int, now: float) -> None:
+        """Record an UPDATE that passed every check (bookkeeping_fault, the screen, the round's accept rule)."""
         timings = body["timings"]
-        if not all(isinstance(timings.get(k), (int, float)) and math.isfinite(timings[k]) and timings[k] >= 0
-                   for k in TIMING_KEYS):
-            return f"timings must hold finite non-negative {', '.join(TIMING_KEYS)}"
-        if body["samples"] < 1:
-            return f"samples must be >= 1 (got {body['samples']})"
-        if not math.isfinite(body["loss"]):
-            return f"loss must be a finite number (got {body['loss']})"
         row.status, row.finished_t, row.bytes_up = "updated", now, nbytes
         peak = body.get("peak_mb")
         row.samples, row.loss = body["samples"], float(body["loss"])
@@ -70,7 +85,6 @@ class Round:
         # the client counts from the moment ROUND reached it; the rest of our clock is the upload
         row.upload_s = max(0.0, (now - self.started_t) - timings["elapsed_s"])
         self.updates.append(ClientUpdate(row.client, row.samples, row.depth, row.task, tensors))
-        return None
 
     def close(self, now: float) -> dict:
         """Mark stragglers, fill idle times; returns the round's summary (one event, one CSV row)."""

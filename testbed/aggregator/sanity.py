@@ -2,18 +2,25 @@
 
 An UPDATE that decoded cleanly and carries exactly the expected tensors can still be poison: NaN or
 Inf, or a step far larger than the rest of the fleet takes (a diverged or malicious client). An
-`UpdateScreen` looks at each update once and returns None (accepted) or a one-line reason
-"<check>: <what was wrong and the allowed bound>", where <check> is one of CHECKS; it counts
-accepted updates and rejections per check for the run summary.
+`UpdateScreen` measures each update once and returns a `Screening`: its reason, None (passes) or a
+one-line "<check>: <what was wrong and the allowed bound>", and the update's norm per layer group.
+Screening changes nothing: the caller decides, after its own checks (the UPDATE's bookkeeping
+fields, the round's accept rule), and then calls `admit(client, norms)` for an update that finally
+counts or `refuse(reason)` for one it rejects; so an update the aggregator drops never shapes the
+reference, and the counters count final decisions. <check> is one of CHECKS (the screen's own and
+the aggregator's bookkeeping checks, so that every rejection of an update has one name).
 
 The step-size rule works per layer group. `group_of(key)` names the group of a state key (one
 transformer layer, the embedding, one exit head; by default every tensor is its own group). For
 group g, the update norm is the L2 norm ‖θ_k,g − θ_global,g‖ over all float tensors of g (in
-parameter units), and it must stay within:
-  * once g has `warmup` accepted norms: max(median_ratio × the median of the last `window` norms of g
-    accepted from the fleet, noise_rms × √n_g);
+parameter units). The reference of g is one norm per client, its latest admitted one (of the
+`window` clients admitted most recently), so that a client sending many updates still has one
+voice. The norm must stay within:
+  * once g has references from `warmup` distinct clients: max(median_ratio × the median over clients
+    of their reference norms, noise_rms × √n_g);
   * before (warm-up): max(fallback_ratio × ‖θ_global,g‖, fallback_rms × √n_g), i.e. one update may move a
-    group by at most `fallback_ratio` times its own size (only absurd steps fail this).
+    group by at most `fallback_ratio` times its own size (only absurd steps fail this). No client's
+    norm plays a part, so the first clients cannot set the bound their successors are held to.
 n_g is the number of parameters in g; the √n_g terms are per-parameter RMS floors, so that a group the
 fleet leaves untouched (median 0) or a zero-initialised one can still take small steps.
 Per group rather than over the whole update: a depth-12 client uploads more layers than a depth-4
@@ -23,20 +30,22 @@ Integer tensors are checked for shape and dtype only.
 
 Cost: one pass over each update/global pair, chunk by chunk through two cache-sized scratch buffers
 (768 KiB in all, allocated once per screen); nothing else is copied. Measured on the 2-core development
-machine: about 3.5 ms for a 27 MB float32 update (5.5 ms while its groups are still warming up).
+machine: about 3.5 ms for a 27 MB float32 update (5.5 ms while its groups are still warming up); the
+median over at most `window` references per group adds microseconds.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict, deque
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from statistics import median
 from typing import Callable, Mapping
 
 import numpy as np
 
-CHECKS = ("unknown_tensor", "shape", "dtype", "non_finite", "norm")
+# the screen's checks, then the aggregator's checks of the UPDATE's claims (testbed.aggregator.rounds)
+CHECKS = ("unknown_tensor", "shape", "dtype", "non_finite", "norm", "depth", "tensors", "timings", "loss", "samples")
 CHUNK = 1 << 16  # elements per pass through the scratch buffers (256 KiB float32 + 512 KiB float64)
 
 
@@ -54,9 +63,9 @@ def each_tensor(key: str) -> str:
 class ScreenLimits:
     """The bounds of the step-size rule (see the module docstring)."""
 
-    median_ratio: float = 10.0  # a group's update norm may be this many times the fleet's median
-    warmup: int = 3  # accepted norms a group needs before the median rule applies
-    window: int = 128  # accepted norms per group the median is taken over (the most recent)
+    median_ratio: float = 10.0  # a group's update norm may be this many times the median over clients
+    warmup: int = 3  # distinct clients a group needs references from before the median rule applies
+    window: int = 128  # clients per group whose references count (the most recently admitted)
     fallback_ratio: float = 10.0  # warm-up: norm <= this × the group's own global norm
     fallback_rms: float = 1.0  # warm-up floor, per-parameter RMS step (parameter units)
     noise_rms: float = 1e-5  # floor after warm-up, per-parameter RMS step (parameter units)
@@ -69,25 +78,44 @@ class ScreenLimits:
             raise ValueError(f"screen limits: want 1 <= warmup ({self.warmup}) <= window ({self.window})")
 
 
+@dataclass(frozen=True)
+class Screening:
+    """What the screen found in one update."""
+
+    reason: str | None  # None: passes the screen; else "<check>: ..."
+    norms: Mapping[str, float] = field(default_factory=dict)  # group -> update norm (parameter units), if it passes
+
+
 class UpdateScreen:
-    """Per-run screen of client updates; keeps the fleet's accepted norms per group and the counters."""
+    """Per-run screen of client updates; keeps each client's reference norm per group and the counters."""
 
     def __init__(self, group_of: Callable[[str], str] = each_tensor, limits: ScreenLimits = ScreenLimits()):
         self.group_of, self.limits = group_of, limits
-        self.history: dict[str, deque[float]] = {}  # group -> recent accepted update norms
+        # group -> {client: its latest admitted norm}, the most recently admitted client last
+        self.references: dict[str, dict[str, float]] = {}
         self.accepted = 0
         self.rejected: Counter[str] = Counter()  # check -> rejected updates
         self._narrow = np.empty(CHUNK, np.float32)  # scratch: one chunk of differences
         self._wide = np.empty(CHUNK, np.float64)  # scratch: the same chunk widened for summing squares
 
-    def screen(self, tensors: Mapping[str, np.ndarray], global_state: Mapping[str, np.ndarray]) -> str | None:
-        """None when the update is accepted (its norms then join the fleet's history), else the reason."""
-        reason = self._shapes(tensors, global_state) or self._values(tensors, global_state)
-        if reason is None:
-            self.accepted += 1
-        else:
-            self.rejected[check_of(reason)] += 1
-        return reason
+    def screen(self, tensors: Mapping[str, np.ndarray], global_state: Mapping[str, np.ndarray]) -> Screening:
+        """The verdict on one update and, when it passes, its norm per group; records nothing."""
+        reason = self._shapes(tensors, global_state)
+        return Screening(reason) if reason is not None else self._values(tensors, global_state)
+
+    def admit(self, client: str, norms: Mapping[str, float]) -> None:
+        """An update that passed the screen was finally accepted: its norms become `client`'s references."""
+        self.accepted += 1
+        for group, norm in norms.items():
+            references = self.references.setdefault(group, {})
+            references.pop(client, None)  # re-inserted last: the most recent
+            references[client] = norm
+            if len(references) > self.limits.window:
+                del references[next(iter(references))]  # the client admitted longest ago
+
+    def refuse(self, reason: str) -> None:
+        """An update was finally rejected, by the screen or by the caller's own checks: count it."""
+        self.rejected[check_of(reason)] += 1
 
     def counts(self) -> dict:
         """For the run summary: {"accepted": n, "rejected": {check: n}} (checks with no rejection omitted)."""
@@ -106,7 +134,7 @@ class UpdateScreen:
                 return f"dtype: {key!r} is {array.dtype.name}, expected {reference.dtype.name}"
         return None
 
-    def _values(self, tensors: Mapping[str, np.ndarray], global_state: Mapping[str, np.ndarray]) -> str | None:
+    def _values(self, tensors: Mapping[str, np.ndarray], global_state: Mapping[str, np.ndarray]) -> Screening:
         squares: defaultdict[str, float] = defaultdict(float)  # group -> Σ (update - global)²
         global_squares: defaultdict[str, float] = defaultdict(float)  # group -> Σ global² (0 after warm-up)
         sizes: Counter[str] = Counter()  # group -> parameters
@@ -114,10 +142,10 @@ class UpdateScreen:
             if array.dtype.kind != "f":
                 continue
             group = self.group_of(key)
-            warming = len(self.history.get(group, ())) < self.limits.warmup
+            warming = len(self.references.get(group, ())) < self.limits.warmup
             moved, held = self._sum_squares(array, global_state[key], warming)
             if not math.isfinite(moved) and (bad := _non_finite_kind(array)):  # else a finite step overflowed
-                return f"non_finite: {key!r} holds {bad} (allowed: finite values)"
+                return Screening(f"non_finite: {key!r} holds {bad} (allowed: finite values)")
             squares[group] += moved
             global_squares[group] += held
             sizes[group] += array.size
@@ -127,23 +155,21 @@ class UpdateScreen:
         if over:  # name the group furthest beyond its bound (bounds are > 0 wherever a group has parameters)
             group = max(over, key=lambda g: norms[g] / bounds[g][0])
             bound, rule = bounds[group]
-            return f"norm: group {group!r} moved {norms[group]:.4g} (L2), allowed {bound:.4g} = {rule}"
-        for group, norm in norms.items():
-            self.history.setdefault(group, deque(maxlen=self.limits.window)).append(norm)
-        return None
+            return Screening(f"norm: group {group!r} moved {norms[group]:.4g} (L2), allowed {bound:.4g} = {rule}")
+        return Screening(None, norms)
 
     def _bound(self, group: str, size: int, global_norm: float) -> tuple[float, str]:
         """The largest allowed update norm of a group, and how it was reached (for the reason)."""
-        limits, history = self.limits, self.history.get(group, ())
+        limits, references = self.limits, self.references.get(group, {})
         root = math.sqrt(size)
-        if len(history) >= limits.warmup:
-            typical = median(history)
+        if len(references) >= limits.warmup:
+            typical = median(references.values())
             return (max(limits.median_ratio * typical, limits.noise_rms * root),
-                    f"max({limits.median_ratio:g} x fleet median {typical:.4g} of {len(history)} accepted, "
+                    f"max({limits.median_ratio:g} x median {typical:.4g} over {len(references)} clients, "
                     f"{limits.noise_rms:g} x sqrt({size}))")
         return (max(limits.fallback_ratio * global_norm, limits.fallback_rms * root),
-                f"warm-up max({limits.fallback_ratio:g} x global norm {global_norm:.4g}, "
-                f"{limits.fallback_rms:g} x sqrt({size}))")
+                f"warm-up ({len(references)} of {limits.warmup} clients) max({limits.fallback_ratio:g} x global "
+                f"norm {global_norm:.4g}, {limits.fallback_rms:g} x sqrt({size}))")
 
     def _sum_squares(self, array: np.ndarray, reference: np.ndarray, with_reference: bool) -> tuple[float, float]:
         """(Σ (array - reference)², Σ reference² or 0.0), chunk by chunk through the scratch buffers.

@@ -13,13 +13,17 @@ import numpy as np
 import torch
 import zmq
 
-from testbed.aggregator.checkpoint import load_checkpoint, save_checkpoint
+from testbed.aggregator.checkpoint import (POINTER, RUN_FILE, Checkpoint, CheckpointRefused, load_checkpoint,
+                                           read_run_identity, save_checkpoint, write_run_identity)
+from testbed.aggregator.credentials import Credentials
 from testbed.aggregator.fleet import Fleet
 from testbed.aggregator.global_model import GlobalModel
 from testbed.aggregator.plan import RunPlan, client_seed
 from testbed.aggregator.records import Records, accuracy_columns
-from testbed.aggregator.rounds import ClientRow, Round
+from testbed.aggregator.refusals import Refusals
+from testbed.aggregator.rounds import ClientRow, Round, bookkeeping_fault
 from testbed.aggregator.sanity import UpdateScreen, check_of
+from testbed.aggregator.summary import untrained
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
 from testbed.emulation.dilation import fleet_dilation, raised
@@ -27,14 +31,17 @@ from testbed.errors import UserError
 from testbed.events import EventLog, read_events
 from testbed.model.early_exit import exit_depth
 from testbed.model.state import group_of
+from testbed.model.train import round_samples
 from testbed.strategies import make_strategy
 from testbed.strategies.selection import round_rule
-from testbed.transport.endpoint import Received, Router
+from testbed.transport.endpoint import Received, Router, identity_text
+from testbed.transport.messages import CHANNELS, HEARTBEAT_STATES, capped
 from testbed.transport.messages import Message, Rejected, check_tensors
 
 log = logging.getLogger("testbed.aggregator")
 POLL_S = 0.2  # seconds: how often the serve loop checks liveness and deadlines
 PREFER_WITHIN = 0.01  # accuracy: an exit this close to the best is as good, and cheaper
+MAX_DEVICE_CHARS = 8192  # JSON characters of a client's device description (a real one: ~1-2 KB)
 
 
 class Interrupted(Exception):
@@ -44,29 +51,31 @@ class Interrupted(Exception):
 class Aggregator:
     def __init__(self, plan: RunPlan, run_dir: Path, *, bind: str, publish: str | None = None,
                  curve_dir: Path | None = None, resume: bool = False, join_timeout_s: float = 120.0,
-                 fixed_dilation: bool = False):
+                 fixed_dilation: bool = False, tokens: dict[str, str] | None = None):
         self.plan, self.scenario, self.run_dir = plan, plan.scenario, Path(run_dir)
         self.join_timeout_s = join_timeout_s
         self.model = GlobalModel(self.scenario, plan.classes)
-        self.first_round = 1
-        checkpoint = load_checkpoint(self.run_dir) if resume else None
-        previous = read_events(self.run_dir / "events.jsonl") if resume else []
-        if checkpoint is not None:
-            meta, state = checkpoint
-            self.model.load(state)
-            self.first_round = meta["round"] + 1
+        events_path = self.run_dir / "events.jsonl"
+        # no events.jsonl: the last launch stopped before its first event, and the run starts afresh
+        previous = read_events(events_path) if resume and events_path.exists() else []
+        resumed = self._check_resumed_state(previous) if resume else None  # before any socket or client
+        if resumed is None and not (self.run_dir / RUN_FILE).exists():
+            write_run_identity(self.run_dir, self.scenario)  # a directory made before run ids: it gets one now
+        self.first_round = resumed.round + 1 if resumed is not None else 1
         # emulated seconds of the rounds so far, evaluation excluded (what time_budget_s limits)
         self.rounds_s = sum(e["wall_s"] for e in previous
                             if e["kind"] == "round_closed" and e["round"] < self.first_round)
         self.context = zmq.Context()
         state_bytes = sum(v.nbytes for v in self.model.state.values())
         self.router = Router(self.context, bind, max_bytes=int(1.1 * state_bytes) + (1 << 20), curve_dir=curve_dir)
+        # what binds a connection to a client id: the launcher's tokens, the CURVE keys, or (loopback) nothing
+        self.credentials = (Credentials.curve(curve_dir) if curve_dir is not None else
+                            Credentials.tokens(tokens) if tokens is not None else Credentials.none())
         self.publisher = self.context.socket(zmq.PUB) if publish else None
         if self.publisher is not None:
             self.publisher.bind(publish)
-        self.events = EventLog(self.run_dir / "events.jsonl", self.publisher,
-                               start_seq=previous[-1]["seq"] + 1 if previous else 0,
-                               clock_offset=previous[-1]["t"] if previous else 0.0)
+        self.events = EventLog(events_path, self.publisher, **_continuing(previous))
+        self.refusals = Refusals(self.events)  # every refusal an event, a flood of them a count
         strategy = self.scenario.strategy
         self.strategy = make_strategy(strategy.name, strategy.weighting)
         self.strategy.configure({cid: exit_depth(self.model.exits, spec.profile.max_exit)
@@ -84,8 +93,8 @@ class Aggregator:
         self.round: Round | None = None
         self.dropped = 0
         self.screen = UpdateScreen(_layer_group)  # non-finite values, wrong shapes, norms far beyond the fleet's
-        if checkpoint is not None:
-            self._check_resumed_state(meta)
+        if resumed is not None:
+            self.events.emit("run_resumed", from_round=resumed.round, digest=resumed.digest)
 
     def _test_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         from testbed.data.source import task_data
@@ -96,11 +105,29 @@ class Aggregator:
             sets[task] = (torch.from_numpy(data.test_waveforms), torch.from_numpy(data.test_labels))
         return sets
 
-    def _check_resumed_state(self, meta: dict) -> None:
-        digest = self.model.digest()
-        if digest != meta["digest"]:
-            raise RuntimeError(f"checkpoint of round {meta['round']} is corrupt: digest {digest} != {meta['digest']}")
-        self.events.emit("run_resumed", from_round=meta["round"], digest=digest)
+    def _check_resumed_state(self, previous: list[dict]) -> Checkpoint | None:
+        """Load this run's last checkpoint into the model (None: no round completed yet), or record why it is
+        refused as the run's `run_failed` event and raise CheckpointRefused (nothing on disk is changed)."""
+        try:
+            checkpoint = load_checkpoint(self.run_dir, self.scenario, previous)
+            if checkpoint is None:
+                read_run_identity(self.run_dir)  # a resume from scratch still refuses a run.json it cannot read
+                return None
+            try:
+                self.model.load(checkpoint.state)
+            except (KeyError, ValueError) as error:
+                raise CheckpointRefused(f"{checkpoint.source} does not fit the model ({error})") from None
+            digest = self.model.digest()
+            if digest != checkpoint.digest:
+                raise CheckpointRefused(f"{checkpoint.source} holds global state {digest}, but {POINTER} and "
+                                        f"events.jsonl say {checkpoint.digest} (the file was altered)")
+            return checkpoint
+        except CheckpointRefused as refusal:
+            log.error("%s", refusal)
+            events = EventLog(self.run_dir / "events.jsonl", **_continuing(previous))
+            events.emit("run_failed", reason=str(refusal), dropped_messages=0)
+            events.close()
+            raise
 
     # ---------------------------------------------------------------- the run, one screen
     def run(self) -> int:
@@ -108,12 +135,13 @@ class Aggregator:
         self.events.emit("run_started", scenario=self.scenario.name, rounds=self.scenario.rounds, pid=os.getpid(),
                          first_round=self.first_round, address=self.router.address,
                          max_message_bytes=self.router.max_bytes, dilation=self.dilation.to_event(),
-                         backend=self.scenario.emulation.backend,
+                         backend=self.scenario.emulation.backend, auth=self.credentials.mode,
                          clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
         try:
             self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
             index = self.first_round - 1
             ending = self.scenario.ending(index, self.rounds_s)  # a resumed run may be done already
+            trained = False  # did a round of this launch aggregate an update?
             while ending is None:
                 index += 1
                 # 1. announce the round to every live client (a strategy may impose the depth)
@@ -138,6 +166,13 @@ class Aggregator:
                 if index % self.scenario.eval_every == 0 or ending:
                     summary.update(self._evaluate(index))
                 self.records.add(summary, self.round.client_rows())
+                trained = trained or summary["updates"] > 0
+            # a run that trained nothing has not done its job, whatever ended it (earlier launches count)
+            failure = None if trained else untrained(read_events(self.run_dir / "events.jsonl"))
+            if failure is not None:
+                log.error("%s", failure)
+                self._finish("run_failed", failure)
+                return 1
             self._finish("run_finished", ending)
             return 0
         except Interrupted:
@@ -167,7 +202,7 @@ class Aggregator:
             forced = self.strategy.client_depth(0, full_depth)  # 0 = the client's own choice
             body = {"deadline_s": self.scenario.deadline_s, "depth": forced, "dilation": self.events.dilation,
                     "preferred": self.preferred}
-            self.router.send(cid.encode(), Message("ROUND", cid, index, body))
+            self._send_to(cid, Message("ROUND", cid, index, body))
         self.events.emit("round_started", round=index, selected=list(round_.rows), deadline_s=round_.deadline_s)
         return round_
 
@@ -183,6 +218,8 @@ class Aggregator:
             while received is not None:  # drain the queue first: heartbeats may have piled up
                 self._handle(received)
                 received = self.router.poll(0)
+            self._on_connection_events()
+            self.refusals.tick()
             for cid in self.fleet.newly_lost(time.monotonic()):
                 self.events.emit("client_lost", client=cid)
                 if self.round is not None and cid in self.round.waiting_for():
@@ -221,8 +258,9 @@ class Aggregator:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for cid, record in self.fleet.records.items():
-            if record.joined:
-                self.router.send(cid.encode(), Message("BYE", cid, 0, {"reason": reason}))
+            if record.joined:  # a client that does not read its messages gets none: finishing must not block
+                self._send_to(cid, Message("BYE", cid, 0, {"reason": reason}), wait=False)
+        self.refusals.flush()  # the refusals still counted, before the last event
         self.events.emit(kind, reason=reason, dropped_messages=self.dropped)
         self.records.close()
         time.sleep(0.2)  # let BYE frames leave before the sockets close
@@ -240,18 +278,56 @@ class Aggregator:
         signal.signal(signal.SIGTERM, interrupt)
 
     # ---------------------------------------------------------------- messages
+    def _send_to(self, client_id: str, message: Message, wait: bool = True) -> int:
+        """Send on the client's bound main connection; 0 when none is (it never joined, or its connection closed)."""
+        address = self.fleet.address(client_id)
+        return self.router.send(address, message, wait) if address is not None else 0
+
     def _drop(self, received: Received, reason: str) -> None:
+        """A message refused: counted, and told as a message_dropped event (in full, or counted: refusals.py)."""
         self.dropped += 1
-        identity = received.identity.decode("utf-8", "replace")[:64]
-        self.events.emit("message_dropped", identity=identity, reason=reason)
-        log.warning("dropped a message from %r: %s", identity, reason)
+        identity = identity_text(received.identity)
+        self.refusals.refuse("message_dropped", reason, identity, identity=identity, **self._parties(received))
+
+    def _refuse_join(self, received: Received, reason: str) -> None:
+        """A JOIN that proves nothing: a join_refused event; a new connection is told why (so a misconfigured
+        client stops at once), and is never welcomed."""
+        identity = identity_text(received.identity)
+        self.refusals.refuse("join_refused", reason, identity, identity=identity, **self._parties(received))
+        if received.identity not in self.fleet.bound:
+            claimed = received.message.client
+            self.router.send(received.identity, Message("BYE", claimed, 0, {"reason": f"JOIN refused: {reason}"}),
+                             wait=False)
+
+    def _parties(self, received: Received) -> dict[str, str]:
+        """Who a refused message came from (`client`: whom its connection proved to be) and whom it `claimed` to be."""
+        parties = {}
+        if received.identity in self.fleet.bound:
+            parties["client"] = self.fleet.bound[received.identity][0]
+        if received.message is not None:
+            parties["claimed"] = received.message.client
+        return parties
 
     def _handle(self, received: Received) -> None:
         if received.message is None:
             return self._drop(received, received.reason)
         message = received.message
+        bound = self.fleet.bound.get(received.identity)  # (client id, channel) its JOIN proved, or None
+        if bound is not None and message.client != bound[0]:
+            reason = f"{message.type} claims {message.client!r}, but its connection joined as {bound[0]!r}"
+            return self._refuse_join(received, reason) if message.type == "JOIN" else self._drop(received, reason)
         if not self.fleet.known(message.client):
+            if message.type == "JOIN" and bound is None:  # tell a misconfigured client, once per JOIN
+                self.router.send(received.identity, Message("BYE", message.client, 0, {
+                    "reason": f"JOIN refused: unknown client {message.client!r} (not in the fleet)"}), wait=False)
             return self._drop(received, f"unknown client {message.client!r} (not in the fleet)")
+        if message.type == "JOIN":
+            refusal = self._admit(message, received)
+            if refusal is not None:
+                return self._refuse_join(received, refusal)
+        elif bound is None:
+            return self._drop(received, f"{message.type} for {message.client!r} from a connection that has not joined "
+                                        f"(or was replaced by a newer one)")
         record = self.fleet.records[message.client]
         if message.type != "JOIN" and not record.joined:
             return self._drop(received, f"{message.type} from {message.client} before it joined")
@@ -267,7 +343,33 @@ class Aggregator:
         if reason:
             self._drop(received, reason)
 
+    def _admit(self, message: Message, received: Received) -> str | None:
+        """Bind the JOIN's connection to the client it names when the JOIN proves it (credentials.py); else why not.
+        A newer connection of the same client and channel (a rebooted process) replaces the older one."""
+        channel = message.body.get("channel", "main")
+        if channel not in CHANNELS:
+            return f"unknown channel (allowed: {', '.join(CHANNELS)})"
+        refusal = self.credentials.refusal(message.client, message.body, received.user_id)
+        if refusal is None:
+            self.fleet.bind(received.identity, message.client, channel)
+        return refusal
+
+    def _on_connection_events(self) -> None:
+        """Failed handshakes and closed connections as refusals (a connection closed after a BYE is no news)."""
+        for event in self.router.connection_events():
+            if event.kind == "handshake_failed":
+                self.refusals.refuse("handshake_failed", event.reason, "handshake")
+                continue
+            binding = self.fleet.unbind(event.identity) if event.identity is not None else None
+            if event.identity is not None and (binding is None or self.fleet.records[binding[0]].left):
+                continue  # a connection that never joined (each of its messages was refused already), or after a BYE
+            identity = identity_text(event.identity) if event.identity is not None else "?"
+            parties = {"client": binding[0], "channel": binding[1]} if binding is not None else {}
+            self.refusals.refuse("connection_closed", event.reason, identity, identity=identity, **parties)
+
     def _on_join(self, message: Message, received: Received) -> str | None:
+        if message.body.get("channel", "main") != "main":
+            return None  # its heartbeat connection, bound now: nothing to answer
         record = self.fleet.records[message.client]
         spec = record.spec
         run = {"scenario": scenario_to_dict(self.scenario), "client": to_data(spec),
@@ -278,19 +380,20 @@ class Aggregator:
         if record.joined and record.pid == message.body["pid"]:
             return None  # a repeated JOIN (sent before our WELCOME reached it): welcomed again, not news
         record.joined, record.ready, record.pid = True, False, message.body["pid"]  # ready again once it says so
+        record.left = False
         self.events.emit("client_joined", client=message.client, pid=record.pid, profile=spec.profile.name,
                          task=spec.task, link=spec.link.name)
 
     def _on_heartbeat(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
+        state = message.body["state"]
+        if state not in HEARTBEAT_STATES:
+            return f"HEARTBEAT state {capped(state, 40)!r} is unknown (allowed: {', '.join(HEARTBEAT_STATES)})"
         if isinstance(message.body.get("device"), dict):  # once, when ready: what it measured about itself
             record.ready = True
-            try:
-                self.events.emit("client_ready", client=message.client, device=message.body["device"])
-            except (TypeError, ValueError) as error:  # not JSON-safe (NaN, bytes): still ready, no details
-                self.events.emit("client_ready", client=message.client, device={"invalid": str(error)[:200]})
-        if message.body["state"] != record.state:
-            record.state = message.body["state"]
+            self.events.emit("client_ready", client=message.client, device=_bounded(message.body["device"]))
+        if state != record.state:
+            record.state = state
             self.events.emit("client_state", client=message.client, state=record.state, round=message.round)
 
     def _on_progress(self, message: Message, received: Received) -> str | None:
@@ -303,11 +406,12 @@ class Aggregator:
         if row is not None:
             row.status = "skipped"
             self.events.emit("client_skipped", client=message.client, round=message.round,
-                             reason=message.body["reason"][:200])
+                             reason=capped(message.body["reason"]))
 
     def _on_bye(self, message: Message, received: Received) -> str | None:
-        self.fleet.records[message.client].lost = True
-        self.events.emit("client_left", client=message.client, reason=message.body["reason"])
+        record = self.fleet.records[message.client]
+        record.lost = record.left = True
+        self.events.emit("client_left", client=message.client, reason=capped(message.body["reason"]))
         row = self._row_of(message)
         if row is not None and row.status in ("asked", "fetched"):
             row.status = "lost"
@@ -335,14 +439,22 @@ class Aggregator:
         if row is None:
             self.events.emit("late_update", client=message.client, round=message.round)
             return f"UPDATE from {message.client} for round {message.round}, which is closed"
-        if row.status != "fetched" or message.body["depth"] != row.depth:
-            return f"UPDATE from {message.client} does not match its FETCH (depth {row.depth})"
-        try:
-            check_tensors(message, self.model.expected(row.depth, row.task))
-        except Rejected as error:
-            return str(error)
-        reason = self.screen.screen(message.tensors, self.model.state)  # the state the client fetched
+        if row.status != "fetched":
+            return f"UPDATE from {message.client} for round {message.round} without a FETCH it was sent (or twice)"
+        # Every check comes before anything is recorded: an update refused here must not shape the screen's
+        # reference nor the round; each refusal is an update_rejected event and the row's status.
+        training = self.scenario.training
+        most_samples = round_samples(training.local_steps, training.batch_size, len(self.plan.shards[row.client]))
+        reason = bookkeeping_fault(message.body, row.depth, most_samples)
+        if reason is None:
+            try:
+                check_tensors(message, self.model.expected(row.depth, row.task))
+            except Rejected as error:
+                reason = f"tensors: {str(error).removeprefix('UPDATE: ')}"
+        screening = self.screen.screen(message.tensors, self.model.state) if reason is None else None  # as fetched
+        reason = reason or screening.reason
         if reason is not None:
+            self.screen.refuse(reason)
             row.status, row.bytes_up = "rejected", received.nbytes
             self.events.emit("update_rejected", client=message.client, round=message.round, depth=row.depth,
                              check=check_of(reason), reason=reason)
@@ -352,15 +464,32 @@ class Aggregator:
             row.status, row.bytes_up = "discarded", received.nbytes
             self.events.emit("update_discarded", client=message.client, round=message.round,
                              reason="the round already has the updates it needs")
-            return None
-        reason = self.round.accept_update(row, message.body, message.tensors, received.nbytes, self.events.now())
-        if reason is None:
-            self.events.emit("update_received", client=message.client, round=message.round, depth=row.depth,
-                             bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
-                             download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
-                             upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
-                             overshoot=row.overshoot)
-        return reason
+            return None  # not admitted to the screen either: only updates that count shape its reference
+        self.round.accept_update(row, message.body, message.tensors, received.nbytes, self.events.now())
+        self.screen.admit(message.client, screening.norms)
+        self.events.emit("update_received", client=message.client, round=message.round, depth=row.depth,
+                         bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
+                         download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
+                         upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
+                         overshoot=row.overshoot)
+        return None
+
+
+def _continuing(previous: list[dict]) -> dict:
+    """EventLog arguments that continue a resumed run's events: the next seq, and its clock where it stopped."""
+    return {"start_seq": previous[-1]["seq"] + 1 if previous else 0,
+            "clock_offset": previous[-1]["t"] if previous else 0.0}
+
+
+def _bounded(device: dict) -> dict:
+    """A client's device description as its client_ready event carries it: JSON-safe and at most MAX_DEVICE_CHARS."""
+    try:
+        size = len(json.dumps(device, allow_nan=False))
+    except (TypeError, ValueError) as error:  # not JSON-safe (NaN, bytes)
+        return {"invalid": capped(str(error))}
+    if size > MAX_DEVICE_CHARS:
+        return {"invalid": f"a description of {size} JSON characters (at most {MAX_DEVICE_CHARS})"}
+    return device
 
 
 def _layer_group(key: str) -> str:

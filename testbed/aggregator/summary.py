@@ -31,16 +31,49 @@ def _rejected(events: list[dict]) -> dict:
     return {"total": sum(checks.values()), "by_check": dict(sorted(checks.items()))}
 
 
+def untrained(events: list[dict], most_groups: int = 8) -> str | None:
+    """Why a run trained nothing, or None when some round aggregated an update (or no round closed yet).
+
+    Rounds without updates are no failure by themselves (availability can empty a round); a run none of
+    whose rounds aggregated anything is. The reason says what became of each client in every round,
+    clients with the same story together: "no round aggregated an update (2 rounds): c00, c01: skipped
+    (offline) x2; c02: rejected (samples) x1, straggler x1".
+    """
+    closed = _last_per_round(events, "round_closed")
+    if not closed or any(event["updates"] for event in closed.values()):
+        return None
+    checks = {(e["client"], e["round"]): e.get("check", "?") for e in events if e["kind"] == "update_rejected"}
+    skips = {(e["client"], e["round"]): e.get("reason", "?") for e in events if e["kind"] == "client_skipped"}
+    started = next((e for e in events if e["kind"] == "run_started"), {})
+    fates: dict[str, Counter[str]] = {c["client_id"]: Counter() for c in started.get("clients", [])}
+    for event in closed.values():
+        for row in event["clients"]:
+            key, status = (row["client"], event["round"]), row["status"]
+            detail = checks.get(key) if status == "rejected" else skips.get(key) if status == "skipped" else None
+            fates.setdefault(row["client"], Counter())[f"{status} ({detail})" if detail else status] += 1
+    for event in events:
+        if event["kind"] == "client_left":
+            fates.setdefault(event["client"], Counter())[f"left ({str(event.get('reason'))[:80]})"] += 1
+    stories: defaultdict[str, list[str]] = defaultdict(list)  # what became of a client -> the clients it befell
+    for client, fate in fates.items():
+        story = ", ".join(f"{what} x{n}" for what, n in sorted(fate.items(), key=lambda item: (-item[1], item[0])))
+        stories[story or "never in a round"].append(client)
+    told = [f"{', '.join(clients[:5])}{f' and {len(clients) - 5} more' if len(clients) > 5 else ''}: {story}"
+            for story, clients in stories.items()]
+    more = f"; and {len(told) - most_groups} more" if len(told) > most_groups else ""
+    return f"no round aggregated an update ({len(closed)} rounds): {'; '.join(told[:most_groups])}{more}"
+
+
 def summarize(events: list[dict]) -> dict:
     kinds = [e["kind"] for e in events]
     started = next((e for e in events if e["kind"] == "run_started"), {})
     closed = _last_per_round(events, "round_closed")
     aggregated = _last_per_round(events, "round_aggregated")
     evaluations = _last_per_round(events, "evaluated")
-    # a resumed run has one ending per launch: finished beats interrupted beats failed (ENDINGS' order);
-    # incomplete: killed mid-run, no ending recorded
-    status = next((ENDINGS[kind] for kind in ENDINGS if kind in kinds), "incomplete")
+    # a resumed run has one ending per launch, and the last launch's says where the run stands (a refused
+    # resume of a finished run is failed); incomplete: killed mid-run, no ending recorded
     end = next((e for e in reversed(events) if e["kind"] in ENDINGS), {})
+    status = ENDINGS.get(end.get("kind"), "incomplete")
     walls = [e["wall_s"] for e in closed.values()]
     final = evaluations[max(evaluations)] if evaluations else None
     return {
@@ -60,6 +93,7 @@ def summarize(events: list[dict]) -> dict:
         "updates": sum(e["updates"] for e in closed.values()),
         "stragglers": sum(e["stragglers"] for e in closed.values()),
         "lost_events": kinds.count("client_lost"),
-        "dropped_messages": kinds.count("message_dropped"),
+        # a message_dropped event may stand for several drops (repeats are counted, not told one by one)
+        "dropped_messages": sum(e.get("count", 1) for e in events if e["kind"] == "message_dropped"),
         "rejected_updates": _rejected(events),
     }

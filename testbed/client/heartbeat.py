@@ -14,14 +14,15 @@ HEARTBEAT_S = 1.0  # seconds between heartbeats; the aggregator marks a client l
 
 
 class Heartbeat:
-    """Sends HEARTBEAT {state} every second on its own socket (identity '<client>/hb')."""
+    """Sends HEARTBEAT {state} every second on its own connection, which its own JOIN binds to the client
+    (`join_body`: the main connection's, with its proof of identity); states: messages.HEARTBEAT_STATES."""
 
-    def __init__(self, context: zmq.Context, connect: str, client_id: str, curve_dir: Path | None):
+    def __init__(self, context: zmq.Context, connect: str, client_id: str, curve_dir: Path | None, join_body: dict):
         self.client_id = client_id
         self.state = "joining"  # read by the thread; plain attribute writes are atomic in CPython
         self.round = 0
-        self._dealer = Dealer(context, connect, client_id, max_bytes=1 << 16, curve_dir=curve_dir,
-                              routing_id=f"{client_id}/hb")
+        self._dealer = Dealer(context, connect, client_id, max_bytes=1 << 16, curve_dir=curve_dir)
+        self._dealer.hello = Message("JOIN", client_id, 0, {**join_body, "channel": "heartbeat"})  # sent first
         self._stop = threading.Event()
         self._running = threading.Event()  # cleared while the process plays frozen
         self._running.set()
@@ -31,7 +32,8 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             self._running.wait()
-            self._dealer.send(Message("HEARTBEAT", self.client_id, self.round, {"state": self.state}))
+            if self._dealer.writable(0):  # never block: a beat that cannot leave now (no connection) is skipped
+                self._dealer.send(Message("HEARTBEAT", self.client_id, self.round, {"state": self.state}))
         self._dealer.close()
 
     def pause(self) -> None:

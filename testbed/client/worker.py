@@ -22,6 +22,7 @@ from testbed.emulation.injection import InjectedState, control_path
 from testbed.emulation.link import LinkModel, LinkShaper
 from testbed.emulation.memory import OOM_EXIT_CODE, MemoryBudget, OutOfMemory, release_free_memory
 from testbed.emulation.throttle import ComputeThrottle
+from testbed.errors import UserError
 from testbed.model.early_exit import exit_depth
 from testbed.transport.endpoint import Dealer
 from testbed.transport.messages import Message, Rejected
@@ -36,10 +37,16 @@ class Stop(Exception):
     """The aggregator said BYE, or went silent for too long."""
 
 
+class JoinFailed(UserError):
+    """No WELCOME within the join timeout, or the aggregator refused the JOIN: one line says which and why."""
+
+
 class ClientWorker:
     def __init__(self, connect: str, client_id: str, *, curve_dir: Path | None = None,
-                 join_timeout_s: float = 120.0, kernel_cpu: bool = False, run_dir: Path | None = None):
+                 join_timeout_s: float = 120.0, kernel_cpu: bool = False, run_dir: Path | None = None,
+                 token: str | None = None):
         self.client_id, self.join_timeout_s = client_id, join_timeout_s
+        self.token = token  # this process's proof of identity, from `testbed run` (None: CURVE or none needed)
         self.kernel_cpu = kernel_cpu  # a cgroup CPU quota paces this process: measure, do not sleep
         self.run_dir = run_dir  # where stress tests inject changes (control/<id>.json); None = never
         self.context = zmq.Context()
@@ -73,24 +80,50 @@ class ClientWorker:
             self.context.term()
 
     # ------------------------------------------------------------------ joining
+    def _join_body(self) -> dict:
+        """A JOIN's body: this process, and its proof of identity when it has one (the token from `testbed run`)."""
+        body = {"profile": "", "task": "", "pid": os.getpid()}  # profile and task come from the scenario's fleet
+        return body if self.token is None else {**body, "token": self.token}
+
     def _join(self) -> None:
-        """JOIN until WELCOME arrives, then become the device it describes."""
+        """JOIN until WELCOME arrives, then become the device it describes; JoinFailed at the join timeout."""
         deadline = time.monotonic() + self.join_timeout_s
-        body = {"profile": "", "task": "", "pid": os.getpid()}  # both come from the scenario's fleet
-        while time.monotonic() < deadline:
-            self.dealer.send(Message("JOIN", self.client_id, 0, body))
+        self.dealer.hello = Message("JOIN", self.client_id, 0, self._join_body())  # sent again on a new connection
+        while (left := deadline - time.monotonic()) > 0:
+            # never block in send: with a refused handshake the socket has no connection to queue on
+            if not self.dealer.writable(min(JOIN_RETRY_S, left)):
+                continue
+            self.dealer.send(self.dealer.hello)
             try:
-                welcome = self._receive(JOIN_RETRY_S, wanted="WELCOME")
+                welcome = self._receive(min(JOIN_RETRY_S, max(0.0, deadline - time.monotonic())), wanted="WELCOME")
             except TimeoutError:
                 continue
-            self.heartbeat = Heartbeat(self.context, self.connect, self.client_id, self.curve_dir)
+            except Stop as refused:  # a BYE before any WELCOME: the JOIN was refused, and we are told why
+                raise JoinFailed(f"the aggregator at {self.connect} did not let {self.client_id} join: "
+                                 f"{str(refused).removeprefix('JOIN refused: ')}") from None
+            self.heartbeat = Heartbeat(self.context, self.connect, self.client_id, self.curve_dir, self._join_body())
             self.heartbeat.state = "loading"
             self._become_device(welcome)
             self.dealer.send(Message("HEARTBEAT", self.client_id, 0, {"state": "ready", "device": self.device_info}),
                              shaped=False)
             self.heartbeat.state = "idle"
             return
-        raise Stop(f"no WELCOME from the aggregator within {self.join_timeout_s:.0f} s")
+        raise JoinFailed(self._join_failure())
+
+    def _join_failure(self) -> str:
+        """Why no WELCOME came, as far as this side can tell (the socket monitor saw the handshakes)."""
+        self.dealer.watch()
+        waited = f"within {self.join_timeout_s:g} s"
+        if self.dealer.key_refused:
+            return (f"the aggregator at {self.connect} did not accept this client's CURVE key {waited} "
+                    f"(handshake failed: {self.dealer.failure})")
+        if self.dealer.failure is not None:
+            return (f"no handshake with the aggregator at {self.connect} {waited} "
+                    f"(handshake failed: {self.dealer.failure})")
+        if not self.dealer.connected:
+            return f"no aggregator answered at {self.connect} {waited}"
+        return (f"the aggregator at {self.connect} did not welcome {self.client_id} {waited} "
+                f"(its events tell whether it refused the JOIN)")
 
     def _become_device(self, welcome: Message) -> None:
         """Apply the profile (CPU first, before any work), load data and model, measure what depths cost."""
@@ -195,6 +228,8 @@ class ClientWorker:
         throttle = ComputeThrottle(self.throughput, self.dilation,
                                    sleep=(lambda seconds: None) if self.kernel_cpu else time.sleep)
         self.session.load(model.tensors)
+        # a stress test's lying client uploads a scaled step: it needs what it fetched (copies)
+        fetched = {k: v.copy() for k, v in model.tensors.items()} if self.injected.lies_about_steps else None
         del model  # the received frames (~27 MB for the tiny backbone) are not needed while training
         result = self.session.train_round(round_index, depth, progress, throttle, self.memory)
         self.memory.observe(depth, result.peak_mb)
@@ -204,15 +239,16 @@ class ClientWorker:
                    # since ROUND arrived, before the upload: lets the aggregator derive the upload time
                    "elapsed_s": self._emulated(time.monotonic() - received),
                    "cpu_s": result.throttle.cpu_s, "overshoot": result.throttle.overshoot}
-        body = {"depth": depth, "samples": result.samples, "loss": result.loss, "timings": timings,
-                "peak_mb": result.peak_mb}
-        tensors = result.tensors
-        if self.injected.scale != 1.0:  # a stress test corrupts this client's update (copies, not the model)
-            tensors = {key: value * value.dtype.type(self.injected.scale) if value.dtype.kind == "f" else value
-                       for key, value in tensors.items()}
+        body = {"depth": depth, "samples": self.injected.samples or result.samples, "loss": result.loss,
+                "timings": timings, "peak_mb": result.peak_mb}
+        tensors = self.injected.tampered(result.tensors, fetched)  # as uploaded: a stress test may corrupt it
+        del fetched
+        sender = self.injected.impersonate or self.client_id  # a stress test's impostor claims another's name
+        if sender != self.client_id:
+            self.dealer.send(Message("JOIN", sender, 0, self._join_body()), shaped=False)
         uploaded = time.monotonic()
-        # wait until libzmq is done with the buffers: they are the model's own parameters
-        self.dealer.send(Message("UPDATE", self.client_id, round_index, body, tensors), wait_s=60.0)
+        # wait until libzmq is done with the buffers: they may be the model's own parameters
+        self.dealer.send(Message("UPDATE", sender, round_index, body, tensors), wait_s=60.0)
         self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
         del result
         if self.lean:
@@ -221,7 +257,7 @@ class ClientWorker:
         self.heartbeat.state = "idle"
 
     def _apply_injection(self) -> bool:
-        """Take up a changed control file (slowdown, link, update scale); True when something changed."""
+        """Take up a changed control file (slowdown, link, lies); True when something changed."""
         if not self.injected.changed():
             return False
         self.throughput = self.profile_throughput / self.injected.slowdown

@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from testbed.config.convert import fields_of
+from testbed.config.convert import fields_of, quote
+from testbed.config.depth import known_depth
 from testbed.config.loader import available, load_link, load_profile, load_scenario, resolve_fleet
 from testbed.config.overrides import parse_override
 from testbed.config.schema import LinkSpec, Profile, Scenario
@@ -18,7 +19,7 @@ from testbed.paths import profiles_dir
 
 def add_validate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="scenario, profile or link preset YAML files (kind detected)")
+                        help="scenario, profile, link preset or stress YAML files (kind detected)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario value before checking, e.g. rounds=5, "
                              "backbone.exits=[2,4], fleet[0].count=3 (repeatable)")
@@ -38,14 +39,20 @@ def validate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def detect_kind(path: Path) -> type:
-    """Scenario, Profile or LinkSpec: from where the file lives, else which schema its keys fit best."""
+STRESS = "stress"  # detect_kind's answer for a stress file (testbed/stress/spec.py)
+
+
+def detect_kind(path: Path) -> type | str:
+    """Scenario, Profile, LinkSpec or STRESS: from where the file lives or what it holds, else which schema
+    its keys fit best."""
     raw = read_mapping(path)
     folder = path.resolve().parent
     if folder.name == "links":
         return LinkSpec
-    if folder == profiles_dir().resolve():
+    if folder == profiles_dir().resolve() or folder.name == "profiles":
         return Profile
+    if {"scenario", "checks"} <= raw.keys():
+        return STRESS
     if "scenarios" in folder.parts:
         return Scenario
     return max((Scenario, Profile, LinkSpec), key=lambda cls: len(raw.keys() & fields_of(cls).keys()))
@@ -54,12 +61,21 @@ def detect_kind(path: Path) -> type:
 def check_file(path: Path, overrides: list[str]) -> str:
     """Load and fully check one file; a short summary of what it holds (`scenario 'x': 9 clients, ...`)."""
     kind = detect_kind(path)
+    if kind == STRESS:  # both variants, as `testbed stress` and `testbed stress --quick` load them
+        from testbed.stress.spec import load_stress
+
+        full, quick = load_stress(path), load_stress(path, quick=True)
+        return f"stress test {full.name!r}: {len(full.clients)} clients (quick: {len(quick.clients)})"
     if kind is Scenario:  # overrides apply to scenarios only
         scenario = load_scenario(path, overrides)
         clients = resolve_fleet(scenario)
         counts = [(len(clients), "client"), (len({c.profile.name for c in clients}), "profile"),
                   (len({c.link.name for c in clients}), "link")]
-        return f"scenario {scenario.name!r}: " + ", ".join(f"{n} {noun}{'s' * (n != 1)}" for n, noun in counts)
+        unchecked = "" if known_depth(scenario.backbone.name) is not None else (
+            f"; exits not checked: backbone {quote(scenario.backbone.name)} is neither a preset, a local directory "
+            "nor in the Hugging Face cache (a run checks them once it has loaded it)")
+        return (f"scenario {scenario.name!r}: " + ", ".join(f"{n} {noun}{'s' * (n != 1)}" for n, noun in counts)
+                + unchecked)
     if kind is Profile:
         profile = load_profile(path.resolve())
         return (f"profile {profile.name!r}: speed {profile.speed:g}, {profile.cores} cores, "

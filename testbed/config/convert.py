@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import math
+import numbers
 import operator
 import types
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ _BOUNDS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operat
 _SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 RULES = frozenset(_BOUNDS) | {"choices", "what", "keys", "nonempty", "increasing"}
 
+QUOTE_CHARS = 40  # longest text an error quotes from a file or a value (keys, strings): never the file itself
 _NOUNS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 _ACCEPTS = {  # YAML value -> field type; bool is not an int, an int is fine where a float is expected
     bool: lambda v: isinstance(v, bool),
@@ -82,14 +84,45 @@ def join_path(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def number_text(value: int | float) -> str:
+    """A number as errors write it: `1e+300`, `18446744073709551616`; a huge integer by its size."""
+    if isinstance(value, int) and value.bit_length() > 128:  # str() of a 5000-digit int is slow, or refused
+        return f"{'-' if value < 0 else ''}an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def quote(value: Any) -> str:
+    """A key or a string as errors quote it: its repr (one line), cut at QUOTE_CHARS characters; other kinds by name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = number_text(value)
+    elif isinstance(value, (str, float, bool)) or value is None:
+        text = repr(value)
+    else:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= QUOTE_CHARS + 3 else text[:QUOTE_CHARS] + "..."
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as a field path shows it: the key itself when short and plain, else quoted."""
+    plain = isinstance(key, str) and key.isprintable() and len(key) <= QUOTE_CHARS
+    return key if plain else quote(key)
+
+
 def range_text(rules: Mapping) -> str:
     """Human form of the numeric bounds: `0 < x <= 16`, `x >= 1`, or '' when unbounded."""
     low = [k for k in ("gt", "ge") if k in rules]
     high = [k for k in ("lt", "le") if k in rules]
     if low and high:
         mirrored = {"gt": "<", "ge": "<="}[low[0]]
-        return f"{rules[low[0]]:g} {mirrored} x {_SYMBOLS[high[0]]} {rules[high[0]]:g}"
-    return " and ".join(f"x {_SYMBOLS[k]} {rules[k]:g}" for k in low + high)
+        return f"{number_text(rules[low[0]])} {mirrored} x {_SYMBOLS[high[0]]} {number_text(rules[high[0]])}"
+    return " and ".join(f"x {_SYMBOLS[k]} {number_text(rules[k])}" for k in low + high)
+
+
+def out_of_range(value: int | float, rules: Mapping) -> str | None:
+    """The problem of a number outside the bounds in `rules` (`1e+300 is out of range (allowed: ...)`), else None."""
+    if all(check(value, rules[k]) for k, check in _BOUNDS.items() if k in rules):
+        return None
+    return f"{number_text(value)} is out of range (allowed: {range_text(rules)})"
 
 
 def describe(tp: Any, rules: Mapping | None = None) -> str:
@@ -112,16 +145,21 @@ def describe(tp: Any, rules: Mapping | None = None) -> str:
 
 
 def show(value: Any) -> str:
-    """A YAML value as quoted in errors: `'ten' (string)`, `true (boolean)`, `a list`."""
+    """A YAML value as quoted in errors: `'ten' (string)`, `true (boolean)`, `a list`.
+
+    Numbers and strings are quoted, at most QUOTE_CHARS characters; anything else is named by its kind
+    only (its repr could be huge, nested past Python's recursion limit, or another file's text)."""
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, bool):
         return f"{str(value).lower()} (boolean)"
-    kind = {int: "integer", float: "number", str: "string"}.get(type(value), type(value).__name__)
-    text = repr(value)
-    return f"{text[:40] + '...' if len(text) > 43 else text} ({kind})"
+    if isinstance(value, (str, numbers.Number)):
+        kind = {int: "integer", float: "number", str: "string"}.get(type(value), type(value).__name__)
+        text = number_text(value) if isinstance(value, int) else repr(value)
+        return f"{text[:QUOTE_CHARS] + '...' if len(text) > QUOTE_CHARS + 3 else text} ({kind})"
+    return f"a {type(value).__name__}"
 
 
 def from_data(tp: Any, value: Any, *, source: str, path: str = "", rules: Mapping | None = None) -> Any:
@@ -147,8 +185,8 @@ def _to_dataclass(cls: type, value: Any, source: str, path: str) -> Any:
     fields = fields_of(cls)
     for key in value:
         if key not in fields:
-            raise ConfigError(source, join_path(path, key),
-                              f"unknown key {key!r} (allowed: {', '.join(fields)})")
+            raise ConfigError(source, join_path(path, key_text(key)),
+                              f"unknown key {quote(key)} (allowed: {', '.join(fields)})")
     required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [name for name in required if name not in value]
@@ -174,7 +212,8 @@ def _to_tuple(tp: Any, value: Any, source: str, path: str, rules: Mapping) -> tu
         raise ConfigError(source, path,
                           f"must not be empty (expected {describe(tp, rules)}, with at least one item)")
     if rules.get("increasing") and any(b <= a for a, b in zip(items, items[1:])):
-        raise ConfigError(source, path, f"must be strictly increasing, got {list(items)}")
+        shown = ", ".join(map(number_text, items[:8])) + (", ..." if len(items) > 8 else "")
+        raise ConfigError(source, path, f"must be strictly increasing, got [{shown}]")
     return items
 
 
@@ -185,7 +224,7 @@ def _to_mapping(tp: Any, value: Any, source: str, path: str, rules: Mapping) -> 
     for key in value:
         if not isinstance(key, str) or (allowed and key not in allowed):
             hint = f"allowed: {', '.join(allowed)}" if allowed else "keys must be strings"
-            raise ConfigError(source, join_path(path, key), f"unknown key {key!r} ({hint})")
+            raise ConfigError(source, join_path(path, key_text(key)), f"unknown key {quote(key)} ({hint})")
     value_type = get_args(tp)[1]
     return FrozenDict({key: from_data(value_type, item, source=source, path=join_path(path, key),
                                       rules=rules) for key, item in value.items()})
@@ -195,14 +234,16 @@ def _to_scalar(tp: Any, value: Any, source: str, path: str, rules: Mapping) -> A
     kind = next((m for m in members(tp) if _ACCEPTS[m](value)), None)
     if kind is None:
         raise ConfigError(source, path, f"expected {describe(tp, rules)}, got {show(value)}")
+    if kind in (int, float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(source, path, f"expected a finite number, got {value}")
+        problem = out_of_range(value, rules)  # before float(): an integer beyond a float's range is just out of it
+        if problem:
+            raise ConfigError(source, path, problem)
     value = kind(value)  # int -> float where a float is expected
-    if kind is float and not math.isfinite(value):
-        raise ConfigError(source, path, f"expected a finite number, got {value}")
-    if kind in (int, float) and not all(check(value, rules[k]) for k, check in _BOUNDS.items() if k in rules):
-        raise ConfigError(source, path, f"{value:g} is out of range (allowed: {range_text(rules)})")
     if kind is str and "choices" in rules and value not in rules["choices"]:
         allowed = ", ".join(rules["choices"]) if tp is str else describe(tp, rules)  # e.g. int or "auto"
-        raise ConfigError(source, path, f"unknown {rules.get('what', 'value')} {value!r} (allowed: {allowed})")
+        raise ConfigError(source, path, f"unknown {rules.get('what', 'value')} {quote(value)} (allowed: {allowed})")
     return value
 
 

@@ -12,11 +12,11 @@ structure as JSON is read too, keys then being strings):
 
 The mapping onto a base profile and link (the fleet entry's):
 - speed = reference_ms_per_sample / computation (the base's per-core speed is replaced; cores and
-  threads stay), capped at Profile.speed's bound with a note in the description; without a
+  threads stay), held within Profile.speed's bounds with a note in the description; without a
   reference, the trace's median computation times the base speed, so the median device runs at the
   base profile's speed;
-- link: downlink = uplink = communication / 1000 Mbit/s; latency, jitter and loss from the base link
-  (FedScale gives none);
+- link: downlink = uplink = communication / 1000 Mbit/s, held within LinkSpec's bandwidth bounds with
+  a note; latency, jitter and loss from the base link (FedScale gives none);
 - availability: the behaviour trace's periods exactly, as Availability.intervals repeating every
   finish_time (clipped to it; zero-length periods dropped); online_probability 1, since the trace
   already says when the device is reachable. Without a behaviour trace, the base's availability;
@@ -24,7 +24,8 @@ The mapping onto a base profile and link (the fleet entry's):
 
 Clients are drawn from the seed without replacement, capacity and behaviour independently (FedScale
 itself pairs them by position, not by a shared client id). Every entry of a trace is checked when
-the file is first read; reads are cached per file version.
+the file is first read; reads are cached per file version. A trace file is at most MAX_TRACE_BYTES,
+checked before it is read.
 """
 
 import functools
@@ -37,12 +38,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from testbed.config.convert import fields_of, show
-from testbed.config.safe_pickle import UnsafePickleError, load_plain
+from testbed.config.convert import fields_of, key_text, number_text, out_of_range, quote, show
+from testbed.config.safe_pickle import UnreadablePickleError, UnsafePickleError, load_plain
 from testbed.config.schema import Availability, FedScaleTrace, LinkSpec, Profile
+from testbed.config.yamlio import read_bounded
 from testbed.errors import ConfigError
 
-MAX_SPEED: float = fields_of(Profile)["speed"][1]["le"]  # the schema's bound on Profile.speed
+MIN_SPEED: float = fields_of(Profile)["speed"][1]["ge"]  # the schema's bounds on Profile.speed
+MAX_SPEED: float = fields_of(Profile)["speed"][1]["le"]
+MIN_MBPS: float = fields_of(LinkSpec)["uplink_mbps"][1]["ge"]  # and on a link's bandwidth, Mbit/s
+MAX_MBPS: float = fields_of(LinkSpec)["uplink_mbps"][1]["le"]
+PERIOD_RULES = fields_of(Availability)["period_s"][1]  # finish_time's bounds: intervals are clipped to it
+# FedScale's own traces are tens of MB (capacity: ~500 k clients x two numbers; behaviour: ~100 k
+# clients with their lists of online times). 256 MiB leaves room for bigger ones while bounding what
+# a read holds: plain data unpickled or parsed takes several times its file size in Python objects.
+MAX_TRACE_BYTES = 256 << 20
 
 
 class Capacity(NamedTuple):
@@ -102,8 +112,9 @@ def _draw(rng: random.Random, trace: dict, count: int, what: str, source: str, p
 def _device(trace: FedScaleTrace, base: Profile, base_link: LinkSpec, reference: float, cid: str,
             capacity: Capacity, bid: str | None, behaviour: Behaviour | None) -> Device:
     speed = reference / capacity.ms_per_sample
-    note = f"speed {speed:.4g}" + (f", capped at {MAX_SPEED:g} (the profile bound)" if speed > MAX_SPEED else "")
-    mbps = capacity.kbps / 1000
+    note = f"speed {speed:.4g}" + (f", capped at {MAX_SPEED:g} (the profile bound)" if speed > MAX_SPEED else
+                                   f", raised to {MIN_SPEED:g} (the profile bound)" if speed < MIN_SPEED else "")
+    mbps = min(max(capacity.kbps / 1000, MIN_MBPS), MAX_MBPS)  # the link bounds; the description keeps the trace's
     link = replace(base_link, name=f"{base_link.name}-fedscale-{cid}", downlink_mbps=mbps, uplink_mbps=mbps,
                    source=f"FedScale capacity trace {trace.capacity}, client {cid}: {capacity.kbps:g} kbit/s "
                           f"both ways; latency, jitter and loss of link {base_link.name!r}")
@@ -117,7 +128,7 @@ def _device(trace: FedScaleTrace, base: Profile, base_link: LinkSpec, reference:
     traces = ", ".join(Path(file).name for file in (trace.capacity, trace.behaviour) if file)
     profile = replace(base, name=f"{base.name}-fedscale-{cid}", description=description,
                       source=f"FedScale traces ({traces}); other figures: {base.name} ({base.source})",
-                      speed=min(speed, MAX_SPEED), availability=availability)
+                      speed=min(max(speed, MIN_SPEED), MAX_SPEED), availability=availability)
     return profile, link
 
 
@@ -140,22 +151,19 @@ def _read_version(file: str, mtime_ns: int, size: int, parse_entry, fields: str)
     entries = {}
     for key, entry in data.items():
         if isinstance(key, bool) or not isinstance(key, (int, str)):
-            raise ConfigError(file, "", f"client id {key!r} is not an integer or a string")
-        cid = str(key)
+            raise ConfigError(file, "", f"client id {quote(key)} is not an integer or a string")
+        cid = str(key) if isinstance(key, str) else number_text(key)
         if cid in entries:
-            raise ConfigError(file, f"client {cid}", "appears twice (as an integer and as a string)")
+            raise ConfigError(file, f"client {key_text(cid)}", "appears twice (as an integer and as a string)")
         if not isinstance(entry, dict):
-            raise ConfigError(file, f"client {cid}", f"expected a mapping {fields}, got {show(entry)}")
-        entries[cid] = parse_entry(entry, file, f"client {cid}")
+            raise ConfigError(file, f"client {key_text(cid)}", f"expected a mapping {fields}, got {show(entry)}")
+        entries[cid] = parse_entry(entry, file, f"client {key_text(cid)}")
     return entries
 
 
 def _load(file: Path) -> Any:
     """JSON when the file starts with '{' or '[' (never a pickle's first byte), else a pickle of plain data."""
-    try:
-        data = file.read_bytes()
-    except OSError as error:
-        raise ConfigError(str(file), "", f"cannot read: {error.strerror or error}") from None
+    data = read_bounded(file, MAX_TRACE_BYTES, "a FedScale trace", str(file))
     if data.lstrip()[:1] in (b"{", b"["):
         try:
             return json.loads(data)
@@ -164,13 +172,16 @@ def _load(file: Path) -> Any:
                                              f"column {error.colno})") from None
         except UnicodeDecodeError as error:
             raise ConfigError(str(file), "", f"invalid JSON: not UTF-8 text ({error.reason})") from None
+        except RecursionError:  # json's parser recurses per level; a trace is 3 levels deep
+            raise ConfigError(str(file), "", "invalid JSON: nested too deeply to parse (a FedScale trace is "
+                                             "3 levels deep: client id -> figures -> list of times)") from None
     try:
         return load_plain(data)
     except UnsafePickleError as error:
         raise ConfigError(str(file), "", str(error)) from None
-    except Exception as error:  # noqa: BLE001 - a corrupt pickle raises anything from EOFError to KeyError
+    except UnreadablePickleError as error:  # the error's text is not shown: it may quote the file's bytes
         raise ConfigError(str(file), "", f"not a FedScale trace: neither JSON nor a readable pickle "
-                                         f"({type(error).__name__}: {error})") from None
+                                         f"({error})") from None
 
 
 def _capacity_entry(entry: dict, file: str, where: str) -> Capacity:
@@ -180,6 +191,9 @@ def _capacity_entry(entry: dict, file: str, where: str) -> Capacity:
 
 def _behaviour_entry(entry: dict, file: str, where: str) -> Behaviour:
     period = _number(entry, "finish_time", file, where, "seconds, > 0")
+    problem = out_of_range(period, PERIOD_RULES)  # it becomes Availability.period_s, which clients validate
+    if problem:
+        raise ConfigError(file, f"{where}.finish_time", f"{problem} seconds")
     active = _times(entry, "active", file, where)
     inactive = _times(entry, "inactive", file, where)
     if len(active) != len(inactive):

@@ -15,7 +15,8 @@ from typing import TypeVar
 
 import yaml
 
-from testbed.config.convert import from_data, join_path, to_data
+from testbed.config.convert import from_data, join_path, quote, to_data
+from testbed.config.depth import check_depth, known_depth
 from testbed.config.fedscale import Device, trace_devices
 from testbed.config.overrides import apply_overrides, blame_overrides
 from testbed.config.schema import FedScaleTrace, FleetEntry, LinkSpec, Profile, Scenario
@@ -51,6 +52,9 @@ def load_scenario(path: Path | str, overrides: Iterable[str] = ()) -> Scenario:
         fleet = tuple(_resolve_entry(entry, i, base_dir, source, scenario.seed)[0]
                       for i, entry in enumerate(scenario.fleet))
         data = replace(scenario.data, path=_data_path(scenario.data.path, base_dir))
+        depth = known_depth(scenario.backbone.name)  # else the run checks once it has loaded the backbone
+        if depth is not None:
+            check_depth(scenario, depth, source)
         return replace(scenario, fleet=fleet, data=data)
     except ConfigError as error:
         raise blame_overrides(error, source, overrides) from None
@@ -152,7 +156,7 @@ def _read(cls: type[Ref], file: Path) -> Ref:
     shown = _shown(file)
     obj = from_data(cls, read_mapping(file, shown), source=shown)
     if obj.name != file.stem:  # names are how scenarios and reports refer to it
-        raise ConfigError(shown, "name", f"{obj.name!r} must equal the file name ({file.stem!r})")
+        raise ConfigError(shown, "name", f"{quote(obj.name)} must equal the file name ({file.stem!r})")
     if cls is Profile:
         _, link_ref = _resolve(LinkSpec, obj.link, file.parent, shown, "link")
         obj = replace(obj, link=link_ref)
@@ -164,8 +168,11 @@ def _find_file(noun: str, ref: str, base_dir: Path | None, source: str, path: st
     candidates = _candidates(ref, base_dir)
     found = next((file for file in candidates if file.is_file()), None)
     if found is None:
+        odd = next((file for file in candidates if file.exists() and not file.is_dir()), None)
+        if odd is not None:  # a FIFO or a device (/dev/zero): reading it would never end
+            raise ConfigError(source, path, f"{noun} file {quote(ref)} is not a regular file (allowed: a regular file)")
         tried = ", ".join(str(file) for file in candidates)
-        raise ConfigError(source, path, f"{noun} file {ref!r} not found (tried: {tried})")
+        raise ConfigError(source, path, f"{noun} file {quote(ref)} not found (tried: {tried})")
     return found.resolve()
 
 

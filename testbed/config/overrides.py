@@ -9,7 +9,7 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
-from testbed.config.convert import fields_of, join_path, show, strip_none
+from testbed.config.convert import fields_of, join_path, quote, show, strip_none
 from testbed.config.schema import Scenario
 from testbed.config.yamlio import parse_value, yaml_problem
 from testbed.errors import ConfigError
@@ -23,7 +23,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     key, equals, value_text = text.partition("=")
     key = key.strip()
     if not equals or not key:
-        raise ConfigError(SOURCE, "", f"expected KEY=VALUE (e.g. rounds=5 or fleet[0].count=3), got {text!r}")
+        raise ConfigError(SOURCE, "", f"expected KEY=VALUE (e.g. rounds=5 or fleet[0].count=3), got {quote(text)}")
     keys: list[str | int] = []
     for part in key.split("."):
         match = _PART.fullmatch(part)
@@ -82,7 +82,7 @@ def _child_type(field_type: Any, key: str | int, path: str) -> tuple[Any, str]:
     if dataclasses.is_dataclass(field_type):
         fields = fields_of(field_type)
         if key not in fields:
-            raise ConfigError(SOURCE, child_path, f"unknown key {key!r} (allowed: {', '.join(fields)})")
+            raise ConfigError(SOURCE, child_path, f"unknown key {quote(key)} (allowed: {', '.join(fields)})")
         return fields[key][0], child_path
     if get_origin(field_type) is tuple:
         if not isinstance(key, int):
@@ -101,4 +101,4 @@ def _check_container(node: Any, key: str | int, path: str) -> None:
             allowed = f"0..{len(node) - 1}" if node else "none, the list is empty"
             raise ConfigError(SOURCE, join_path(path, key), f"index out of range (allowed: {allowed})")
     elif not isinstance(node, dict):
-        raise ConfigError(SOURCE, path, f"is {show(node)} in the file, not a mapping: cannot set {key!r}")
+        raise ConfigError(SOURCE, path, f"is {show(node)} in the file, not a mapping: cannot set {quote(key)}")

@@ -5,6 +5,9 @@ unpickler resolves no global at all except the two NumPy needs to rebuild a nume
 (`np.float64(1.5)` is pickled as `numpy._core.multiarray.scalar(numpy.dtype('f8'), raw bytes)`):
 dicts, lists, tuples, strings, numbers, booleans and None need no global, so they load (bytes
 too from protocol 3 on; protocols 0-2 write them through `_codecs.encode`, which is refused).
+Even those two are hostile in the wrong hands: a scalar of a non-numeric dtype (timedelta, object,
+void) is refused, and whatever else goes wrong while loading (a dtype or scalar built from a bad
+state raises TypeError, ValueError, even SystemError) is an UnreadablePickleError.
 """
 
 import io
@@ -17,10 +20,16 @@ _ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "scalar"),   # NumPy 1.x
     ("numpy._core.multiarray", "scalar"),  # NumPy 2.x
 })
+_NUMERIC_KINDS = "biuf"  # NumPy dtype kinds of plain numbers: bool, signed, unsigned, floating
+_ALLOWED = "allowed: plain data only: dicts, lists, tuples, strings, numbers, NumPy numeric scalars"
 
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle names something other than plain data (a function or class to call)."""
+
+
+class UnreadablePickleError(pickle.UnpicklingError):
+    """The pickle is corrupt or builds its allowed objects from a state they refuse."""
 
 
 class PlainDataUnpickler(pickle.Unpickler):
@@ -28,12 +37,28 @@ class PlainDataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(
-                f"refused to load: the pickle references {module}.{name} (allowed: plain data only: "
-                "dicts, lists, tuples, strings, numbers, NumPy numeric scalars)")
-        return super().find_class(module, name)
+            raise UnsafePickleError(f"refused to load: the pickle references {module}.{name} ({_ALLOWED})")
+        found = super().find_class(module, name)
+        return _numeric_scalar(found) if name == "scalar" else found
+
+
+def _numeric_scalar(scalar):
+    """NumPy's scalar constructor, for numeric dtypes only."""
+    def build(dtype, *state):
+        kind = getattr(dtype, "kind", None)
+        if not isinstance(kind, str) or kind not in _NUMERIC_KINDS:
+            raise UnsafePickleError(f"refused to load: a NumPy scalar of dtype {getattr(dtype, 'name', '?')} "
+                                    f"({_ALLOWED})")
+        return scalar(dtype, *state)
+    return build
 
 
 def load_plain(data: bytes) -> Any:
-    """Unpickle `data` holding plain data only; UnsafePickleError when it names anything else."""
-    return PlainDataUnpickler(io.BytesIO(data)).load()
+    """Unpickle `data` holding plain data only: UnsafePickleError when it names anything else,
+    UnreadablePickleError (naming only the kind of failure: its text may quote the data) when it cannot be read."""
+    try:
+        return PlainDataUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a corrupt pickle raises anything from EOFError to SystemError
+        raise UnreadablePickleError(type(error).__name__) from None

@@ -1,4 +1,4 @@
-"""Changes injected into a running client from outside (stress tests): slower compute, a worse link.
+"""Changes injected into a running client from outside (stress tests): slower compute, a worse link, lies.
 
 The injector writes `RUN_DIR/control/<client>.json`, e.g. {"slowdown": 10} or
 {"link": {"uplink_mbps": 0.1, "downlink_mbps": 0.1}}; the client re-reads it whenever the file
@@ -6,7 +6,13 @@ changes (checked when a round starts and after every local step: one stat call).
   slowdown: float >= 1, compute takes this many times longer than the profile says (1 = none);
   link: any LinkSpec fields to override on the client's link (0 < bandwidth, latency >= 0);
   scale: float > 0, the client multiplies its uploaded weights by it (a broken or hostile client
-         whose update the aggregator's screen must reject; 1 = none).
+         whose update the aggregator's screen must reject; 1 = none);
+  step_scale: float >= 0, the client uploads fetched + step_scale x (trained - fetched): 0 sends back
+         the model it fetched, 1e-4 a tiny step (1 = none);
+  samples: int >= 1, the number of clips the client claims each update was trained on (None = the truth);
+  impersonate: a client id the client claims to be when it uploads (a JOIN with its own credential,
+         then its UPDATE; None = itself).
+Every field but slowdown and link makes a lying or broken client, whose lies the aggregator must refuse.
 An invalid file is logged and ignored (the previous state holds): the run never crashes over it.
 """
 
@@ -16,6 +22,8 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 from testbed.config.schema import LinkSpec
 
@@ -42,6 +50,7 @@ class InjectedState:
     def __init__(self, path: Path | None, base_link: LinkSpec):
         self.path, self.base_link = path, base_link
         self.slowdown, self.link, self.scale = 1.0, base_link, 1.0
+        self.step_scale, self.samples, self.impersonate = 1.0, None, None
         self._seen: float | None = None
 
     def changed(self) -> bool:
@@ -63,6 +72,15 @@ class InjectedState:
             scale = float(fields.get("scale", 1.0))
             if not 0 < scale < float("inf"):
                 raise ValueError(f"scale {scale} must be > 0 and finite")
+            step_scale = float(fields.get("step_scale", 1.0))
+            if not 0 <= step_scale < float("inf"):
+                raise ValueError(f"step_scale {step_scale} must be >= 0 and finite")
+            samples = fields.get("samples")
+            if samples is not None and not (type(samples) is int and samples >= 1):
+                raise ValueError(f"samples {samples!r} must be an integer >= 1")
+            impersonate = fields.get("impersonate")
+            if impersonate is not None and not isinstance(impersonate, str):
+                raise ValueError(f"impersonate {impersonate!r} must be a client id")
             link_fields = fields.get("link", {})
             unknown = set(link_fields) - set(LINK_FIELDS)
             if unknown:
@@ -74,5 +92,22 @@ class InjectedState:
             log.warning("ignored %s: %s", self.path, error)
             return False
         self.slowdown, self.link, self.scale = slowdown, link, scale
-        log.info("injected: slowdown %.2f, link %s, update scale %g", slowdown, link, scale)
+        self.step_scale, self.samples, self.impersonate = step_scale, samples, impersonate
+        log.info("injected: slowdown %.2f, link %s, update scale %g, step scale %g, claimed samples %s, "
+                 "impersonating %s", slowdown, link, scale, step_scale, samples, impersonate)
         return True
+
+    def tampered(self, tensors: dict[str, np.ndarray], fetched: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """The update as this (possibly broken or hostile) client uploads it: new arrays, never the model's own."""
+        if self.step_scale != 1.0 and fetched is not None:
+            tensors = {key: fetched[key] + value.dtype.type(self.step_scale) * (value - fetched[key])
+                       if value.dtype.kind == "f" else value for key, value in tensors.items()}
+        if self.scale != 1.0:
+            tensors = {key: value * value.dtype.type(self.scale) if value.dtype.kind == "f" else value
+                       for key, value in tensors.items()}
+        return tensors
+
+    @property
+    def lies_about_steps(self) -> bool:
+        """The client must keep a copy of what it fetched (to upload a scaled step)."""
+        return self.step_scale != 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from testbed.errors import UserError
@@ -13,7 +14,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario field, e.g. --set rounds=5 --set strategy.name=fedavg_full")
     parser.add_argument("--out", help="run directory (default: runs/<scenario>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a run from its last completed round; a checkpoint that cannot be tied to "
+                             "the run is refused (run failed, exit code 1)")
     parser.add_argument("--no-dashboard", action="store_true",
                         help="plain timestamped lines even on a terminal (the default when not on one)")
 
@@ -39,11 +42,13 @@ def add_aggregator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", type=Path, help="CURVE key directory from `testbed keys` (required beyond loopback)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", help="run directory (default: runs/<scenario>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue this run directory (a checkpoint not tied to it is refused: exit code 1)")
     parser.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for the fleet")
 
 
 def aggregator(args: argparse.Namespace) -> int:
+    from testbed.aggregator.checkpoint import CheckpointRefused
     from testbed.aggregator.plan import make_plan
     from testbed.aggregator.server import Aggregator, write_summary
     from testbed.config.loader import load_scenario
@@ -57,10 +62,19 @@ def aggregator(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario, args.overrides)
         run_dir = new_run_dir(scenario, args.out)
     prepare_assets(scenario)
+    if args.keys is None:  # allowed on loopback only (checked above), and said plainly: run_started says auth "none"
+        print(f"warning: no --keys: any process that can reach {args.bind} may join as any client of the fleet "
+              f"(use `testbed keys` and --keys to bind each client id to its own key)", flush=True)
     print(f"aggregator for {scenario.name!r}: waiting for {sum(e.count for e in scenario.fleet)} clients on "
           f"{args.bind}; run directory {run_dir}", flush=True)
-    code = Aggregator(make_plan(scenario), run_dir, bind=args.bind, publish=args.publish, curve_dir=args.keys,
-                      resume=bool(args.resume), join_timeout_s=args.join_timeout).run()
+    try:
+        aggregator = Aggregator(make_plan(scenario), run_dir, bind=args.bind, publish=args.publish,
+                                curve_dir=args.keys, resume=bool(args.resume), join_timeout_s=args.join_timeout)
+    except CheckpointRefused as refusal:  # recorded as the run's run_failed event: the run ends failed
+        print(refusal, flush=True)
+        code = 1
+    else:
+        code = aggregator.run()
     summary = write_summary(run_dir)
     from testbed.monitor.report import build_report_or_warn
 
@@ -73,7 +87,8 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", required=True, help="the aggregator's address, e.g. tcp://host:5555")
     parser.add_argument("--id", required=True, dest="client_id", help="this client's id in the fleet, e.g. c07")
     parser.add_argument("--keys", type=Path, help="CURVE key directory holding server.key and clients/<id>.key_secret")
-    parser.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for the aggregator")
+    parser.add_argument("--join-timeout", type=float, default=600.0,
+                        help="seconds to wait for the aggregator's WELCOME, then exit saying why (code 2)")
 
 
 def client(args: argparse.Namespace) -> int:
@@ -98,14 +113,17 @@ def keys(args: argparse.Namespace) -> int:
         ids += [spec.client_id for spec in resolve_fleet(load_scenario(args.scenario))]
     if not ids:
         raise UserError("name the clients: --clients c00,c01,... or --scenario SCENARIO")
+    unfit = [cid for cid in ids if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cid)]
+    if unfit:
+        raise UserError(f"client id {unfit[0]!r} cannot name a key file (allowed: letters, digits, '_', '.', '-')")
     generate_keys(args.directory, sorted(set(ids)))
-    print(f"CURVE keys for the aggregator and {len(set(ids))} clients in {args.directory}: give each client host "
-          f"{args.directory}/server.key and its own clients/<id>.key_secret")
+    print(f"CURVE keys for the aggregator and {len(set(ids))} clients in {args.directory} (secret keys readable by "
+          f"you alone): give each client host {args.directory}/server.key and its own clients/<id>.key_secret")
     return 0
 
 
 def _require_keys_beyond_loopback(address: str, keys: Path | None) -> None:
-    """TCP beyond loopback requires CURVE (DESIGN 7)."""
+    """TCP beyond loopback requires CURVE: without it, anyone who reaches the port could join as any client."""
     if keys is None and address.startswith("tcp://") and not any(
             host in address for host in ("127.0.0.1", "localhost", "[::1]")):
         raise UserError(f"{address}: TCP beyond loopback requires CURVE keys (--keys DIR, made by `testbed keys`)")

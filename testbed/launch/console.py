@@ -66,18 +66,32 @@ def describe(event: dict) -> str | None:
                 f"{event.get('task', '?')}, {event.get('link', '?')})")
     if kind == "client_state" and event.get("state") not in ROUTINE_STATES:
         return f"{client}: {event.get('state')}"
-    if kind in ("client_lost", "client_rejoined", "client_left", "client_skipped", "late_update", "update_discarded"):
+    if kind in ("client_lost", "client_rejoined", "client_left", "client_skipped", "late_update", "update_discarded",
+                "update_rejected"):
         what = {"client_lost": "lost (silent)", "client_rejoined": "back", "client_left": "left",
                 "client_skipped": "skipped the round", "late_update": "late update (round closed)",
-                "update_discarded": "update discarded"}[kind]
+                "update_discarded": "update discarded", "update_rejected": "update rejected"}[kind]
         round_ = f" in round {event['round']}" if event.get("round") else ""
         reason = f": {event['reason']}" if event.get("reason") else ""
         return f"{client}: {what}{round_}{reason}"
-    if kind == "message_dropped":
-        return f"dropped a message from {event.get('identity', '?')!r}: {event.get('reason', '?')}"
+    if kind in ("message_dropped", "join_refused", "handshake_failed", "connection_closed"):
+        return _refusal_line(event)
     if kind == "dilation_changed":
         return f"time dilation ×{event.get('factor', '?')}: {event.get('reason', 'no reason given')}"
     return None
+
+
+def _refusal_line(event: dict) -> str:
+    """A refusal, or a count of them told at once (`count`, over `over_s` seconds: see aggregator/refusals.py)."""
+    kind, count, who = event["kind"], event.get("count"), repr(event.get("identity", "?"))
+    what = {"message_dropped": f"dropped a message from {who}",
+            "join_refused": f"refused a JOIN as {event.get('claimed', '?')} from {who}",
+            "handshake_failed": "refused a connection: failed handshake",
+            "connection_closed": f"{event['client']}'s {event.get('channel', '?')} connection closed"
+            if event.get("client") else f"a connection closed ({who})"}[kind]
+    if count is not None:
+        what = f"{what} ({count} more like it in {event.get('over_s', '?')} s)"
+    return f"{what}: {event.get('reason', '?')}"
 
 
 def line_for(event: dict) -> str | None:

@@ -17,7 +17,11 @@ import testbed.client.local  # noqa: F401
 from testbed.launch.processes import die_with_parent, log_to
 
 
-def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, fixed_dilation: bool = False) -> None:
+def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, fixed_dilation: bool = False,
+                    tokens: dict[str, str] | None = None) -> None:
+    """`tokens`: each client's secret (see aggregator/credentials.py), handed over by the fork server, never
+    on a command line, in the environment or in a file."""
+    from testbed.aggregator.checkpoint import CheckpointRefused
     from testbed.aggregator.plan import make_plan
     from testbed.aggregator.server import Aggregator
     from testbed.config.loader import load_scenario
@@ -26,18 +30,30 @@ def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, 
     log_to(Path(run_dir) / "logs" / "aggregator.log")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     scenario = load_scenario(Path(run_dir) / "scenario.yaml")
-    aggregator = Aggregator(make_plan(scenario), Path(run_dir), bind=bind, publish=publish, resume=resume,
-                            fixed_dilation=fixed_dilation)
+    try:
+        aggregator = Aggregator(make_plan(scenario), Path(run_dir), bind=bind, publish=publish, resume=resume,
+                                fixed_dilation=fixed_dilation, tokens=tokens)
+    except CheckpointRefused:
+        sys.exit(1)  # logged, and recorded as the run's run_failed event: the launcher shows that line
     sys.exit(aggregator.run())
 
 
-def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = False) -> None:
+def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = False, token: str | None = None) -> None:
+    """`token`: this client's secret alone, its proof of identity in its JOIN (handed over as `tokens` above)."""
+    import logging
+
     from testbed.client.worker import run_client
+    from testbed.errors import UserError
 
     die_with_parent()
     log_to(Path(run_dir) / "logs" / f"{client_id}.log")
     torch.set_num_threads(1)  # while joining; the profile sets its own thread count once WELCOME names it
-    sys.exit(run_client(connect, client_id, kernel_cpu=kernel_cpu, run_dir=Path(run_dir)))
+    try:
+        code = run_client(connect, client_id, kernel_cpu=kernel_cpu, run_dir=Path(run_dir), token=token)
+    except UserError as error:  # could not join: one line in its log, no traceback
+        logging.getLogger("testbed.client").error("%s: %s", client_id, error)
+        code = 2
+    sys.exit(code)
 
 
 # Everything imported so far is shared with every forked child. Python's garbage collector would

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import tempfile
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from testbed.aggregator.checkpoint import write_run_identity
 from testbed.config.convert import to_data
 from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
@@ -30,6 +32,7 @@ def new_run_dir(scenario: Scenario, out: str | None) -> Path:
     else:
         run_dir = Path("runs") / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_identity(run_dir, scenario)  # run.json: what every checkpoint of this run is tied to
     dump_scenario(scenario, run_dir / "scenario.yaml")
     fleet = [to_data(client) for client in resolve_fleet(scenario)]  # profiles and links in full
     (run_dir / "fleet.json").write_text(json.dumps(fleet, indent=1))
@@ -37,13 +40,19 @@ def new_run_dir(scenario: Scenario, out: str | None) -> Path:
 
 
 def prepare_assets(scenario: Scenario) -> None:
-    """Build what every process will read from the cache (corpus, waveforms, pretrained backbone) once, here."""
+    """Build what every process will read from the cache (corpus, waveforms, pretrained backbone) once, here,
+    and check what the scenario asks of the host and the backbone: a one-line UserError before any process starts."""
     from testbed.aggregator.plan import make_plan
+    from testbed.config.depth import check_depth
+    from testbed.launch.capacity import check_host
     from testbed.model.backbone import build_backbone
 
+    check_host(scenario, resolve_fleet(scenario))  # time dilation and memory the fleet needs
     make_plan(scenario)  # the data of every task, and a partition that gives every client a shard (else one-line error)
     spec = scenario.backbone
-    build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
+    backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
+    # exits against the loaded depth: load_scenario could check them only for a backbone known without loading it
+    check_depth(scenario, backbone.config.num_hidden_layers, f"scenario {scenario.name!r}")
 
 
 def run(scenario_path: str | None, overrides: list[str], out: str | None = None, resume: str | None = None,
@@ -75,13 +84,17 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         from testbed.launch import entry
 
         limits = KernelLimits(scenario, clients, fleet_dilation(scenario, clients).factor, run_dir)
+        # each client's proof of identity: handed to that child alone and to the aggregator, through the fork
+        # server (never a command line, the environment or a file), so no other process can join as a client
+        tokens = {client.client_id: secrets.token_hex(16) for client in clients}
 
         def start_client(client_id: str) -> None:
-            process = group.start(client_id, entry.client_main, router, client_id, str(run_dir), limits.cpu_quota)
+            process = group.start(client_id, entry.client_main, router, client_id, str(run_dir), limits.cpu_quota,
+                                  tokens[client_id])
             limits.attach(client_id, process.pid)
 
         aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, bool(resume),
-                                 limits.cpu_quota)
+                                 limits.cpu_quota, tokens)
         starts = StaggeredStart([client.client_id for client in clients], run_dir / "events.jsonl")
         while aggregator.is_alive() and not interrupted:
             if starts.pending:

@@ -6,22 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from testbed.model.geometry import default_exits, exit_depth  # noqa: F401 (re-exported)
+
 LOSS_MODES = ("all_exits", "deepest", "self_distill")
 
 
-def default_exits(num_layers: int, count: int = 4) -> tuple[int, ...]:
-    """Evenly spaced exit layers: 12 layers -> (3, 6, 9, 12); 8 -> (2, 4, 6, 8); 2 -> (1, 2)."""
-    count = min(count, num_layers)
-    return tuple(sorted({round(num_layers * (i + 1) / count) for i in range(count)}))
-
-
 FRONTEND_CHUNK = 4  # clips per pass through a frozen CNN front end (peak memory, not speed)
-
-
-def exit_depth(exits: tuple[int, ...], max_exit: int | None) -> int:
-    """The transformer depth of the `max_exit`-th exit (1-based, capped at the deepest); None = deepest."""
-    index = len(exits) if max_exit is None else min(max_exit, len(exits))
-    return exits[index - 1]
 
 
 def normalise(waveforms: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,15 @@ def sample_batches(count: int, batch_size: int, generator: torch.Generator):
             yield order[start:start + batch_size]
 
 
+def round_samples(steps: int, batch_size: int, clips: int) -> int:
+    """Clips seen in `steps` local steps on a shard of `clips` clips: each step takes min(batch_size, clips).
+
+    What `train_steps` counts and a client reports (a test holds the two together), so the aggregator
+    takes it as the most that a client's claim of samples may be.
+    """
+    return steps * min(batch_size, clips)
+
+
 def train_steps(model: EarlyExitModel, optimizer: torch.optim.Optimizer, waveforms: torch.Tensor,
                 labels: torch.Tensor, *, task: str, depth: int, steps: int, batch_size: int,
                 loss_mode: str = "all_exits", generator: torch.Generator, on_step=None) -> dict:

@@ -236,7 +236,8 @@ class RunView:
     _on_run_finished = _on_run_interrupted = _on_run_failed = _end
 
     def _on_message_dropped(self, event: dict, t: float) -> None:
-        self.dropped_messages += 1
+        count = event.get("count", 1)  # repeated drops are told once, then as one event with their count
+        self.dropped_messages += count if isinstance(count, int) and count > 0 else 1
 
     # ------------------------------------------------------------ clients
     def _on_client_joined(self, event: dict, t: float) -> None:

@@ -158,20 +158,21 @@ def dropped(settings: spec.Dropped, events: list[dict], facts: Facts) -> Verdict
     if not floods:
         return Verdict(False, "no flood in the script")
     since = min(a["seq"] for a in floods)
-    drops: dict[str, list[str]] = {}
+    # identity -> [reason, messages it stands for]: repeated drops are told once, then counted (`count`)
+    drops: dict[str, list[list]] = {}
     for event in events:
         if event["kind"] == "message_dropped" and event["seq"] > since:
-            drops.setdefault(event["identity"], []).append(event["reason"])
+            drops.setdefault(event["identity"], []).append([event["reason"], event.get("count", 1)])
     sent = [item for action in floods for item in action.get("sent", [])]
     misses = []
-    by_identity: dict[str, list[dict]] = {}
-    for item in sent:
-        by_identity.setdefault(item["identity"], []).append(item)
-    for identity, items in by_identity.items():  # a socket's messages are handled in the order it sent them
-        reasons = drops.get(identity, [])
-        for index, item in enumerate(items):
-            if index >= len(reasons) or item["expect"] not in reasons[index]:
-                misses.append(f"{item['attack']}: {reasons[index] if index < len(reasons) else 'not dropped'}")
+    for item in sent:  # each attack needs a drop of its own, from its socket, with the reason its kind calls for
+        reasons = drops.get(item["identity"], [])
+        match = next((entry for entry in reasons if entry[1] > 0 and item["expect"] in entry[0]), None)
+        if match is None:
+            misses.append(f"{item['attack']}: not dropped for '{item['expect']}' "
+                          f"({reasons[0][0] if reasons else 'nothing dropped from ' + item['identity']})")
+        else:
+            match[1] -= 1
     counted = _counted_drops(events, since)
     return Verdict(bool(sent) and not misses and counted is not None and counted[0] == counted[1],
                    f"{len(sent) - len(misses)}/{len(sent)} malformed messages dropped with their reason; "
@@ -181,14 +182,14 @@ def dropped(settings: spec.Dropped, events: list[dict], facts: Facts) -> Verdict
 
 
 def _counted_drops(events: list[dict], since: int) -> tuple[int, int] | None:
-    """(dropped_messages the run's end reports, message_dropped events of that launch) for the launch
-    that ended after `since`; None when none did."""
+    """(dropped_messages the run's end reports, messages the message_dropped events of that launch stand for)
+    for the launch that ended after `since`; None when none did."""
     end = next((e for e in events if e["seq"] > since and e["kind"] in ENDINGS), None)
     if end is None:
         return None
     start = max(e["seq"] for e in events if e["kind"] == "run_started" and e["seq"] < end["seq"])
-    return end["dropped_messages"], sum(e["kind"] == "message_dropped" and start < e["seq"] < end["seq"]
-                                        for e in events)
+    return end["dropped_messages"], sum(e.get("count", 1) for e in events
+                                        if e["kind"] == "message_dropped" and start < e["seq"] < end["seq"])
 
 
 def depth_change(settings: spec.DepthChange, events: list[dict], facts: Facts) -> Verdict:
@@ -297,9 +298,10 @@ def straggles(settings: spec.Straggles, events: list[dict], facts: Facts) -> Ver
 
 
 def rejected(settings: spec.Rejected, events: list[dict], facts: Facts) -> Verdict:
-    corrupted = actions_of(facts, "corrupt", settings.client)
+    corrupted = sorted(actions_of(facts, "corrupt", settings.client) + actions_of(facts, "lie", settings.client),
+                       key=lambda action: action["seq"])
     if not corrupted:
-        return Verdict(False, f"{settings.client} was not corrupted by the script")
+        return Verdict(False, f"{settings.client} was not corrupted (corrupt or lie) by the script")
     since = corrupted[0]["seq"]
     refused = [e for e in events if e["kind"] == "update_rejected" and e["seq"] > since]
     mine = [e for e in refused if e["client"] == settings.client]
@@ -315,8 +317,37 @@ def rejected(settings: spec.Rejected, events: list[dict], facts: Facts) -> Verdi
     if mine:
         figure += f"; e.g. {mine[0]['reason']}"
     logged = sum(e["kind"] == "update_rejected" for e in events)  # the whole run's, as the summary's
-    passed = bool(mine) and not accepted and not others and counted == logged
+    expected_check = settings.check is None or set(checks) == {settings.check}
+    if settings.check is not None:
+        figure += f"; every rejection by the {settings.check!r} check: {'yes' if expected_check else 'no'}"
+    passed = bool(mine) and not accepted and not others and counted == logged and expected_check
     return Verdict(passed, figure)
+
+
+def impersonation(settings: spec.Impersonation, events: list[dict], facts: Facts) -> Verdict:
+    attacks = [a for a in actions_of(facts, "impersonate") if a.get("injected")]
+    if not attacks:
+        return Verdict(False, "no client impersonated another in the script")
+    action = attacks[0]
+    impostors = action["clients"]
+    victim = action["injected"][impostors[0]]["impersonate"]
+    since = action["seq"]
+    victim_rows = {i: row["status"] for i, row in rows_of(events, victim).items() if i >= action["round"]}
+    impostor_rounds = sorted({i for cid in impostors for i in rows_of(events, cid) if i >= action["round"]})
+    refusals = [e for e in events if e["seq"] > since and e["kind"] in spec.REFUSAL_KINDS
+                and e.get("claimed") == victim]
+    refused = sum(e.get("count", 1) for e in refusals)
+    forged = [e["round"] for e in events if e["kind"] == "update_received" and e["seq"] > since
+              and e["client"] in impostors]
+    locked_out = sorted(i for i, status in victim_rows.items() if status != "updated")
+    figure = (f"{', '.join(impostors)} posing as {victim} in rounds {_rounds_text(impostor_rounds)}: {refused} "
+              f"message(s) claiming {victim} refused ({', '.join(sorted({e['kind'] for e in refusals})) or 'none'}); "
+              f"{victim} updated in {len(victim_rows) - len(locked_out)} of {len(victim_rows)} rounds asked "
+              f"(not in {_rounds_text(locked_out)}); impostor updates accepted in rounds {_rounds_text(forged)}")
+    if refusals:
+        figure += f"; e.g. {refusals[0].get('reason', '?')}"
+    return Verdict(bool(impostor_rounds) and refused >= len(impostor_rounds) and bool(victim_rows)
+                   and not locked_out and not forged, figure)
 
 
 CheckFunction = Callable[[object, list[dict], Facts], Verdict]
@@ -325,6 +356,7 @@ CHECKS: dict[str, CheckFunction] = {
     "no_round_lost": no_round_lost, "state_preserved": state_preserved, "no_orphans": no_orphans,
     "accuracy": accuracy, "dropped": dropped, "depth_change": depth_change, "gone": gone, "rejoined": rejoined,
     "late_join": late_join, "churn": churn, "updates": updates, "straggles": straggles, "rejected": rejected,
+    "impersonation": impersonation,
 }
 
 

@@ -1,8 +1,10 @@
 """Malformed messages for the aggregator's router, each with the reason the aggregator must drop it for.
 
-Every attack is sent from a socket that is not a fleet client's ("intruder", or "stranger-<n>" for
-an unknown identity): a second socket claiming a live client's identity is refused by ZeroMQ itself,
-so the aggregator's own checks (decode, identity, fleet membership) are what these exercise.
+Every attack is sent from a connection that never proved to be a fleet client ("intruder", or
+"stranger-<n>" for an unknown client id), so the aggregator's own checks (decode, the connection's
+binding to a client, fleet membership) are what these exercise. The sockets pick their own routing
+ids, as any peer may: the aggregator trusts them for nothing, but names them in its drop events,
+which is how a stress check pairs each attack with its drop.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ ATTACKS = {
     "garbage": "not valid msgpack",
     "unknown_type": "unknown message type",
     "bad_body": "body field 'depth'",
-    "impostor": "differs from its socket identity",
+    "impostor": "from a connection that has not joined",
     "oversized": "oversized message",
     "unknown_client": "unknown client",
 }

@@ -211,6 +211,13 @@ class Injector:
     def _corrupt(self, step: Step, clients: list[str]) -> dict:
         return self._control(clients, scale=step.scale)
 
+    def _lie(self, step: Step, clients: list[str]) -> dict:
+        lies = {"samples": step.samples, "step_scale": step.step_scale}
+        return self._control(clients, **{key: value for key, value in lies.items() if value is not None})
+
+    def _impersonate(self, step: Step, clients: list[str]) -> dict:
+        return self._control(clients, impersonate=step.victim)
+
     def _flood(self, step: Step, clients: list[str]) -> dict:
         started = next((e for e in self.run.events if e["kind"] == "run_started"), None)
         try:

@@ -37,10 +37,10 @@ from pathlib import Path
 import yaml
 
 from testbed.config import names
-from testbed.config.convert import fields_of, from_data, join_path, setting
+from testbed.config.convert import fields_of, from_data, join_path, out_of_range, setting
 from testbed.config.loader import is_path, load_scenario, resolve_fleet
 from testbed.config.overrides import SOURCE as OVERRIDE_SOURCE
-from testbed.config.schema import Scenario
+from testbed.config.schema import MAX_FLEET, YEAR_S, LinkSpec, Scenario
 from testbed.config.yamlio import read_mapping
 from testbed.emulation.injection import LINK_FIELDS
 from testbed.errors import ConfigError
@@ -56,18 +56,24 @@ ACTIONS = {
     "slow": "the clients compute `slowdown` times slower than their profile",
     "link": "override fields of the clients' links, e.g. {uplink_mbps: 0.1, downlink_mbps: 0.1}",
     "corrupt": "the clients multiply the weights they upload by `scale`: a broken or hostile client",
+    "lie": "the clients misreport their updates: claim `samples` clips each, upload `step_scale` x their step",
+    "impersonate": "the clients upload as `victim` (another client of the fleet), with their own credentials",
     "flood": "malformed messages at the aggregator's router (`attacks`, each `repeat` times)",
     "kill_aggregator": "SIGKILL the aggregator, then continue the run with `testbed run --resume`",
 }
-TARGETED = ("kill", "stop", "cont", "slow", "link", "corrupt")  # actions on clients
+TARGETED = ("kill", "stop", "cont", "slow", "link", "corrupt", "lie", "impersonate")  # actions on clients
 # Events the aggregator writes (testbed/aggregator/server.py); triggers match on them.
 EVENT_KINDS = (
     "run_started", "run_resumed", "client_joined", "client_ready", "client_state", "round_started",
     "model_sent", "client_progress", "update_received", "update_rejected", "update_discarded", "late_update",
     "round_closed", "round_aggregated", "evaluated", "client_lost", "client_rejoined", "client_left",
     "client_skipped", "message_dropped", "dilation_changed", "run_finished", "run_interrupted", "run_failed",
+    "join_refused", "handshake_failed", "connection_closed",
 )
+# Events by which the aggregator refuses a message; each names the client the message `claimed` to be.
+REFUSAL_KINDS = ("message_dropped", "join_refused")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names a results directory
+WEEK_S = 604_800  # seconds: the longest a stressed run (wall time) may be given
 
 
 # ---------------------------------------------------------------- script
@@ -76,12 +82,12 @@ class Trigger:
     """When a step fires: exactly one of event, t, wall_s, after, start; then after the delays."""
 
     event: Mapping[str, str | int | float | bool] | None = None  # the first event with all these fields
-    t: float | None = setting(None, ge=0)         # emulated seconds since the run started
-    wall_s: float | None = setting(None, ge=0)    # wall seconds since the run was launched
+    t: float | None = setting(None, ge=0, le=YEAR_S)        # emulated seconds since the run started
+    wall_s: float | None = setting(None, ge=0, le=WEEK_S)   # wall seconds since the run was launched
     after: str | None = None                      # when the earlier step of this name was carried out
     start: bool = False                           # as soon as the step's clients have processes
-    delay_s: float = setting(0.0, ge=0)           # then wait this many emulated seconds
-    delay_deadlines: float = setting(0.0, ge=0)   # ... plus this many round deadlines
+    delay_s: float = setting(0.0, ge=0, le=YEAR_S)          # then wait this many emulated seconds
+    delay_deadlines: float = setting(0.0, ge=0, le=1_000_000)  # ... plus this many round deadlines
 
     def problems(self) -> Problems:
         given = [key for key in ("event", "t", "wall_s", "after") if getattr(self, key) is not None]
@@ -103,11 +109,15 @@ class Step:
     name: str | None = None
     clients: tuple[str, ...] | None = setting(None, nonempty=True)  # client ids, e.g. [c01, c02]
     fraction: float | None = setting(None, gt=0, le=1)  # or the first ceil(fraction x fleet) clients
-    slowdown: float | None = setting(None, ge=1)        # slow: compute this many times slower
-    link: Mapping[str, float] | None = setting(None, keys=LINK_FIELDS, ge=0)  # link: fields to override
-    scale: float | None = setting(None, gt=0)           # corrupt: factor on the uploaded weights
+    slowdown: float | None = setting(None, ge=1, le=1000)  # slow: compute this many times slower
+    # link: fields to override, each within its LinkSpec bounds (problems())
+    link: Mapping[str, float] | None = setting(None, keys=LINK_FIELDS, ge=0, le=100_000)
+    scale: float | None = setting(None, gt=0, le=1e6)   # corrupt: factor on the uploaded weights
+    samples: int | None = setting(None, ge=1, le=2**63 - 1)  # lie: clips claimed per update (int64 at most)
+    step_scale: float | None = setting(None, ge=0, le=1e6)  # lie: factor on the uploaded step (0: none at all)
+    victim: str | None = None                           # impersonate: the client id claimed
     attacks: tuple[str, ...] | None = setting(None, nonempty=True, choices=tuple(ATTACKS), what="attack")
-    repeat: int = setting(1, ge=1)                      # flood: send the attacks this many times
+    repeat: int = setting(1, ge=1, le=10_000)           # flood: send the attacks this many times
 
     def problems(self) -> Problems:
         if self.do in TARGETED and (self.clients is None) == (self.fraction is None):
@@ -115,19 +125,21 @@ class Step:
         for key in ("clients", "fraction"):
             if self.do not in TARGETED and getattr(self, key) is not None:
                 yield key, f"only goes with do: {', '.join(TARGETED)}"
+        if self.do == "lie" and self.samples is None and self.step_scale is None:
+            yield "samples", "do: lie needs samples (clips claimed), step_scale (factor on the step) or both"
+        if self.do == "impersonate" and self.victim in (self.clients or ()):
+            yield "victim", f"{self.victim!r} is one of the impostors (allowed: another client of the fleet)"
         for key, action in (("slowdown", "slow"), ("link", "link"), ("scale", "corrupt"), ("attacks", "flood"),
-                            ("repeat", "flood")):
+                            ("repeat", "flood"), ("samples", "lie"), ("step_scale", "lie"), ("victim", "impersonate")):
             value = getattr(self, key)
-            if self.do == action and value is None and key in ("slowdown", "link", "scale"):
+            if self.do == action and value is None and key in ("slowdown", "link", "scale", "victim"):
                 yield key, f"is required with do: {action} ({ACTIONS[action]})"
             if self.do != action and value not in (None, 1):
                 yield key, f"only goes with do: {action}"
-        if self.link is not None:
-            for key in ("downlink_mbps", "uplink_mbps"):
-                if self.link.get(key) == 0:
-                    yield f"link.{key}", "0 is out of range (allowed: x > 0)"
-            if self.link.get("loss", 0) >= 1:
-                yield "link.loss", f"{self.link['loss']:g} is out of range (allowed: 0 <= x < 1)"
+        for key, value in (self.link or {}).items():  # what a link preset may say, an injected link may too
+            problem = out_of_range(value, fields_of(LinkSpec)[key][1])
+            if problem:
+                yield f"link.{key}", problem
 
 
 # ---------------------------------------------------------------- checks (functions: testbed/stress/checks.py)
@@ -140,15 +152,15 @@ class Completed:
 class RoundTime:
     """No round lasts longer than `max_deadlines` deadlines (emulated seconds)."""
 
-    max_deadlines: float = setting(1.05, gt=0)
+    max_deadlines: float = setting(1.05, gt=0, le=1000)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RoundTimeRecovered:
     """The last rounds' mean wall time is within `tolerance` of the rounds' before the first action."""
 
-    tolerance: float = setting(0.2, gt=0)  # share: 0.2 = within 20 %
-    last: int = setting(2, ge=1)           # how many final rounds
+    tolerance: float = setting(0.2, gt=0, le=100)    # share: 0.2 = within 20 %
+    last: int = setting(2, ge=1, le=1_000_000)       # how many final rounds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,7 +196,7 @@ class DepthChange:
     """After the client was slowed, it trains a shallower exit within `within` rounds."""
 
     client: str
-    within: int = setting(2, ge=1)
+    within: int = setting(2, ge=1, le=1_000_000)  # rounds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,7 +230,7 @@ class Churn:
 class Updates:
     """Every round aggregated at least `min` updates."""
 
-    min: int = setting(1, ge=0)
+    min: int = setting(1, ge=0, le=MAX_FLEET)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,10 +242,19 @@ class Straggles:
 
 @dataclass(frozen=True, kw_only=True)
 class Rejected:
-    """Every update the client sent after it was corrupted was rejected by the aggregator's screen,
-    each logged with its reason and counted in the run's summary; no update of another client was."""
+    """Every update the client sent after it was corrupted (or began to lie) was rejected by the
+    aggregator, each logged with its reason (by the `check` named, when given) and counted in the run's
+    summary; no update of another client was."""
 
     client: str
+    check: str | None = None                 # e.g. samples, norm: the check that must refuse each
+
+
+@dataclass(frozen=True, kw_only=True)
+class Impersonation:
+    """Clients posing as another (`do: impersonate`) had every such message refused with an event, none
+    of their updates counted afterwards, and the victim was never locked out: it updated in every round it
+    was asked in."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +277,7 @@ class Checks:
     updates: Updates | None = None
     straggles: Straggles | None = None
     rejected: Rejected | None = None
+    impersonation: Impersonation | None = None
 
     def enabled(self) -> dict[str, object]:
         """Check name -> its settings, for the checks that run, in declaration order."""
@@ -275,7 +297,7 @@ class Quick:
 
     set: tuple[str, ...] = ()
     checks: Checks | None = None      # these checks' settings replace the full run's
-    timeout_s: float | None = setting(None, gt=0)
+    timeout_s: float | None = setting(None, gt=0, le=WEEK_S)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,7 +308,7 @@ class StressFile:
     script: tuple[Step, ...] = ()
     checks: Checks
     quick: Quick = setting(Quick)
-    timeout_s: float = setting(3600.0, gt=0)  # wall seconds the stressed run may take, resumes included
+    timeout_s: float = setting(3600.0, gt=0, le=WEEK_S)  # wall seconds the stressed run may take, resumes included
 
     def problems(self) -> Problems:
         if not _NAME.fullmatch(self.name):
@@ -439,6 +461,8 @@ def _check_client_ids(test: StressTest, source: str) -> None:
     named = []
     for index, step in enumerate(test.steps):
         named += [(f"script[{index}].clients[{i}]", cid) for i, cid in enumerate(step.clients or ())]
+        if step.victim is not None:
+            named.append((f"script[{index}].victim", step.victim))
         if step.when.event is not None and "client" in step.when.event:
             named.append((f"script[{index}].when.event.client", step.when.event["client"]))
     for name, settings in test.checks.enabled().items():

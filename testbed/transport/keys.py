@@ -3,7 +3,8 @@
 Layout of a key directory (made by `testbed keys DIR --clients c00,c01,...`):
     server.key, server.key_secret          the aggregator's pair
     clients/<id>.key, clients/<id>.key_secret   each client's pair (hand <id>.key_secret to that host only)
-    authorized/<id>.key                    public keys the aggregator accepts
+    authorized/<id>.key                    public keys the aggregator accepts, each for that client id only
+Secret keys are readable by their owner alone (0600) and so is every folder of it (0700).
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ from zmq.auth.thread import ThreadAuthenticator
 from testbed.errors import UserError
 
 
+PRIVATE_DIR = 0o700  # key folders: their owner alone may list or enter them
+PRIVATE_FILE = 0o600  # secret keys: their owner alone may read them
+
+
 def generate_keys(directory: Path, client_ids: list[str]) -> None:
-    """Create (or extend) a key directory; existing keys are kept."""
-    (directory / "clients").mkdir(parents=True, exist_ok=True)
-    (directory / "authorized").mkdir(exist_ok=True)
+    """Create (or extend) a key directory; existing keys are kept, and made private if they were not."""
+    for folder in (directory, directory / "clients", directory / "authorized"):
+        folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        folder.chmod(PRIVATE_DIR)  # before any secret is written in it (mkdir's mode is cut by the umask)
     if not (directory / "server.key_secret").exists():
         zmq.auth.create_certificates(directory, "server")
     for client_id in client_ids:
         if not (directory / "clients" / f"{client_id}.key_secret").exists():
             zmq.auth.create_certificates(directory / "clients", client_id)
         shutil.copy(directory / "clients" / f"{client_id}.key", directory / "authorized" / f"{client_id}.key")
+    for secret in (directory / "server.key_secret", *(directory / "clients").glob("*.key_secret")):
+        secret.chmod(PRIVATE_FILE)  # pyzmq writes them as the umask allows (0644 by default)
 
 
 def _load(path: Path):
@@ -50,6 +58,11 @@ def start_authenticator(context: zmq.Context, socket: zmq.Socket, directory: Pat
     authenticator.configure_curve(domain="*", location=str(authorized))
     socket.curve_secretkey, socket.curve_publickey, socket.curve_server = secret, public, True
     return authenticator
+
+
+def authorized_keys(directory: Path) -> dict[str, str]:
+    """Client id -> the z85 public key authorized for it (authorized/<id>.key): what binds an id to its key."""
+    return {path.stem: _load(path)[0].decode("ascii") for path in sorted((directory / "authorized").glob("*.key"))}
 
 
 def configure_client(socket: zmq.Socket, directory: Path, client_id: str) -> None:

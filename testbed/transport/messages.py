@@ -33,7 +33,9 @@ _shown.maxstring = _shown.maxother = 120  # characters
 # Required body fields per message type (extra fields are ignored: newer minor versions may add some).
 # float accepts int; dict/list are checked only for their kind.
 BODIES: dict[str, dict[str, type]] = {
-    "JOIN": {"profile": str, "task": str, "pid": int},          # client -> aggregator
+    # client -> aggregator, first on each of its connections; optional: "channel" ("main" or "heartbeat")
+    # and "token" (the secret `testbed run` gave this client alone: its proof of identity without CURVE)
+    "JOIN": {"profile": str, "task": str, "pid": int},
     "WELCOME": {"run": dict},                                    # aggregator -> client: run settings
     "ROUND": {"deadline_s": float, "depth": int},                # aggregator -> client: a round starts (depth 0: yours to choose)
     "FETCH": {"depth": int},                                     # client -> aggregator: send layers <= depth
@@ -44,6 +46,16 @@ BODIES: dict[str, dict[str, type]] = {
     "PROGRESS": {"step": int, "steps": int, "layer": int},       # client -> aggregator, every local step
     "BYE": {"reason": str},                                      # either way: leaving / run over
 }
+
+CHANNELS = ("main", "heartbeat")  # a client's connections, each bound by its own JOIN
+# what a client's HEARTBEAT may report (testbed/client/worker.py sets them; "ready" comes with its device)
+HEARTBEAT_STATES = ("joining", "loading", "ready", "idle", "offline", "downloading", "training", "uploading")
+MAX_PEER_TEXT = 200  # characters of a peer's free text (a BYE or SKIP reason) that reach the run's records
+
+
+def capped(text: str, limit: int = MAX_PEER_TEXT) -> str:
+    """`text` cut to `limit` characters, the cut marked by an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 class Rejected(Exception):
