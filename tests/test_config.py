@@ -138,7 +138,7 @@ BAD_PROFILES = [
     (PROFILE.replace("threads: 2", "threads: 4"), "threads", ["threads <= cores"]),
     (PROFILE + "max_exit: 0\n", "max_exit", ["1 <= x <= 128"]),
     (PROFILE + "link: 6g\n", "link", ["unknown link '6g'", "4g, 5g, adsl, satellite, wifi"]),
-    (PROFILE + "availability: {online_probability: 1.5}\n", "availability.online_probability", ["0.01 <= x <= 1"]),
+    (PROFILE + "availability: {online_probability: 1.5}\n", "availability.online_probability", ["0 <= x <= 1"]),
     (PROFILE + "availability: {online_s: 10}\n", "availability.offline_s", ["go together"]),
     (PROFILE + "failure: {crash_rate: -0.1}\n", "failure.crash_rate", ["0 <= x <= 1"]),
     (PROFILE + "failure: {freeze_s: 0}\n", "failure.freeze_s", ["0 < x <= 86400"]),

@@ -45,8 +45,9 @@ class LinkSpec:
 class Availability:
     """When a client is reachable: a per-round draw and/or online periods (alternating or listed)."""
 
-    # Chance to be online when a round starts; below 1 % a device misses ~100 rounds per round it joins
-    online_probability: float = setting(1.0, ge=0.01, le=1)
+    # Chance to be online when a round starts; 0 = a device never online (its fleet trains without it;
+    # a run in which no client ever trains ends as failed, with each client's reason)
+    online_probability: float = setting(1.0, ge=0, le=1)
     # Seconds online, then offline_s offline, repeating (starting online); None for both = no periods.
     # At least 1 s (a model download needs that much), at most a year.
     online_s: float | None = setting(None, ge=1, le=YEAR_S)
