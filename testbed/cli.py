@@ -12,7 +12,7 @@ from testbed.errors import UserError
 # subcommand -> (module, handler function, parser builder function, one-line help)
 COMMANDS = {
     "validate": ("testbed.config.commands", "validate", "add_validate_args",
-                 "check scenario and profile files"),
+                 "check scenario, profile, link and stress files without running anything"),
     "profiles": ("testbed.config.commands", "profiles", "add_profiles_args",
                  "list device profiles and link presets with their key figures"),
     "data": ("testbed.data.commands", "data", "add_data_args",
@@ -40,8 +40,16 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = ("Emulate a heterogeneous edge fleet fine-tuning a self-supervised speech model with early exits: "
+               "one process per device, throttled by its profile, federated over ZeroMQ. Start with "
+               "`testbed run scenarios/smoke.yaml`; `testbed COMMAND --help` tells more.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
+    from testbed import __version__
+
+    parser = argparse.ArgumentParser(prog="testbed", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"testbed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, _, add_args, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)

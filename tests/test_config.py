@@ -394,3 +394,13 @@ def test_speech_commands_words_stay_words_not_booleans(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: t\ndata: {words: [yes, no, on, off]}\n" + FLEET)
     assert load_scenario(path).data.words == ("yes", "no", "on", "off")
+
+
+def test_version_and_a_stress_file_recognised_by_validate():
+    from testbed import __version__
+
+    version = subprocess.run([sys.executable, "-m", "testbed", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"testbed {__version__}"
+    stress = PROJECT_ROOT / "scenarios" / "stress" / "client_killed.yaml"
+    checked = subprocess.run([sys.executable, "-m", "testbed", "validate", str(stress)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "stress test 'client_killed'" in checked.stdout, checked.stderr

@@ -1,4 +1,4 @@
-"""Kernel backend (DESIGN 5): cgroup CPU quota and memory limit, namespaces shaped by netem, probe, crash cleanup.
+"""Kernel backend: cgroup CPU quota and memory limit, namespaces shaped by netem, probe, crash cleanup.
 
 Every workload runs in a real child process. A test that needs a kernel mechanism this host lacks
 (not root, no controller, no netem...) is skipped with the probe's reason.

@@ -1,4 +1,4 @@
-"""Pure strategy tests with hand-computed expectations on a 4-layer toy state (DESIGN 4.3, 8.8)."""
+"""Pure strategy tests with hand-computed expectations on a 4-layer toy state."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""The baselines of DESIGN 4.3 (fedavg_drop, fedavg_min_depth, fedavg_hetero_naive, depthfl) and the
+"""The baselines (fedavg_drop, fedavg_min_depth, fedavg_hetero_naive, depthfl) and the
 hooks every strategy shares, against hand-computed values on the 4-layer toy state of test_strategies."""
 
 import tracemalloc

@@ -1,4 +1,4 @@
-"""Exit policies: how a client picks the depth it trains this round (DESIGN 4.2).
+"""Exit policies: how a client picks the depth it trains this round.
 
 - static:   the profile's cap (`max_exit`).
 - budget:   the deepest exit whose predicted round time (download + local steps + upload, from this

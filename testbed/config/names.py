@@ -1,6 +1,6 @@
 """Allowed names for scenario fields: plain tuples that the schema and later registries share."""
 
-TASKS = ("keyword", "speaker")  # a client trains exactly one task (DESIGN 6)
+TASKS = ("keyword", "speaker")  # a client trains exactly one task
 
 STRATEGIES = (
     "fedavg_full",          # Homo-FL: everyone to full depth, the round waits for all
@@ -13,10 +13,10 @@ STRATEGIES = (
 )
 WEIGHTINGS = ("samples_depth", "samples")  # depth_aware's weight per client: n_k * L_k or n_k
 
-EXIT_POLICIES = ("static", "budget", "task", "adaptive")  # DESIGN 4.2
+EXIT_POLICIES = ("static", "budget", "task", "adaptive")  # testbed/client/policies.py
 PREFERRED_EXIT_AUTO = "auto"  # preferred_exits value: let the policy pick from measurements
 
-BACKENDS = ("user", "kernel", "auto")  # device emulation (DESIGN 5): auto = kernel where permitted
+BACKENDS = ("user", "kernel", "auto")  # device emulation: auto = kernel where permitted
 
 DATA_SOURCES = ("builtin", "speech_commands", "manifest", "fsdd")
 PARTITIONS = ("speaker", "dirichlet", "iid")

@@ -173,7 +173,7 @@ class TrainingSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class StrategySpec:
-    """Server-side aggregation (DESIGN 4.3)."""
+    """Server-side aggregation (testbed/strategies/)."""
 
     name: str = setting("depth_aware", choices=names.STRATEGIES, what="strategy")
     weighting: str = setting("samples_depth", choices=names.WEIGHTINGS, what="weighting")
@@ -185,7 +185,7 @@ class StrategySpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ExitPolicySpec:
-    """How each client picks its training depth every round (DESIGN 4.2)."""
+    """How each client picks its training depth every round (testbed/client/policies.py)."""
 
     name: str = setting("static", choices=names.EXIT_POLICIES, what="exit policy")
     preferred_exits: Mapping[str, int | str] = setting(  # task -> 1-based exit index or "auto"
@@ -198,7 +198,7 @@ class ExitPolicySpec:
 
 @dataclass(frozen=True, kw_only=True)
 class EmulationSpec:
-    """How profiles are imposed on this host (DESIGN 5) and how emulated time maps onto wall time."""
+    """How profiles are imposed on this host (testbed/emulation/) and how emulated time maps onto wall time."""
 
     backend: str = setting("user", choices=names.BACKENDS, what="emulation backend")
     # Wall seconds per emulated second. None = automatic: the fleet's CPU demand (sum of speed x

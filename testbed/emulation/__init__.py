@@ -1,4 +1,4 @@
-"""Device emulation (DESIGN 5): a client process made to behave like the device its profile describes.
+"""Device emulation: a client process made to behave like the device its profile describes.
 
 User backend (default, no privileges): CPU affinity and intra-op thread caps, compute slowdown by
 duty cycling (`throttle`), link shaping inside the transport (`link`), availability and injected

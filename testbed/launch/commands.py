@@ -40,7 +40,8 @@ def add_aggregator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default="tcp://*:5555", help="where clients connect (default: %(default)s)")
     parser.add_argument("--publish", default=None, help="event PUB socket, e.g. tcp://*:5556 (default: none)")
     parser.add_argument("--keys", type=Path, help="CURVE key directory from `testbed keys` (required beyond loopback)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario field, e.g. --set rounds=5")
     parser.add_argument("--out", help="run directory (default: runs/<scenario>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue this run directory (a checkpoint not tied to it is refused: exit code 1)")

@@ -111,7 +111,7 @@ class EarlyExitModel(nn.Module):
 
 def exit_loss(logits: list[torch.Tensor], labels: torch.Tensor, mode: str = "all_exits",
               temperature: float = 2.0) -> torch.Tensor:
-    """Loss over the exits a client ran (DESIGN 4.1).
+    """Loss over the exits a client ran.
 
     all_exits: sum of cross-entropies of every exit <= d; deepest: only the deepest head;
     self_distill: all_exits plus DepthFL's mutual distillation (each exit matches the others'

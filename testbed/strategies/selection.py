@@ -2,7 +2,7 @@
 
 A round rule decides only the round's bookkeeping; the strategy (what `aggregate` does with the updates
 kept) is untouched, so every rule works with every strategy and rules wrap one another
-(`OverSelection(Deadline(120.0), k=8)`): a wrapper, not a copy per variant (DESIGN 4.3). Rules are
+(`OverSelection(Deadline(120.0), k=8)`): a wrapper, not a copy per variant. Rules are
 pure: no sockets and no clock; the aggregator passes in the candidates, a seeded generator and the
 seconds elapsed since it announced the round.
 
