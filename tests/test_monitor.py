@@ -173,8 +173,8 @@ def test_the_run_printer_on_a_terminal_leaves_the_last_frame_and_the_outcome(tmp
     console = Console(file=io.StringIO(), width=100, height=30, force_terminal=True, color_system=None)
     printer = RunDashboard(path, console)
     printer.poll()
-    printer.finish(tmp_path, {"status": "finished", "rounds_completed": 4, "rounds_planned": 4, "run_seconds": 8.7},
-                   0)
+    printer.finish(tmp_path, {"status": "finished", "rounds_completed": 4, "rounds_planned": 4,
+                              "rounds_emulated_s": 8.4}, 0)
     output = console.file.getvalue()
     assert "round 4 closed" in output and output.rstrip().endswith(f"results in {tmp_path}")
     assert "\x1b[?1049h" in output and "\x1b[?1049l" in output  # the alternate screen, left again

@@ -3,6 +3,14 @@
 A checkpoint is trusted only when it can be tied to its run: checkpoint.json carries the run id (run.json, made
 with the run directory), the scenario's digest, the round, the global state's digest and the state file's SHA-256,
 and a resume checks each against this run directory, its events and the file before it loads any state.
+
+checkpoint.json also carries the aggregator's round state that is not in the weights but decides later rounds
+(`carried`: the current time dilation and the update screen's reference norms), with its own SHA-256, so that a
+resumed run continues as the uninterrupted one would have. What the events already record is not repeated here:
+the `auto` preferred exits follow from the `evaluated` events, and selection and every client's draws are seeded
+per round. The clients' own measurements (step costs, memory peaks, the adaptive policy's moving averages of
+measured times) are host measurements, not state: a resumed client measures afresh, as every client of a fresh
+run does, so the adaptive policy's depths are reproduced only as far as the host's timings are.
 """
 
 from __future__ import annotations
@@ -10,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -41,6 +50,7 @@ class Checkpoint:
     digest: str  # of the global state after `round` (GlobalModel.digest), as the events recorded it
     state: dict[str, np.ndarray]
     source: str  # the state file, relative to the run directory (for messages)
+    carried: dict = field(default_factory=dict)  # the aggregator's round state (empty: a checkpoint without one)
 
 
 def scenario_digest(scenario: Scenario) -> str:
@@ -72,9 +82,15 @@ def read_run_identity(run_dir: Path) -> dict[str, str] | None:
     return {key: identity[key] for key in IDENTITY}
 
 
-def save_checkpoint(run_dir: Path, round_index: int, state: dict[str, np.ndarray], meta: dict) -> None:
-    """Write state-<round>.npz, then atomically point checkpoint.json at it (stamped with run.json's identity),
-    then drop older states."""
+def carried_digest(carried: dict) -> str:
+    """SHA-256 of the carried state's canonical JSON: any edit of checkpoint.json's `carried` changes it."""
+    return hashlib.sha256(json.dumps(carried, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def save_checkpoint(run_dir: Path, round_index: int, state: dict[str, np.ndarray], meta: dict,
+                    carried: dict | None = None) -> None:
+    """Write state-<round>.npz, then atomically point checkpoint.json at it (stamped with run.json's identity,
+    with the aggregator's `carried` round state and its digest), then drop older states."""
     identity = read_run_identity(run_dir)
     if identity is None:
         raise FileNotFoundError(f"{run_dir / RUN_FILE}: a checkpoint must name its run")
@@ -88,8 +104,10 @@ def save_checkpoint(run_dir: Path, round_index: int, state: dict[str, np.ndarray
     os.replace(folder / (name + ".tmp"), folder / name)
     sha256 = hashlib.sha256((folder / name).read_bytes()).hexdigest()  # any changed byte, not only the weights'
     pointer = folder / "checkpoint.json"
+    carried = carried or {}
     pointer.with_suffix(".tmp").write_text(json.dumps({"round": round_index, "state": name, "sha256": sha256, **meta,
-                                                       **identity}, indent=1))
+                                                       **identity, "carried": carried,
+                                                       "carried_sha256": carried_digest(carried)}, indent=1))
     os.replace(pointer.with_suffix(".tmp"), pointer)
     for old in folder.glob("state-*.npz"):
         if old.name != name:
@@ -116,7 +134,8 @@ def load_checkpoint(run_dir: Path, scenario: Scenario, events: list[dict]) -> Ch
     if meta["digest"] != last["digest"]:
         raise CheckpointRefused(f"{POINTER} says global state {meta['digest']} for round {meta['round']}, but "
                                 f"events.jsonl recorded {last['digest']}")
-    return Checkpoint(meta["round"], meta["digest"], _read_state(run_dir, meta), f"checkpoints/{meta['state']}")
+    return Checkpoint(meta["round"], meta["digest"], _read_state(run_dir, meta), f"checkpoints/{meta['state']}",
+                      _read_carried(meta))
 
 
 def _read_pointer(run_dir: Path) -> dict:
@@ -153,6 +172,36 @@ def _check_identity(run_dir: Path, meta: dict, scenario: Scenario) -> None:
     if meta["scenario"] != digest:
         raise CheckpointRefused(f"{POINTER} was written for scenario {meta['scenario']}, but scenario.yaml is now "
                                 f"{digest}: the scenario was edited after the run started")
+
+
+def _read_carried(meta: dict) -> dict:
+    """The carried round state, checked against its digest and for its kinds (dilation: a number > 0; screen:
+    {group: {client: norm >= 0}}); {} for a checkpoint written before round state was carried."""
+    if "carried" not in meta:
+        return {}
+    carried = meta["carried"]
+    if not isinstance(carried, dict):
+        raise CheckpointRefused(f"{POINTER}: carried is {type(carried).__name__}; expected a JSON object")
+    try:
+        digest = carried_digest(carried)
+    except ValueError as error:  # NaN or Infinity: never written by save_checkpoint
+        raise CheckpointRefused(f"{POINTER}: carried state is not valid JSON ({error})") from None
+    if digest != meta.get("carried_sha256"):
+        raise CheckpointRefused(f"{POINTER}: carried state has SHA-256 {digest[:16]}..., but carried_sha256 says "
+                                f"{str(meta.get('carried_sha256'))[:16]}... (the carried state was altered)")
+    dilation = carried.get("dilation", 1.0)
+    if not _number(dilation) or dilation <= 0:
+        raise CheckpointRefused(f"{POINTER}: carried dilation is {dilation!r}; expected a number > 0")
+    screen = carried.get("screen", {})
+    if not (isinstance(screen, dict) and all(isinstance(norms, dict) and all(
+            isinstance(client, str) and _number(norm) and norm >= 0 for client, norm in norms.items())
+            for norms in screen.values())):
+        raise CheckpointRefused(f"{POINTER}: carried screen must map each group to {{client: norm >= 0}}")
+    return carried
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_state(run_dir: Path, meta: dict) -> dict[str, np.ndarray]:

@@ -87,12 +87,22 @@ class Aggregator:
         self.fixed_dilation = fixed_dilation or self.scenario.emulation.dilation is not None
         self.events.set_dilation(self.dilation.factor)
         self.preferred: dict[str, int] = {}  # task -> exit layer, for tasks whose preferred exit is "auto"
+        evaluations = [e for e in previous if e["kind"] == "evaluated" and e["round"] < self.first_round]
+        for event in evaluations:  # replayed in order: the exits the uninterrupted run would prefer now
+            self._prefer_exits(event["accuracy"])
+        # the last completed round, when its evaluation is due but was interrupted: run() evaluates it first
+        self.unevaluated = (resumed.round if resumed is not None and all(e["round"] != resumed.round
+                                                                        for e in evaluations) else None)
+        carried = resumed.carried if resumed is not None else {}
+        self.restored_dilation = carried.get("dilation")  # the factor the last completed round had reached
         self.fleet = Fleet.of(plan.clients)
         self.records = Records(self.run_dir, accuracy_columns(sorted(plan.classes), self.model.exits))
         self.test_sets = self._test_sets()
         self.round: Round | None = None
         self.dropped = 0
         self.screen = UpdateScreen(_layer_group)  # non-finite values, wrong shapes, norms far beyond the fleet's
+        # the reference norms accepted updates set so far: they decide what the screen accepts next
+        self.screen.references = {group: dict(norms) for group, norms in carried.get("screen", {}).items()}
         if resumed is not None:
             self.events.emit("run_resumed", from_round=resumed.round, digest=resumed.digest)
 
@@ -138,9 +148,16 @@ class Aggregator:
                          backend=self.scenario.emulation.backend, auth=self.credentials.mode,
                          clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
         try:
-            self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
+            if self.restored_dilation not in (None, self.events.dilation):
+                self.events.emit("dilation_changed", factor=round(self.restored_dilation, 4),
+                                 previous=round(self.events.dilation, 4),
+                                 reason=f"restored: the factor the run had reached by round {self.first_round - 1}")
+                self.events.set_dilation(self.restored_dilation)
             index = self.first_round - 1
             ending = self.scenario.ending(index, self.rounds_s)  # a resumed run may be done already
+            if self.unevaluated is not None and (index % self.scenario.eval_every == 0 or ending):
+                self._evaluate(index)  # before clients are waited for: its auto exits decide the next round
+            self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
             trained = False  # did a round of this launch aggregate an update?
             while ending is None:
                 index += 1
@@ -159,7 +176,8 @@ class Aggregator:
                 self.model.load(self.strategy.aggregate(self.model.state, updates))
                 summary.update(aggregate_s=round(time.perf_counter() - started, 4), digest=self.model.digest())
                 save_checkpoint(self.run_dir, index, self.model.state,
-                                {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()})
+                                {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
+                                {"dilation": self.events.dilation, "screen": self.screen.references})
                 self.events.emit("round_aggregated", round=index, digest=summary["digest"],
                                  aggregate_s=summary["aggregate_s"])
                 # 4. evaluate every eval_every rounds and at the end (timed apart from the round)

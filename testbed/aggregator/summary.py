@@ -1,4 +1,8 @@
-"""summary.json: the key figures of a run, computed from its events alone."""
+"""summary.json: the key figures of a run, computed from its events alone.
+
+Each time figure's name says its clock: `_emulated_s` (the event clock: host wall seconds / the run's
+dilation; a round_closed event's `wall_s` is on it) or `_host_s` (measured on this host).
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,39 @@ def _last_per_round(events: list[dict], kind: str) -> dict[int, dict]:
 
 
 def _per_depth_bytes(closed: dict[int, dict]) -> dict[str, dict]:
+    """Per trained depth: bytes, host CPU seconds per clip and peak memory (what the depth costs), and apart the
+    emulated compute seconds (which depend on the devices that trained it)."""
     by_depth = defaultdict(list)
     for event in closed.values():
         for row in event["clients"]:
             if row["status"] == "updated":
                 by_depth[row["depth"]].append(row)
-    return {str(depth): {"updates": len(rows), "mean_bytes_down": round(mean(r["bytes_down"] for r in rows)),
-                         "mean_bytes_up": round(mean(r["bytes_up"] for r in rows)),
-                         "mean_compute_s": round(mean(r["compute_s"] for r in rows), 3)}
-            for depth, rows in sorted(by_depth.items())}
+    figures = {}
+    for depth, rows in sorted(by_depth.items()):
+        timed = [r for r in rows if r.get("cpu_s") is not None and r.get("samples")]
+        peaks = [r["peak_mb"] for r in rows if r.get("peak_mb") is not None]
+        figures[str(depth)] = {
+            "updates": len(rows), "mean_bytes_down": round(mean(r["bytes_down"] for r in rows)),
+            "mean_bytes_up": round(mean(r["bytes_up"] for r in rows)),
+            "cpu_host_s_per_clip": round(sum(r["cpu_s"] for r in timed) / sum(r["samples"] for r in timed), 6)
+            if timed else None,
+            "mean_peak_mb": round(mean(peaks), 1) if peaks else None,
+            "mean_compute_emulated_s": round(mean(r["compute_s"] for r in rows), 3)}
+    return figures
+
+
+def _host_seconds(events: list[dict]) -> float:
+    """Host wall seconds of the run: first to last event of each launch, summed (a resumed run's pause is not run
+    time)."""
+    spans: list[list[float]] = []
+    for event in events:
+        wall = event.get("wall")  # Unix time; events written by hand (tests, tools) may lack it
+        if wall is None:
+            continue
+        if event["kind"] == "run_started" or not spans:
+            spans.append([wall, wall])
+        spans[-1][1] = wall
+    return round(sum(last - first for first, last in spans), 3)
 
 
 def _rejected(events: list[dict]) -> dict:
@@ -74,7 +102,7 @@ def summarize(events: list[dict]) -> dict:
     # resume of a finished run is failed); incomplete: killed mid-run, no ending recorded
     end = next((e for e in reversed(events) if e["kind"] in ENDINGS), {})
     status = ENDINGS.get(end.get("kind"), "incomplete")
-    walls = [e["wall_s"] for e in closed.values()]
+    rounds_s = [e["wall_s"] for e in closed.values()]  # emulated seconds of each round
     final = evaluations[max(evaluations)] if evaluations else None
     return {
         "scenario": started.get("scenario"),
@@ -83,9 +111,12 @@ def summarize(events: list[dict]) -> dict:
         "rounds_planned": started.get("rounds"),
         "rounds_completed": len(aggregated),
         "last_digest": aggregated[max(aggregated)]["digest"] if aggregated else None,
-        "run_seconds": events[-1]["t"] if events else 0.0,
-        "round_wall_s": {"mean": round(mean(walls), 3), "max": round(max(walls), 3)} if walls else None,
-        "eval_seconds": round(sum(e["eval_s"] for e in evaluations.values()), 3),
+        "rounds_emulated_s": round(sum(rounds_s), 3),  # what time_budget_s counts
+        "run_emulated_s": events[-1]["t"] if events else 0.0,  # the event clock at the end (evaluation included)
+        "run_host_s": _host_seconds(events),
+        "round_emulated_s": {"mean": round(mean(rounds_s), 3), "max": round(max(rounds_s), 3)} if rounds_s else None,
+        "eval_host_s": round(sum(e["eval_s"] for e in evaluations.values()), 3),
+        "aggregate_host_s": round(sum(e.get("aggregate_s", 0.0) for e in aggregated.values()), 4),
         "final_accuracy": {"round": final["round"], **final["accuracy"]} if final else None,
         "bytes": {"down": sum(e["bytes_down"] for e in closed.values()),
                   "up": sum(e["bytes_up"] for e in closed.values())},

@@ -9,6 +9,13 @@
 Every policy only ever picks a depth whose predicted memory fits the profile's `memory_mb`; when
 even the shallowest exit does not fit, it is still chosen (the round then fails as out of memory,
 which is what the emulated device would do).
+
+A resumed run (`testbed run --resume`) gives every policy what decides its depth on the aggregator's side (the
+`auto` preferred exits, the dilation: see aggregator/checkpoint.py), but its clients are new processes that
+measure their step costs, memory peaks and (adaptive) round times afresh: those are measurements of the host,
+not state, and two uninterrupted runs of the same seed do not measure them alike either. So static and task
+depths are reproduced by a resume wherever the budget is not at its edge; adaptive depths only as far as the
+host's timings are.
 """
 
 from __future__ import annotations

@@ -194,6 +194,9 @@ class ClientWorker:
         if self.dealer.shaper is not None:
             self.dealer.shaper.dilation = self.dilation
         self._apply_injection()
+        # link draws (jitter, loss) from this round's own seed, as the batch order: a client restarted by a resume
+        # draws in round r what the uninterrupted run's client drew there
+        self.dealer.shaper.model = LinkModel(self.dealer.shaper.model.link, [self.session.seed, round_index])
         if not self.schedule.online(round_index, self._emulated(received - self.booted)):
             self.heartbeat.state = "offline"
             self.dealer.send(Message("SKIP", self.client_id, round_index, {"reason": "offline"}), shaped=False)

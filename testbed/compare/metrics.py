@@ -1,19 +1,18 @@
 """What a comparison reports, from events alone (pure functions: events or figures in, numbers out).
 
 A task is judged at its exit: the scenario's preferred exit for it when one is given, else the
-deepest. Times are the run's seconds without evaluation (`train_t`): emulated seconds for a
-federated run, host seconds for the centralized baseline.
+deepest. Times are the rounds' seconds, evaluation excluded (`Evaluation.trained_s`): emulated
+seconds for a federated run, host seconds for the centralized baseline (its clock runs undilated).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 
 from testbed.model.early_exit import exit_depth
-from testbed.monitor.metrics import closed_rounds, run_figures
-from testbed.monitor.state import RunView, fold, number
+from testbed.monitor.metrics import DepthTotals, depth_totals, run_figures
+from testbed.monitor.state import RunView, fold
 
 TARGET_MARGIN = 0.02  # the default target accuracy: fedavg_full's final accuracy minus 2 points
 TARGET_STRATEGY = "fedavg_full"
@@ -34,50 +33,6 @@ def accuracy_at(view: RunView, task: str, layer: int) -> Series:
 def time_to_target(series: Series, target: float) -> float | None:
     """First training second at which the accuracy reached `target`; None if it never did."""
     return next((t for t, value in series if value >= target), None)
-
-
-@dataclass
-class DepthTotals:
-    """Sums over the delivered updates trained to one depth (sums, so that several runs pool exactly)."""
-
-    updates: int = 0
-    samples: int = 0  # clips trained on
-    cpu_s: float = 0.0  # host CPU seconds of local training, over the updates that reported it
-    cpu_samples: int = 0  # clips of the updates that reported cpu_s
-    compute_s: float = 0.0  # emulated seconds of local training (depends on each device's speed)
-    peak_mb: float = 0.0  # sum of the updates' peak resident memory, MiB
-    peaks: int = 0  # updates that reported a peak
-
-    def add(self, other: DepthTotals) -> DepthTotals:
-        return DepthTotals(**{key: value + getattr(other, key) for key, value in asdict(self).items()})
-
-    @property
-    def cpu_per_sample(self) -> float | None:
-        return self.cpu_s / self.cpu_samples if self.cpu_samples else None
-
-    @property
-    def compute_per_sample(self) -> float | None:
-        return self.compute_s / self.samples if self.samples else None
-
-    @property
-    def mean_peak_mb(self) -> float | None:
-        return self.peak_mb / self.peaks if self.peaks else None
-
-
-def depth_totals(view: RunView) -> dict[int, DepthTotals]:
-    """The delivered updates of a run (its round_closed rows), summed per trained depth."""
-    totals: dict[int, DepthTotals] = {}
-    for round_ in closed_rounds(view):
-        for part in round_.clients.values():
-            row = part.row
-            samples = number(row.get("samples"))
-            if part.status != "updated" or not part.depth or not samples:
-                continue
-            cpu, compute, peak = number(row.get("cpu_s")), number(row.get("compute_s")), number(row.get("peak_mb"))
-            totals[part.depth] = totals.get(part.depth, DepthTotals()).add(DepthTotals(
-                updates=1, samples=int(samples), cpu_s=cpu or 0.0, cpu_samples=int(samples) if cpu is not None else 0,
-                compute_s=compute or 0.0, peak_mb=peak or 0.0, peaks=int(peak is not None)))
-    return dict(sorted(totals.items()))
 
 
 def pool_depths(runs: Iterable[Mapping[int, DepthTotals]]) -> dict[int, DepthTotals]:
@@ -123,9 +78,9 @@ def run_metrics(events: list[dict], task_exits: Mapping[str, int]) -> dict:
     for task, layer in task_exits.items():
         series = accuracy_at(view, task, layer)
         tasks[task] = {"exit": layer, "final": series[-1][1] if series else None, "series": series}
-    return {"status": figures["status"], "tasks": tasks, "mean_round_s": figures["mean_round_s"],
-            "wait_share": figures["wait_share"], "bytes": figures["bytes"], "train_s": figures["train_s"],
-            "depths": depth_totals(view)}
+    return {"status": figures["status"], "tasks": tasks, "mean_round_s": figures["mean_round_emulated_s"],
+            "wait_share": figures["wait_share"], "bytes": figures["bytes"],
+            "rounds_emulated_s": figures["rounds_emulated_s"], "depths": depth_totals(view)}
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float, float] | None:

@@ -42,7 +42,7 @@ class QuietPrinter:
 
     def finish(self, run_dir: Path, summary: dict, exit_code: int | None) -> None:
         print(f"  {summary.get('status')}: {summary.get('rounds_completed')}/{summary.get('rounds_planned')} rounds, "
-              f"{summary.get('run_seconds', 0.0):.1f} emulated s ({summary.get('reason')})", flush=True)
+              f"{summary.get('rounds_emulated_s', 0.0):.1f} emulated s of rounds ({summary.get('reason')})", flush=True)
 
 
 def compare_directory(scenario: Scenario, out: str | None) -> Path:
@@ -79,7 +79,7 @@ def run_one(scenario_path: str, overrides: list[str], strategy: str, seed: int, 
     summary = json.loads((run_dir / "summary.json").read_text())
     if strategy == CENTRALIZED:
         print(f"  {summary['status']}: {summary['rounds_completed']}/{summary['rounds_planned']} rounds, "
-              f"{summary['run_seconds']:.1f} host s", flush=True)
+              f"{summary['run_host_s']:.1f} host s", flush=True)
     return RunRecord(strategy, seed, label, str(run_dir), summary["status"])
 
 

@@ -24,7 +24,7 @@ SEGMENT_BYTES = 1448  # TCP payload per segment on a 1500-byte MTU with timestam
 class LinkModel:
     """Emulated one-way transfer times on one link; draws are reproducible from `seed`."""
 
-    def __init__(self, link: LinkSpec, seed: int):
+    def __init__(self, link: LinkSpec, seed: int | list[int]):  # a list: NumPy's seed sequence, e.g. [seed, round]
         self.link = link
         self.rng = np.random.default_rng(seed)
 

@@ -44,14 +44,14 @@ def _round_line(event: dict) -> str:
     if kind == "round_closed":
         depths = sorted({row.get("depth") for row in event.get("clients") or []
                          if isinstance(row, dict) and row.get("status") == "updated" and row.get("depth")})
-        return (f"round {index}: {_seconds(event.get('wall_s'))}, "
+        return (f"round {index}: {_seconds(event.get('wall_s'))} emulated, "
                 f"{event.get('updates', '?')}/{event.get('selected', '?')} updates, "
                 f"{event.get('stragglers', 0)} stragglers, {event.get('lost', 0)} lost, depths {depths}, "
                 f"{_megabytes(event.get('bytes_down'))} down / {_megabytes(event.get('bytes_up'))} up")
     parts = [f"{task} " + " ".join(f"L{layer} {acc:.1%}" for layer, acc in by_exit.items()
                                    if isinstance(acc, (int, float)))
              for task, by_exit in (event.get("accuracy") or {}).items()]
-    return f"round {index} accuracy: {'; '.join(parts)} ({_seconds(event.get('eval_s'))})"
+    return f"round {index} accuracy: {'; '.join(parts)} ({_seconds(event.get('eval_s'))} host evaluating)"
 
 
 def describe(event: dict) -> str | None:
@@ -109,8 +109,9 @@ def line_for(event: dict) -> str | None:
 def outcome_lines(run_dir: Path, summary: dict, exit_code: int | None) -> list[str]:
     """What `testbed run` says last: the outcome, the final accuracy, where the results are."""
     accuracy = summary.get("final_accuracy") or {}
+    took = f"{summary.get('rounds_emulated_s', 0.0):.1f} s emulated ({summary.get('run_host_s', 0.0):.1f} s host)"
     lines = [f"run {summary.get('status')}: {summary.get('rounds_completed')}/{summary.get('rounds_planned')} rounds "
-             f"in {summary.get('run_seconds', 0.0):.1f} s; final accuracy {json.dumps(accuracy)}; results in {run_dir}"]
+             f"in {took}; final accuracy {json.dumps(accuracy)}; results in {run_dir}"]
     if exit_code not in (0, None, 130, -15):
         lines.append(f"the aggregator failed (exit code {exit_code}): see {run_dir}/logs/aggregator.log")
     return lines
@@ -126,6 +127,9 @@ class EventPrinter:
         for event in self.tail.read():
             if line := line_for(event):
                 print(line, file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        """Nothing to leave: plain lines stay where they are."""
 
     def finish(self, run_dir: Path, summary: dict, exit_code: int | None) -> None:
         for line in outcome_lines(run_dir, summary, exit_code):

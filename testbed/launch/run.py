@@ -17,6 +17,7 @@ from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
 from testbed.errors import UserError
 from testbed.emulation.dilation import fleet_dilation
+from testbed.events import ENDINGS, EventLog, read_events
 from testbed.launch.console import EventPrinter
 from testbed.launch.limits import KernelLimits
 from testbed.launch.processes import ProcessGroup
@@ -70,11 +71,22 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         scenario = load_scenario(scenario_path, overrides)
         run_dir = new_run_dir(scenario, out)
     prepare_assets(scenario)
+    group = ProcessGroup(PRELOAD)
+    printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
+    try:
+        return _launch(scenario, run_dir, bool(resume), group, printer)
+    except BaseException:  # the dashboard leaves the screen first, so that the error below it is seen
+        printer.stop()
+        raise
+
+
+def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup, printer: EventPrinter) -> Path:
+    """Start the aggregator and the fleet, show the run until the aggregator ends, then record and tell how it ended."""
     sockets = Path(tempfile.mkdtemp(prefix="testbed-"))  # short path: ipc names are limited to ~100 bytes
     router, events = f"ipc://{sockets}/router", f"ipc://{sockets}/events"
     (run_dir / "endpoints.json").write_text(json.dumps({"router": router, "events": events}))
-    group = ProcessGroup(PRELOAD)
-    printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
+    events_path = run_dir / "events.jsonl"
+    recorded = len(read_events(events_path)) if events_path.exists() else 0  # the events of earlier launches
     interrupted = []
     previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # SIGHUP: the terminal closed
@@ -93,7 +105,7 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
                                   tokens[client_id])
             limits.attach(client_id, process.pid)
 
-        aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, bool(resume),
+        aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
                                  limits.cpu_quota, tokens)
         starts = StaggeredStart([client.client_id for client in clients], run_dir / "events.jsonl")
         while aggregator.is_alive() and not interrupted:
@@ -119,12 +131,9 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         for leftover in sockets.iterdir():
             leftover.unlink()
         sockets.rmdir()
+    record_unrecorded_end(run_dir, recorded, aggregator.exitcode, bool(interrupted))
     printer.poll()
     from testbed.aggregator.server import write_summary
-
-    if not (run_dir / "events.jsonl").exists():
-        raise UserError(f"the aggregator failed before the run started (exit code {aggregator.exitcode}): "
-                        f"see {run_dir / 'logs' / 'aggregator.log'}")
 
     summary = write_summary(run_dir)
     printer.finish(run_dir, summary, aggregator.exitcode)
@@ -135,6 +144,30 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
 
     build_report_or_warn(run_dir)  # report.md and plots/*.png; a failure only warns: the results are on disk
     return run_dir
+
+
+def record_unrecorded_end(run_dir: Path, recorded: int, exit_code: int | None, interrupted: bool) -> None:
+    """An aggregator that ended without recording how (killed, or failed before its first event) gets its ending
+    recorded here, by the only witness left: so the console, summary.json and the exit code say what happened.
+
+    `recorded`: how many events the run had before this launch; the aggregator is no longer running."""
+    path = run_dir / "events.jsonl"
+    events = read_events(path) if path.exists() else []
+    if any(event.get("kind") in ENDINGS for event in events[recorded:]):
+        return  # the aggregator recorded its end itself
+    log_file = run_dir / "logs" / "aggregator.log"
+    if interrupted:
+        kind, reason = "run_interrupted", "interrupted before the aggregator recorded its end"
+    elif exit_code is not None and exit_code < 0:
+        kind, reason = "run_failed", (f"the aggregator was killed by {signal.Signals(-exit_code).name} before it "
+                                      f"recorded its end (see {log_file})")
+    else:
+        stage = "its first event" if len(events) == recorded else "it recorded its end"
+        kind, reason = "run_failed", f"the aggregator exited with code {exit_code} before {stage} (see {log_file})"
+    log = EventLog(path, start_seq=events[-1]["seq"] + 1 if events else 0,
+                   clock_offset=events[-1]["t"] if events else 0.0)  # continues the run's seq and clock
+    log.emit(kind, reason=reason, dropped_messages=0, recorded_by="launcher")
+    log.close()
 
 
 class StaggeredStart:

@@ -1,7 +1,9 @@
 """The dashboard screen, drawn from a RunView alone: compact on an 80x24 terminal, roomier when bigger.
 
 `Dashboard(view, clock)` is a rich renderable that lays itself out for the console's size each
-time it is drawn, so a resized terminal gets the layout that fits it.
+time it is drawn, so a resized terminal gets the layout that fits it. Its times are on the run's clock
+(the run clock, rounds, phases, when accuracy was reached: emulated seconds, host seconds for the
+centralized baseline), and it says which.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def sparkline(values: list[float], low: float, high: float) -> str:
 
 def gantt(round_: RoundView, client: str, now_t: float, width: int) -> Text:
     """A client's phases in a round as `width` cells of block characters (red when it never finished)."""
-    span = max(round_.wall_s(now_t), 1e-6)
+    span = max(round_.emulated_s(now_t), 1e-6)
     part = round_.clients.get(client)
     if part is None:
         return Text(" " * width)
@@ -125,7 +127,7 @@ def header(view: RunView, now_t: float) -> Text:
     text.append(f" {view.scenario or '(waiting for the run to start)'} ", style="bold")
     if view.current is not None:
         text.append(f"· round {view.current}/{view.rounds_planned or '?'} ")
-    text.append(f"· {clock_time(now_t)} · ")
+    text.append(f"· {clock_time(now_t)} {view.clock} · ")
     text.append(view.status, style=STATUS_STYLES.get(view.status, "white"))
     if view.dilation:
         text.append(f" · time ×{view.dilation['factor']:.3g}", style="yellow")
@@ -143,13 +145,13 @@ def round_status(view: RunView, now_t: float, width: int, names: bool = True) ->
     text = Text(f"round {round_.index} ", style="bold")
     if round_.closed is not None:
         closed = round_.closed
-        text.append(f"closed in {seconds(round_.wall_s(now_t))} s: {closed.get('updates', '?')}/"
+        text.append(f"closed in {seconds(round_.emulated_s(now_t))} s emulated: {closed.get('updates', '?')}/"
                     f"{closed.get('selected', '?')} updates, {closed.get('stragglers', 0)} late, "
                     f"{closed.get('lost', 0)} lost")
         if view.ended and view.reason:
             text.append(f" · run {view.status}: {view.reason}")
         return one_line(text, width)
-    elapsed, deadline = round_.wall_s(now_t), round_.deadline_s
+    elapsed, deadline = round_.emulated_s(now_t), round_.deadline_s
     if deadline:
         late = elapsed > deadline
         text.append_text(bar(elapsed, deadline, 16, "red" if late else "blue"))
@@ -229,7 +231,7 @@ def fleet_table(view: RunView, now_t: float, width: int, rows: int, compact: boo
     gantt_width = width - sum(w for _, w in columns) - len(columns)  # one space after each column
     with_gantt = compact and round_ is not None and gantt_width >= 6
     if with_gantt:
-        table.add_column(f"r{round_.index} {seconds(round_.wall_s(now_t))}s", width=gantt_width, no_wrap=True,
+        table.add_column(f"r{round_.index} {seconds(round_.emulated_s(now_t))}s", width=gantt_width, no_wrap=True,
                          overflow="crop")
     for client in shown:
         part = round_.clients.get(client.client) if round_ is not None else None
@@ -251,7 +253,8 @@ def accuracy_lines(view: RunView, width: int, target: float | None) -> list[Text
         tail = f" best {best[0]:.0%} L{best[1]} r{best[2]}" if best else ""
         if target is not None:
             reached = view.time_to_target(task, target)
-            tail = f" {target:.0%} at {seconds(reached[0])}s r{reached[1]}" if reached else f" {target:.0%}: not yet"
+            tail = (f" {target:.0%} at {seconds(reached[0])} s {view.clock} r{reached[1]}" if reached
+                    else f" {target:.0%}: not yet")
         room = width - len(task) - 1 - len(tail) - len(layers) * 9
         spark = max(1, min(24, room // max(1, len(layers))))
         text = Text(f"{task[:8]:<8} ", style="bold")
@@ -278,7 +281,7 @@ def accuracy_table(view: RunView, width: int, target: float | None) -> Table:
             reached = view.time_to_target(task, target)
         else:
             reached = (best[3], best[2], best[1]) if best else None
-        when = f"{seconds(reached[0])} s (r{reached[1]}, L{reached[2]})" if reached else "not yet"
+        when = f"{seconds(reached[0])} s {view.clock} (r{reached[1]}, L{reached[2]})" if reached else "not yet"
         for i, layer in enumerate(layers):
             series = [acc for _, _, acc in view.accuracy_series(task, layer)]
             spark_text = Text(sparkline(series[-spark:], min(values), max(values)), style="cyan")
@@ -302,7 +305,7 @@ def timeline(view: RunView, now_t: float, width: int, rows: int) -> Table:
     table.add_column("", width=name_width, no_wrap=True)
     chosen = [view.rounds[i] for i in indices[-count:]]
     for round_ in chosen:
-        table.add_column(f"r{round_.index} {seconds(round_.wall_s(now_t))}s", width=cell, no_wrap=True,
+        table.add_column(f"r{round_.index} {seconds(round_.emulated_s(now_t))}s", width=cell, no_wrap=True,
                          overflow="crop")
     for client in shown:
         table.add_row(client.client, *(gantt(r, client.client, now_t, cell) for r in chosen))
@@ -341,12 +344,13 @@ def round_panel_lines(view: RunView, now_t: float, width: int) -> list[Text]:
     previous = view.rounds.get((round_.index - 1) if round_ is not None else -1)
     if previous is not None and previous.closed is not None:
         closed = previous.closed
-        lines.append(one_line(Text(f"round {previous.index}: {seconds(previous.wall_s(now_t))} s, "
+        lines.append(one_line(Text(f"round {previous.index}: {seconds(previous.emulated_s(now_t))} s, "
                                    f"{closed.get('stragglers', 0)} late, {closed.get('lost', 0)} lost",
                                    style="bright_black"), width))
     if view.dilation:
         reason = view.dilation.get("reason") or ""
-        lines.append(one_line(Text(f"time dilation ×{view.dilation['factor']:.3g}: {reason}",
+        lines.append(one_line(Text(f"time dilation ×{view.dilation['factor']:.3g} (emulated s = host s / factor): "
+                                   f"{reason}",
                                    style="yellow"), width))
     health = f"events {view.events} · lost {view.lost_events} · dropped messages {view.dropped_messages}"
     if view.unknown_kinds:

@@ -11,6 +11,7 @@ from typing import Callable
 from rich.console import Console
 from rich.live import Live
 
+from testbed.events import ENDINGS
 from testbed.launch.console import line_for, outcome_lines
 from testbed.monitor.dashboard import Dashboard
 from testbed.monitor.sources import FileTail
@@ -51,16 +52,25 @@ class RunDashboard:
         self.tail, self.view = FileTail(events_path), RunView()
         dashboard = Dashboard(self.view, lambda: self.view.run_seconds_at(time.time()), target)
         self.screen = LiveScreen(dashboard, console)
+        self.ending: dict | None = None  # the last run_finished / run_interrupted / run_failed event seen
 
     def poll(self) -> None:
         for event in self.tail.read():
             self.view.apply(event)
+            if event.get("kind") in ENDINGS:
+                self.ending = event
         self.screen.refresh()
 
+    def stop(self) -> None:
+        """Leave the screen (an error is about to be told below it)."""
+        self.screen.stop()
+
     def finish(self, run_dir: Path, summary: dict, exit_code: int | None) -> None:
+        """Leave the screen, then say how the run ended (its ending event's line, as without the dashboard)."""
         self.poll()
         self.screen.stop()
-        for line in outcome_lines(run_dir, summary, exit_code):
+        ending = line_for(self.ending) if self.ending is not None else None
+        for line in ([ending] if ending else []) + outcome_lines(run_dir, summary, exit_code):
             self.screen.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

@@ -1,8 +1,13 @@
-"""The report's numbers, from a RunView: per round, per client, per exit depth, and for the whole run."""
+"""The report's numbers, from a RunView: per round, per client, per exit depth, and for the whole run.
+
+Each time figure's name says its clock: `_emulated_s` (the event clock's seconds: device and link
+speed, dilation undone) or `_host_s` (measured on this host: evaluation, aggregation, CPU time).
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from statistics import mean
 
 from testbed.monitor.state import TIMINGS, ClientRound, RoundView, RunView, number
@@ -23,13 +28,15 @@ def wait_share(parts: list[ClientRound]) -> float | None:
 
 
 def round_rows(view: RunView) -> list[dict]:
-    """One row per closed round: wall and deadline seconds, who delivered, wait share, bytes."""
+    """One row per closed round: its emulated and deadline seconds, who delivered, wait share, bytes, and the host
+    seconds of its evaluation (None: not evaluated)."""
     rows = []
     for round_ in closed_rounds(view):
         statuses = [p.status for p in round_.clients.values()]
-        closed = round_.closed
-        rows.append({"round": round_.index, "started_t": round_.started_t, "wall_s": round_.wall_s(view.t),
-                     "deadline_s": round_.deadline_s, "selected": len(statuses),
+        closed, evaluation = round_.closed, view.evaluations.get(round_.index)
+        rows.append({"round": round_.index, "started_emulated_s": round_.started_t,
+                     "round_emulated_s": round_.emulated_s(view.t), "deadline_emulated_s": round_.deadline_s,
+                     "eval_host_s": evaluation.host_s if evaluation is not None else None, "selected": len(statuses),
                      "updated": statuses.count("updated"), "late": sum(s in LATE for s in statuses),
                      "skipped": statuses.count("skipped"), "wait_share": wait_share(list(round_.clients.values())),
                      "bytes_down": number(closed.get("bytes_down")), "bytes_up": number(closed.get("bytes_up")),
@@ -72,16 +79,64 @@ def depth_samples(view: RunView) -> dict[int, list[tuple[str, ClientRound]]]:
     return dict(sorted(by_depth.items()))
 
 
+@dataclass
+class DepthTotals:
+    """Sums over the delivered updates trained to one depth (sums, so that several runs pool exactly)."""
+
+    updates: int = 0
+    samples: int = 0  # clips trained on
+    cpu_s: float = 0.0  # host CPU seconds of local training, over the updates that reported it
+    cpu_samples: int = 0  # clips of the updates that reported cpu_s
+    compute_s: float = 0.0  # emulated seconds of local training (depends on each device's speed)
+    peak_mb: float = 0.0  # sum of the updates' peak resident memory, MiB
+    peaks: int = 0  # updates that reported a peak
+
+    def add(self, other: DepthTotals) -> DepthTotals:
+        return DepthTotals(**{key: value + getattr(other, key) for key, value in asdict(self).items()})
+
+    @property
+    def cpu_per_sample(self) -> float | None:
+        return self.cpu_s / self.cpu_samples if self.cpu_samples else None
+
+    @property
+    def compute_per_sample(self) -> float | None:
+        return self.compute_s / self.samples if self.samples else None
+
+    @property
+    def mean_peak_mb(self) -> float | None:
+        return self.peak_mb / self.peaks if self.peaks else None
+
+
+def depth_totals(view: RunView) -> dict[int, DepthTotals]:
+    """The delivered updates of a run (its round_closed rows), summed per trained depth."""
+    totals: dict[int, DepthTotals] = {}
+    for round_ in closed_rounds(view):
+        for part in round_.clients.values():
+            row = part.row
+            samples = number(row.get("samples"))
+            if part.status != "updated" or not part.depth or not samples:
+                continue
+            cpu, compute, peak = number(row.get("cpu_s")), number(row.get("compute_s")), number(row.get("peak_mb"))
+            totals[part.depth] = totals.get(part.depth, DepthTotals()).add(DepthTotals(
+                updates=1, samples=int(samples), cpu_s=cpu or 0.0, cpu_samples=int(samples) if cpu is not None else 0,
+                compute_s=compute or 0.0, peak_mb=peak or 0.0, peaks=int(peak is not None)))
+    return dict(sorted(totals.items()))
+
+
 def depth_rows(view: RunView) -> list[dict]:
-    """Per exit depth: updates, mean compute seconds, mean peak memory, mean bytes each way."""
+    """Per exit depth: updates, host CPU seconds per clip and mean peak memory (what the depth costs, whichever
+    device trained it), mean bytes each way; and apart, the emulated compute seconds per clip with the profiles
+    that trained it (a slower device takes longer at the same depth)."""
+    samples = depth_samples(view)
     rows = []
-    for depth, samples in depth_samples(view).items():
-        parts = [part for _, part in samples]
-        rows.append({"depth": depth, "updates": len(parts),
-                     "compute_s": _mean([p.timings.get("compute_s") for p in parts]),
-                     "peak_mb": _mean([number(p.row.get("peak_mb")) for p in parts]),
+    for depth, totals in depth_totals(view).items():
+        parts = [part for _, part in samples.get(depth, [])]
+        rows.append({"depth": depth, "updates": totals.updates, "cpu_host_s_per_clip": totals.cpu_per_sample,
+                     "peak_mb": totals.mean_peak_mb,
                      "bytes_down": _mean([number(p.row.get("bytes_down")) for p in parts]),
-                     "bytes_up": _mean([number(p.row.get("bytes_up")) for p in parts])})
+                     "bytes_up": _mean([number(p.row.get("bytes_up")) for p in parts]),
+                     "compute_emulated_s_per_clip": totals.compute_per_sample,
+                     "profiles": sorted({view.clients[cid].profile for cid, _ in samples.get(depth, [])})})
     return rows
 
 
@@ -89,12 +144,14 @@ def run_figures(view: RunView) -> dict:
     """Whole-run key figures."""
     closed = closed_rounds(view)
     all_parts = [p for r in closed for p in r.clients.values()]
-    walls = [r.wall_s(view.t) for r in closed]
+    rounds_s = [r.emulated_s(view.t) for r in closed]
     return {"scenario": view.scenario, "status": view.status if view.ended else "incomplete",
             "reason": view.reason, "rounds_planned": view.rounds_planned,
-            "rounds_completed": sum(r.aggregated_t is not None for r in view.rounds.values()),
-            "run_s": view.t, "eval_s": view.eval_s, "train_s": view.t - view.eval_s,
-            "mean_round_s": _mean(walls), "max_round_s": max(walls) if walls else None,
+            "rounds_completed": len(view.aggregated),
+            "clock": view.clock, "trained_s": view.trained_s(),  # training seconds on the run's clock
+            "rounds_emulated_s": view.rounds_emulated_s(), "run_emulated_s": view.t, "run_host_s": view.host_s,
+            "eval_host_s": view.eval_host_s, "aggregate_host_s": view.aggregate_host_s,
+            "mean_round_emulated_s": _mean(rounds_s), "max_round_emulated_s": max(rounds_s) if rounds_s else None,
             "wait_share": wait_share(all_parts), "updates": sum(p.status == "updated" for p in all_parts),
             "late": sum(p.status in LATE for p in all_parts),
             "bytes": sum((number(r.closed.get("bytes_down")) or 0) + (number(r.closed.get("bytes_up")) or 0)

@@ -1,7 +1,10 @@
 """The report's figures: one PNG each, drawn with matplotlib's Agg canvas from a RunView (no display needed).
 
-Times are the run's seconds (emulated seconds when the run dilates time); accuracy is plotted
-against them with evaluation time left out, since evaluating is measurement, not training.
+Every time axis names its clock. Accuracy is plotted against the rounds' emulated seconds (what
+time_budget_s counts: evaluating is measurement, not training, and runs on host seconds); the
+client phases against the event clock (emulated seconds, evaluation and the wait for clients
+included). What a depth costs is host CPU seconds per clip and peak memory: emulated compute
+seconds would compare the devices that happened to train each depth, not the depths.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from testbed.monitor.metrics import LATE, depth_samples, round_rows
+from testbed.monitor.metrics import LATE, depth_samples, depth_totals, round_rows
 from testbed.monitor.state import RunView, fold, number
 
 PHASE_COLORS = {"download": "#4c8fd6", "compute": "#3a9e50", "upload": "#a45fc4", "idle": "#dddddd"}
-TIME_LABEL = "run time, s (evaluation excluded)"
+TIME_LABEL = "time of the rounds, {clock} s (evaluation excluded)"
+CLOCK_LABEL = "run clock, emulated s (evaluation and joining included)"
 DPI = 110
 
 
@@ -41,7 +45,7 @@ def _task_axes(tasks: list[str], title: str) -> tuple[Figure, list]:
 
 
 def accuracy(view: RunView, path: Path, target: float | None = None) -> Path:
-    """Accuracy of every exit, one panel per task, against run time."""
+    """Accuracy of every exit, one panel per task, against the rounds' emulated seconds."""
     tasks = view.tasks()
     figure, axes = _task_axes(tasks, f"accuracy per exit · {view.scenario or 'run'}")
     if not tasks:
@@ -53,7 +57,7 @@ def accuracy(view: RunView, path: Path, target: float | None = None) -> Path:
         if target is not None:
             ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:.0%}")
         ax.set_title(task)
-        ax.set_xlabel(TIME_LABEL)
+        ax.set_xlabel(TIME_LABEL.format(clock=view.clock))
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
@@ -86,7 +90,7 @@ def gantt(view: RunView, path: Path) -> Path:
         ax.text(round_.started_t, -0.55, f" r{round_.index}", fontsize=7, va="bottom")
     ax.set_yticks(range(len(clients)), clients)
     ax.set_ylim(len(clients) - 0.5, -1.0)  # first client on top, room above it for the round labels
-    ax.set_xlabel("run time, s")
+    ax.set_xlabel(CLOCK_LABEL)
     ax.set_title(f"client phases per round · {view.scenario or 'run'}")
     handles = [Patch(color=color, label=phase) for phase, color in PHASE_COLORS.items()]
     handles.append(Patch(facecolor="white", edgecolor="red", hatch="///", label="no update (late, lost)"))
@@ -128,7 +132,8 @@ def depths(view: RunView, path: Path) -> Path:
 
 
 def rounds(view: RunView, path: Path) -> Path:
-    """Round wall time (bars, red when someone was late) against the deadline, and the straggler wait share."""
+    """Round time in emulated seconds (bars, red when someone was late) against the deadline, and the straggler
+    wait share."""
     rows = round_rows(view)
     figure = Figure(figsize=(9, 4))
     ax = figure.subplots()
@@ -136,15 +141,15 @@ def rounds(view: RunView, path: Path) -> Path:
         _empty(ax, "closed round")
         return _save(figure, path)
     index = [r["round"] for r in rows]
-    ax.bar(index, [r["wall_s"] for r in rows], color=["#d9534f" if r["late"] else "#5b8fd6" for r in rows],
-           label="round wall time (red: someone late)")
-    deadlines = [(i, r["deadline_s"]) for i, r in zip(index, rows) if r["deadline_s"] is not None]
+    ax.bar(index, [r["round_emulated_s"] for r in rows], color=["#d9534f" if r["late"] else "#5b8fd6" for r in rows],
+           label="round time (emulated s; red: someone late)")
+    deadlines = [(i, r["deadline_emulated_s"]) for i, r in zip(index, rows) if r["deadline_emulated_s"] is not None]
     if deadlines:
         ax.hlines([d for _, d in deadlines], [i - 0.45 for i, _ in deadlines], [i + 0.45 for i, _ in deadlines],
                   color="black", linestyle="--", linewidth=1, label="deadline")
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("seconds")
+    ax.set_ylabel("emulated s")
     share = ax.twinx()
     share.plot(index, [r["wait_share"] if r["wait_share"] is not None else float("nan") for r in rows],
                color="#e08a1e", marker="o", label="straggler wait share")
@@ -159,54 +164,56 @@ def rounds(view: RunView, path: Path) -> Path:
 
 
 def depth_cost(view: RunView, path: Path) -> Path:
-    """Peak memory and compute seconds of each delivered update, by exit depth (dots coloured by device
-    profile, since a slower device computes the same depth longer) with their mean (bar)."""
-    samples = depth_samples(view)
+    """Peak memory and host CPU seconds per clip by exit depth: the mean over the depth's delivered updates (bar)
+    and each update (dot). Host CPU time is the work done whatever the device's speed, so depths compare as
+    depths; the emulated compute seconds (device-dependent) are in the report's table, apart."""
+    totals, samples = depth_totals(view), depth_samples(view)
     figure = Figure(figsize=(10, 3.8))
-    memory_ax, compute_ax = figure.subplots(1, 2)
-    profiles = sorted({view.clients[cid].profile for parts in samples.values() for cid, _ in parts})
-    colors = {profile: f"C{i % 10}" for i, profile in enumerate(profiles)}
-    for ax, (label, value) in ((memory_ax, ("peak memory, MB", lambda p: number(p.row.get("peak_mb")))),
-                               (compute_ax, ("compute, s", lambda p: p.timings.get("compute_s")))):
-        points = {d: [(cid, v) for cid, p in parts if (v := value(p)) is not None] for d, parts in samples.items()}
-        points = {d: vs for d, vs in points.items() if vs}
-        if not points:
+    memory_ax, cpu_ax = figure.subplots(1, 2)
+
+    def cpu_per_clip(part) -> float | None:
+        cpu, clips = number(part.row.get("cpu_s")), number(part.row.get("samples"))
+        return cpu / clips if cpu is not None and clips else None
+
+    for ax, label, mean, each in ((memory_ax, "peak memory, MB", lambda t: t.mean_peak_mb,
+                                   lambda p: number(p.row.get("peak_mb"))),
+                                  (cpu_ax, "host CPU s per clip", lambda t: t.cpu_per_sample, cpu_per_clip)):
+        means = {depth: value for depth, figures in totals.items() if (value := mean(figures)) is not None}
+        if not means:
             _empty(ax, label.split(",")[0])
             continue
-        positions = range(len(points))
-        ax.bar(positions, [sum(v for _, v in vs) / len(vs) for vs in points.values()], color="#dde3ec")
-        for x, vs in zip(positions, points.values()):
-            ax.scatter([x] * len(vs), [v for _, v in vs], s=14, zorder=3,
-                       color=[colors[view.clients[cid].profile] for cid, _ in vs])
-        ax.set_xticks(list(positions), [f"L{d}" for d in points])
+        positions = range(len(means))
+        ax.bar(positions, list(means.values()), color="#dde3ec")
+        for x, depth in zip(positions, means):
+            dots = [v for _, part in samples.get(depth, []) if (v := each(part)) is not None]
+            ax.scatter([x] * len(dots), dots, s=14, zorder=3, color="#3a6ea5")
+        ax.set_xticks(list(positions), [f"L{depth}" for depth in means])
         ax.set_xlabel("exit depth")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
-    handles = [Patch(color=color, label=profile) for profile, color in colors.items()]
-    if handles:
-        compute_ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figure.suptitle(f"memory and compute per depth (bar: mean) · {view.scenario or 'run'}")
+    figure.suptitle(f"memory and host CPU per clip by depth (bar: mean, dot: an update) · {view.scenario or 'run'}")
     return _save(figure, path)
 
 
 def accuracy_comparison(runs: list[tuple[str, list[dict]]], path: Path, exit_layer: int | None = None) -> Path:
-    """Accuracy against run time, one line per labelled run, one panel per task: the given exit's, or
-    (None) the best exit's at each evaluation. For comparing strategies or scenarios."""
+    """Accuracy against the rounds' emulated seconds, one line per labelled run, one panel per task: the given
+    exit's, or (None) the best exit's at each evaluation. For comparing strategies or scenarios."""
     views = [(label, fold(events)) for label, events in runs]
     tasks = sorted({task for _, view in views for task in view.tasks()})
     which = f"exit L{exit_layer}" if exit_layer is not None else "best exit"
-    figure, axes = _task_axes(tasks, f"accuracy ({which}) against run time")
+    figure, axes = _task_axes(tasks, f"accuracy ({which}) against the rounds' emulated time")
     if not tasks:
         _empty(axes[0], "evaluation")
     for ax, task in zip(axes, tasks):
         for label, view in views:
-            points = [(e.train_t, max(e.accuracy[task].values()) if exit_layer is None
+            points = [(e.trained_s, max(e.accuracy[task].values()) if exit_layer is None
                        else e.accuracy[task][exit_layer]) for _, e in sorted(view.evaluations.items())
                       if e.accuracy.get(task) and (exit_layer is None or exit_layer in e.accuracy[task])]
-            if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+            if points:  # a run on another clock says so (the centralized baseline: host seconds)
+                ax.plot(*zip(*points), marker="o", markersize=3,
+                        label=label if view.clock == "emulated" else f"{label} ({view.clock} s)")
         ax.set_title(task)
-        ax.set_xlabel(TIME_LABEL)
+        ax.set_xlabel(TIME_LABEL.format(clock="emulated"))
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)

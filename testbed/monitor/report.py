@@ -40,12 +40,17 @@ def draw_plots(view: RunView, plots_dir: Path, target: float | None = None) -> d
 def _summary_section(view: RunView, figures: dict) -> list[str]:
     dilation = figures["dilation"]
     status = f"**{figures['status']}**" + (f" ({figures['reason']})" if figures["reason"] else "")
+    # two clocks, each named: the rounds' emulated seconds (what time_budget_s counts) and this host's seconds
+    clock = figures["clock"]
     lines = [f"{status}: {figures['rounds_completed']}/{figures['rounds_planned'] or '?'} rounds in "
-             f"{figures['run_s']:.1f} s ({figures['train_s']:.1f} s of rounds, {figures['eval_s']:.1f} s evaluating)."]
+             f"{figures['trained_s']:.1f} s {clock} ({'rounds' if clock == 'emulated' else 'training'} only, what "
+             f"time_budget_s counts; the run clock read {figures['run_emulated_s']:.1f} s {clock} at the end). Host: "
+             f"{figures['run_host_s']:.1f} s wall in all, {figures['eval_host_s']:.1f} s evaluating, "
+             f"{figures['aggregate_host_s']:.2f} s aggregating."]
     if dilation:
         steps = " → ".join(f"×{factor:.3g}" for factor in figures["dilations"])
         why = ("last change: " if len(figures["dilations"]) > 1 else "") + (dilation.get("reason") or "no reason given")
-        lines.append(f"Time dilation {steps} ({why}): all times are emulated seconds (wall seconds / factor).")
+        lines.append(f"Time dilation {steps} ({why}): emulated seconds are host wall seconds / factor.")
     if figures["backend"]:
         lines.append(f"Emulation backend: {figures['backend']}.")
     health = [f"client losses {figures['lost_events']}", f"dropped messages {figures['dropped_messages']}"]
@@ -54,7 +59,8 @@ def _summary_section(view: RunView, figures: dict) -> list[str]:
     if figures["unknown_kinds"]:
         kinds = ", ".join(f"{kind} ({count})" for kind, count in figures["unknown_kinds"].items())
         health.append(f"event kinds not shown here: {kinds}")
-    rows = [["mean / max round time", f"{_fmt(figures['mean_round_s'])} / {_fmt(figures['max_round_s'])} s"],
+    rows = [["mean / max round time", f"{_fmt(figures['mean_round_emulated_s'])} / "
+                                       f"{_fmt(figures['max_round_emulated_s'])} s emulated"],
             ["straggler wait share (idle / client time)", _fmt(figures["wait_share"], ".1%")],
             ["updates delivered / late or lost", f"{figures['updates']} / {figures['late']}"],
             ["data moved (both ways)", f"{_mb(figures['bytes'])} MB"],
@@ -70,25 +76,29 @@ def _accuracy_section(view: RunView, target: float | None, figure: Path) -> list
     layers = sorted({layer for by_exit in last.accuracy.values() for layer in by_exit})
     rows = [[task, *(_fmt(last.accuracy[task].get(layer), ".1%") for layer in layers)]
             for task in sorted(last.accuracy)]
-    lines += [f"Last evaluation (round {last.round}, at {last.train_t:.1f} s of rounds):", "",
+    lines += [f"Last evaluation (round {last.round}, after {last.trained_s:.1f} s {view.clock} of rounds):", "",
               *_table(["task", *(f"exit L{layer}" for layer in layers)], rows), ""]
     for task in view.tasks():
         best = view.best(task)
-        line = f"- {task}: best {best[0]:.1%} (exit L{best[1]}, round {best[2]}, first at {best[3]:.1f} s)"
+        line = f"- {task}: best {best[0]:.1%} (exit L{best[1]}, round {best[2]}, first at {best[3]:.1f} s {view.clock})"
         if target is not None:
             reached = view.time_to_target(task, target)
-            line += (f"; reached {target:.0%} at {reached[0]:.1f} s (round {reached[1]}, exit L{reached[2]})" if reached
+            line += (f"; reached {target:.0%} at {reached[0]:.1f} s {view.clock} (round {reached[1]}, "
+                     f"exit L{reached[2]})"
+                     if reached
                      else f"; has not reached {target:.0%}")
         lines.append(line)
     return lines + ["", f"![accuracy](plots/{figure.name})"]
 
 
 def _rounds_section(view: RunView, figures: dict[str, Path]) -> list[str]:
-    rows = [[str(r["round"]), _fmt(r["wall_s"]), _fmt(r["deadline_s"], ".1f"), f"{r['updated']}/{r['selected']}",
-             str(r["late"]), str(r["skipped"]), _fmt(r["wait_share"], ".0%"), _mb(r["bytes_down"]), _mb(r["bytes_up"])]
+    rows = [[str(r["round"]), _fmt(r["round_emulated_s"]), _fmt(r["deadline_emulated_s"], ".1f"),
+             f"{r['updated']}/{r['selected']}", str(r["late"]), str(r["skipped"]), _fmt(r["wait_share"], ".0%"),
+             _mb(r["bytes_down"]), _mb(r["bytes_up"]), _fmt(r["eval_host_s"])]
             for r in round_rows(view)]
-    return ["", "## Rounds", "", *_table(["round", "wall s", "deadline s", "updated", "late/lost", "skipped",
-                                           "wait share", "MB down", "MB up"], rows),
+    return ["", "## Rounds", "", *_table(["round", "round s (emulated)", "deadline s (emulated)", "updated",
+                                           "late/lost", "skipped", "wait share", "MB down", "MB up", "eval s (host)"],
+                                          rows),
             "", f"![rounds](plots/{figures['rounds'].name})", "", f"![gantt](plots/{figures['gantt'].name})"]
 
 
@@ -96,16 +106,22 @@ def _clients_section(view: RunView, figures: dict[str, Path]) -> list[str]:
     rows = [[r["client"], r["profile"], r["task"], r["link"], f"{r['updated']}/{r['asked']}", str(r["late"]),
              _fmt(r["mean_depth"], ".1f"), _fmt(r["download_s"]), _fmt(r["compute_s"]), _fmt(r["upload_s"]),
              _fmt(r["idle_s"]), _mb(r["bytes"])] for r in client_rows(view)]
-    return ["", "## Clients", "", "Means over the rounds in which the client delivered an update.", "",
+    return ["", "## Clients", "", "Means over the rounds in which the client delivered an update; phase seconds "
+            "are emulated (the device's speed and its link).", "",
             *_table(["client", "profile", "task", "link", "updated", "late/lost", "depth", "download s",
                      "compute s", "upload s", "idle s", "MB"], rows),
             "", f"![depths](plots/{figures['depths'].name})"]
 
 
 def _depth_section(view: RunView, figures: dict[str, Path]) -> list[str]:
-    rows = [[f"L{r['depth']}", str(r["updates"]), _fmt(r["compute_s"]), _fmt(r["peak_mb"], ".0f"),
-             _mb(r["bytes_down"]), _mb(r["bytes_up"])] for r in depth_rows(view)]
-    return ["", "## Exit depths", "", *_table(["exit", "updates", "compute s", "peak MB", "MB down", "MB up"], rows),
+    rows = [[f"L{r['depth']}", str(r["updates"]), _fmt(r["cpu_host_s_per_clip"], ".4f"), _fmt(r["peak_mb"], ".0f"),
+             _mb(r["bytes_down"]), _mb(r["bytes_up"]), _fmt(r["compute_emulated_s_per_clip"], ".4f"),
+             ", ".join(r["profiles"])] for r in depth_rows(view)]
+    note = ("What a depth costs: host CPU seconds per trained clip and peak memory, whichever device trained it. "
+            "Emulated compute seconds per clip depend on which devices trained that depth (the last two columns).")
+    return ["", "## Exit depths", "", note, "",
+            *_table(["exit", "updates", "CPU s/clip (host)", "peak MB", "MB down", "MB up",
+                     "compute s/clip (emulated)", "trained by"], rows),
             "", f"![depth cost](plots/{figures['depth_cost'].name})"]
 
 

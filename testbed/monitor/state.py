@@ -1,5 +1,10 @@
 """The run as the dashboard and the report see it: events folded, one at a time, into a view model.
 
+Two clocks, never mixed: EMULATED seconds (the event clock `t`, a round's seconds, deadlines, client
+phases: host wall seconds / the run's dilation) and HOST seconds (evaluation, aggregation, the run's
+wall time, measured on this host). Accuracy is placed on the rounds' emulated seconds (on host
+seconds for the centralized baseline, whose clock runs undilated: `RunView.clock`).
+
 Only events feed it (events.jsonl or the PUB socket). Every field but `kind` is optional here: an
 event that lacks a field changes what it can, an event of a kind this version does not know is
 counted and otherwise ignored, and a malformed one is dropped with a logged reason. So the
@@ -32,7 +37,7 @@ def number(value) -> float | None:
 @dataclass
 class Segment:
     phase: str  # download | compute | upload | idle
-    start_s: float  # seconds since the round started
+    start_s: float  # emulated seconds since the round started
     end_s: float
 
 
@@ -44,18 +49,18 @@ class ClientRound:
     depth: int | None = None  # layer number of the exit it trains to
     step: int = 0  # local optimiser steps done
     steps: int | None = None  # local optimiser steps planned
-    training_t: float | None = None  # run seconds of its first progress step
-    uploading_t: float | None = None  # run seconds it said it was uploading
-    ended_t: float | None = None  # run seconds its update arrived, or it skipped, left or was lost
-    timings: dict[str, float] = field(default_factory=dict)  # TIMINGS, seconds, from its update and the round's row
+    training_t: float | None = None  # event clock (emulated s) of its first progress step
+    uploading_t: float | None = None  # event clock (emulated s) it said it was uploading
+    ended_t: float | None = None  # event clock (emulated s) its update arrived, or it skipped, left or was lost
+    timings: dict[str, float] = field(default_factory=dict)  # TIMINGS, emulated s, from its update and round row
     row: dict = field(default_factory=dict)  # its row in round_closed (status, bytes, peak_mb, loss, ...)
 
 
 @dataclass
 class RoundView:
     index: int
-    started_t: float  # run seconds
-    deadline_s: float | None
+    started_t: float  # event clock, emulated s
+    deadline_s: float | None  # emulated s
     clients: dict[str, ClientRound] = field(default_factory=dict)
     closed: dict | None = None  # the round_closed event, its per-client rows folded into `clients`
     aggregated_t: float | None = None
@@ -66,10 +71,12 @@ class RoundView:
             return []
         return [cid for cid, part in self.clients.items() if part.status not in FINISHED]
 
-    def wall_s(self, now_t: float) -> float:
-        """Seconds the round took (closed) or has taken so far (open)."""
-        closed_wall = number((self.closed or {}).get("wall_s"))
-        return closed_wall if closed_wall is not None else max(0.0, now_t - self.started_t)
+    def emulated_s(self, now_t: float) -> float:
+        """Emulated seconds the round took (closed) or has taken so far (open).
+
+        round_closed carries them as `wall_s`: the event clock's seconds, which are emulated seconds."""
+        closed = number((self.closed or {}).get("wall_s"))
+        return closed if closed is not None else max(0.0, now_t - self.started_t)
 
     def segments(self, client: str, now_t: float) -> list[Segment]:
         """A client's phases in this round, in seconds since the round started.
@@ -80,7 +87,7 @@ class RoundView:
         part = self.clients.get(client)
         if part is None or part.status == "skipped":
             return []
-        end = self.wall_s(now_t)
+        end = self.emulated_s(now_t)
         download, compute, upload = (part.timings.get(k) for k in TIMINGS[:3])
         if part.status == "updated" and None not in (download, compute, upload):
             finish = download + compute + upload
@@ -104,15 +111,16 @@ class ClientView:
     task: str = "?"
     link: str = "?"
     state: str = "expected"  # last known: joined, asked, downloading, training, uploading, updated, idle, lost, ...
-    state_t: float = 0.0  # run seconds of that state
+    state_t: float = 0.0  # event clock (emulated s) of that state
     last: ClientRound | None = None  # its part in the last closed round it was asked to
 
 
 @dataclass
 class Evaluation:
     round: int
-    train_t: float  # run seconds less all evaluation time so far: when the evaluated model was ready
+    trained_s: float  # seconds of the rounds up to and including its own, on the run's clock (RunView.clock)
     accuracy: dict[str, dict[int, float]]  # task -> exit layer -> accuracy in [0, 1]
+    host_s: float = 0.0  # host seconds the evaluation took
 
 
 @dataclass
@@ -121,17 +129,22 @@ class RunView:
     rounds_planned: int | None = None
     exits: list[int] = field(default_factory=list)  # layer numbers followed by a head
     status: str = "waiting"  # waiting (no run_started yet), running, finished, interrupted, failed
+    clock: str = "emulated"  # what the event clock counts: "emulated" s, or "host" s (the centralized baseline)
     reason: str | None = None
     dilation: dict | None = None  # {"factor": float, "reason": str} when the run stretches time
-    dilations: list[tuple[float, float]] = field(default_factory=list)  # (run seconds, factor) of every change
+    dilations: list[tuple[float, float]] = field(default_factory=list)  # (event clock, factor) of every change
     backend: str | None = None  # emulation backend, when the run names it
     clients: dict[str, ClientView] = field(default_factory=dict)
     rounds: dict[int, RoundView] = field(default_factory=dict)  # a resumed run's repeated round replaces the first
     current: int | None = None  # the latest round started
+    aggregated: set[int] = field(default_factory=set)  # rounds aggregated (the centralized baseline: no round view)
     evaluations: dict[int, Evaluation] = field(default_factory=dict)
-    eval_s: float = 0.0  # seconds spent evaluating so far
-    t: float = 0.0  # run seconds of the latest event (emulated seconds when time is dilated)
+    eval_host_s: float = 0.0  # host seconds spent evaluating so far
+    aggregate_host_s: float = 0.0  # host seconds spent aggregating so far
+    eval_clock_s: float = 0.0  # what evaluating advanced the event clock by: host seconds / dilation, emulated s
+    t: float = 0.0  # the event clock at the latest event: emulated seconds since the run started
     wall: float | None = None  # Unix time of the latest event
+    launch_walls: list[list[float]] = field(default_factory=list)  # [first, last] Unix time of each launch
     events: int = 0  # events folded in
     dropped_messages: int = 0
     lost_events: int = 0
@@ -151,6 +164,10 @@ class RunView:
         t, wall = number(event.get("t")), number(event.get("wall"))
         if t is not None:
             self.t, self.wall = t, wall
+        if wall is not None:
+            if kind == "run_started" or not self.launch_walls:  # a resumed run's pause between launches is no run time
+                self.launch_walls.append([wall, wall])
+            self.launch_walls[-1][1] = wall
         handler = getattr(self, f"_on_{kind}", None)
         if handler is None:
             self.unknown_kinds[kind] += 1
@@ -167,8 +184,27 @@ class RunView:
     def ended(self) -> bool:
         return self.status in ENDINGS.values()
 
+    @property
+    def host_s(self) -> float:
+        """Host wall seconds of the run: from its first to its last event, summed over its launches."""
+        return sum(last - first for first, last in self.launch_walls)
+
+    def trained_s(self, upto: int | None = None) -> float:
+        """Seconds of training on the run's clock (up to round `upto`): the rounds' emulated seconds; for a run
+        without round_closed events (the centralized baseline), its event clock less what evaluating advanced it."""
+        if any(r.closed is not None for r in self.rounds.values()):
+            return self.rounds_emulated_s(upto)
+        return max(0.0, self.t - self.eval_clock_s)
+
+    def rounds_emulated_s(self, upto: int | None = None) -> float:
+        """Emulated seconds of the closed rounds (up to round `upto`): evaluation, aggregation and the wait for
+        clients excluded, as time_budget_s counts them (a resumed run's repeated round counts once)."""
+        return sum(r.emulated_s(self.t) for i, r in self.rounds.items()
+                   if r.closed is not None and (upto is None or i <= upto))
+
     def run_seconds_at(self, unix_time: float) -> float:
-        """The run clock at `unix_time`, extrapolated from the latest event (a dilated clock runs slower)."""
+        """The event clock (emulated s) at `unix_time`, extrapolated from the latest event (a dilated clock runs
+        slower)."""
         if self.wall is None or self.ended:
             return self.t
         factor = (self.dilation or {}).get("factor") or 1.0
@@ -210,6 +246,8 @@ class RunView:
         self.rounds_planned = event.get("rounds", self.rounds_planned)
         self.exits = [int(layer) for layer in event.get("exits") or self.exits]
         self.backend = event.get("backend", self.backend)
+        if event.get("strategy") == "centralized":  # the baseline trains on this host, undilated, nothing emulated
+            self.clock = "host"
         if isinstance(event.get("dilation"), dict):
             self._on_dilation_changed(event["dilation"], t)
         for spec in event.get("clients") or []:
@@ -360,18 +398,22 @@ class RunView:
                 self._set_state(view, "late", t)
 
     def _on_round_aggregated(self, event: dict, t: float) -> None:
+        self.aggregate_host_s += number(event.get("aggregate_s")) or 0.0
+        self.aggregated.add(int(event["round"]))
         round_ = self.rounds.get(event.get("round"))
         if round_ is not None:
             round_.aggregated_t = t
 
     def _on_evaluated(self, event: dict, t: float) -> None:
-        self.eval_s += number(event.get("eval_s")) or 0.0
+        eval_s = number(event.get("eval_s")) or 0.0  # host seconds
+        self.eval_host_s += eval_s
+        self.eval_clock_s += eval_s / ((self.dilation or {}).get("factor") or 1.0)
         accuracy = {}
         for task, by_exit in (event.get("accuracy") or {}).items():
             accuracy[str(task)] = {int(layer): float(value) for layer, value in by_exit.items()
                                    if number(value) is not None}
         index = int(event["round"])
-        self.evaluations[index] = Evaluation(index, t - self.eval_s, accuracy)
+        self.evaluations[index] = Evaluation(index, self.trained_s(upto=index), accuracy, eval_s)
 
     # ------------------------------------------------------------ accuracy
     def tasks(self) -> list[str]:
@@ -381,25 +423,25 @@ class RunView:
         return sorted({layer for e in self.evaluations.values() for layer in e.accuracy.get(task, {})})
 
     def accuracy_series(self, task: str, layer: int) -> list[tuple[float, int, float]]:
-        """(training seconds, round, accuracy) of one exit of one task, in round order."""
-        return [(e.train_t, e.round, e.accuracy[task][layer]) for _, e in sorted(self.evaluations.items())
+        """(seconds of training on the run's clock, round, accuracy) of one exit of one task, in round order."""
+        return [(e.trained_s, e.round, e.accuracy[task][layer]) for _, e in sorted(self.evaluations.items())
                 if layer in e.accuracy.get(task, {})]
 
     def best(self, task: str) -> tuple[float, int, int, float] | None:
-        """(accuracy, exit layer, round, training seconds) of the best exit so far, first reached."""
+        """(accuracy, exit layer, round, seconds of training) of the best exit so far, first reached."""
         best = None
         for _, evaluation in sorted(self.evaluations.items()):
             for layer, value in sorted(evaluation.accuracy.get(task, {}).items()):
                 if best is None or value > best[0]:
-                    best = (value, layer, evaluation.round, evaluation.train_t)
+                    best = (value, layer, evaluation.round, evaluation.trained_s)
         return best
 
     def time_to_target(self, task: str, target: float) -> tuple[float, int, int] | None:
-        """(training seconds, round, exit layer) when any exit of `task` first reached `target`; None: not yet."""
+        """(seconds of training, round, exit layer) when any exit of `task` first reached `target`; None: not yet."""
         for _, evaluation in sorted(self.evaluations.items()):
             reached = [layer for layer, value in sorted(evaluation.accuracy.get(task, {}).items()) if value >= target]
             if reached:
-                return evaluation.train_t, evaluation.round, reached[0]
+                return evaluation.trained_s, evaluation.round, reached[0]
         return None
 
 

@@ -150,14 +150,16 @@ class Completed:
 
 @dataclass(frozen=True, kw_only=True)
 class RoundTime:
-    """No round lasts longer than `max_deadlines` deadlines (emulated seconds)."""
+    """No round waits for its clients longer than `max_deadlines` deadlines (emulated seconds); the aggregator's
+    handling of an update in hand when the deadline passed is not waiting (see checks.waited_s)."""
 
     max_deadlines: float = setting(1.05, gt=0, le=1000)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RoundTimeRecovered:
-    """The last rounds' mean wall time is within `tolerance` of the rounds' before the first action."""
+    """The last rounds' mean device time (download + compute at the device's CPU-time pace + upload) is within
+    `tolerance` of the rounds' before the first action, and the clients acted on updated in the last rounds."""
 
     tolerance: float = setting(0.2, gt=0, le=100)    # share: 0.2 = within 20 %
     last: int = setting(2, ge=1, le=1_000_000)       # how many final rounds

@@ -1,0 +1,124 @@
+"""A resume reproduces the run it continues, and a failing aggregator is always reported on the console.
+
+The resume test runs a scenario whose depths depend on the evaluated accuracy (`auto` preferred exits) once
+uninterrupted and once interrupted after round 2 and resumed: the depths sent per client per round and the
+per-round digests must be equal, round by round.
+"""
+
+import json
+import shlex
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+import runs
+from runs import events, run, start, wait_for_event
+from testbed.aggregator.checkpoint import CheckpointRefused, load_checkpoint, save_checkpoint
+from testbed.config.loader import load_scenario
+from testbed.launch.run import new_run_dir
+
+AUTO = "{name: task, preferred_exits: {keyword: auto, speaker: auto}}"
+
+
+def finished(result) -> None:
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def depths_sent(log: list[dict]) -> dict[int, dict[str, int]]:
+    """Round -> {client: depth of the model it was sent}, from the launch that completed the round (a resumed run
+    repeats the round it was interrupted in: its second round_started starts that round's record afresh)."""
+    sent: dict[int, dict[str, int]] = {}
+    for event in log:
+        if event["kind"] == "round_started":
+            sent[event["round"]] = {}
+        elif event["kind"] == "model_sent":
+            sent[event["round"]][event["client"]] = event["depth"]
+    return sent
+
+
+def digests(log: list[dict]) -> dict[int, str]:
+    return {e["round"]: e["digest"] for e in log if e["kind"] == "round_aggregated"}
+
+
+def test_a_run_interrupted_after_round_2_and_resumed_sends_the_depths_and_digests_of_an_uninterrupted_run(
+        write_scenario, tmp_path):
+    scenario = write_scenario(rounds=4, exit_policy=AUTO, seed=3)
+    reference = tmp_path / "reference"
+    finished(run("run", str(scenario), "--out", str(reference)))
+    expected_depths, expected_digests = depths_sent(events(reference)), digests(events(reference))
+    # the auto exits shaped the later rounds (else this test could not tell a resume that forgot them)
+    assert expected_depths[1] != expected_depths[3] or expected_depths[1] != expected_depths[4], expected_depths
+
+    out = tmp_path / "run"
+    process = start("run", str(scenario), "--out", str(out))
+    wait_for_event(out, lambda e: e["kind"] == "round_aggregated" and e["round"] == 2)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    finished(run("run", "--resume", str(out)))
+    log = events(out)
+    assert [e["from_round"] for e in log if e["kind"] == "run_resumed"] == [2]
+    for index in range(1, 5):
+        assert (index, depths_sent(log)[index]) == (index, expected_depths[index])
+        assert (index, digests(log)[index]) == (index, expected_digests[index])
+
+
+def test_the_checkpoint_carries_the_aggregators_round_state_and_refuses_it_altered(write_scenario, tmp_path):
+    scenario = load_scenario(write_scenario())
+    run_dir = new_run_dir(scenario, str(tmp_path / "run"))
+    state = {"w": np.arange(4, dtype=np.float32)}
+    carried = {"dilation": 2.5, "screen": {"layer 0": {"c01": 0.5, "c00": 0.25}}}
+    save_checkpoint(run_dir, 1, state, {"digest": "d1", "seq": 9, "t": 1.0}, carried)
+    log = [{"kind": "round_aggregated", "round": 1, "digest": "d1"}]
+    loaded = load_checkpoint(run_dir, scenario, log)
+    assert loaded.carried == carried and list(loaded.carried["screen"]["layer 0"]) == ["c01", "c00"]  # order kept
+    pointer = run_dir / "checkpoints" / "checkpoint.json"
+    meta = json.loads(pointer.read_text())
+    meta["carried"]["screen"]["layer 0"]["c00"] = 99.0  # a hand-edited reference norm
+    pointer.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointRefused, match="carried state .* altered"):
+        load_checkpoint(run_dir, scenario, log)
+
+
+def on_a_terminal(*args: str) -> subprocess.CompletedProcess:
+    """`testbed run ...` on a pseudo-terminal (so with the live dashboard), as a user at a terminal runs it."""
+    command = " ".join(shlex.quote(part) for part in runs.testbed_command("run", *args))
+    return subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=240)
+
+
+def test_a_run_interrupted_before_its_first_event_starts_afresh_on_resume_with_the_dashboard_on(
+        write_scenario, tmp_path):
+    scenario = load_scenario(write_scenario(rounds=1, fleet="[{profile: laptop, count: 2}]"))
+    out = new_run_dir(scenario, str(tmp_path / "run"))  # what `testbed run` leaves when stopped before any event
+    result = on_a_terminal("--resume", str(out))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "run finished: 1/1 rounds" in result.stdout
+    assert [e["kind"] for e in events(out)][0] == "run_started"
+
+
+def _refused_checkpoint(run_dir):
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "checkpoint.json").write_text("{")
+
+
+def _no_log_folder(run_dir):
+    (run_dir / "logs").write_text("")  # the aggregator cannot open its log: it fails before its first event
+
+
+@pytest.mark.parametrize("break_it, said", [
+    (_refused_checkpoint, "run failed: checkpoint refused: checkpoints/checkpoint.json is not valid JSON"),
+    (_no_log_folder, "run failed: the aggregator exited with code 1 before its first event"),
+], ids=["refused-checkpoint", "before-first-event"])
+@pytest.mark.parametrize("dashboard", [True, False], ids=["dashboard", "no-dashboard"])
+def test_a_failing_aggregator_leaves_its_reason_on_the_console_and_exit_code_1(
+        write_scenario, tmp_path, break_it, said, dashboard):
+    scenario = load_scenario(write_scenario(fleet="[{profile: laptop, count: 2}]"))
+    out = new_run_dir(scenario, str(tmp_path / "run"))
+    break_it(out)
+    result = on_a_terminal("--resume", str(out), *([] if dashboard else ["--no-dashboard"]))
+    assert result.returncode == 1, result.stdout[-3000:]
+    after = result.stdout.rsplit("\x1b[?1049l", 1)[-1]  # what stays on the console once the dashboard has gone
+    assert said in after, after
+    assert events(out)[-1]["kind"] == "run_failed"
