@@ -5,6 +5,7 @@ uninterrupted and once interrupted after round 2 and resumed: the depths sent pe
 per-round digests must be equal, round by round.
 """
 
+import csv
 import json
 import shlex
 import signal
@@ -63,6 +64,16 @@ def test_a_run_interrupted_after_round_2_and_resumed_sends_the_depths_and_digest
     for index in range(1, 5):
         assert (index, depths_sent(log)[index]) == (index, expected_depths[index])
         assert (index, digests(log)[index]) == (index, expected_digests[index])
+    # one CSV row per round, as the uninterrupted run wrote, also for round 2, interrupted while it was evaluated
+    assert csv_rounds(out, "rounds.csv") == csv_rounds(reference, "rounds.csv")
+    assert csv_rounds(out, "clients.csv") == csv_rounds(reference, "clients.csv")
+
+
+def csv_rounds(run_dir, name: str) -> list[tuple]:
+    """The rows of a run's CSV file by (round, client, digest, accuracies): what does not depend on timing."""
+    with open(run_dir / name, newline="") as file:
+        return [(row["round"], row.get("client"), row.get("digest"), row.get("status"),
+                 *(v for k, v in row.items() if k.startswith("acc_"))) for row in csv.DictReader(file)]
 
 
 def test_the_checkpoint_carries_the_aggregators_round_state_and_refuses_it_altered(write_scenario, tmp_path):

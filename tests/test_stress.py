@@ -302,7 +302,11 @@ def test_impersonation_needs_every_claim_refused_and_the_victim_never_locked_out
     verdict = checks.impersonation(spec.Impersonation(), log.events, facts(actions=(pose,)))
     assert verdict.passed, verdict.figure
     assert "4 message(s) claiming c01 refused" in verdict.figure and "c01 updated in 2 of 2" in verdict.figure
-    for bad in (dict(victim_status="fetched"), dict(refused=False), dict(forged=True)):
+    late, pose = _impersonated_run(victim_status="straggler")  # asked and late (a busy host), not locked out
+    verdict = checks.impersonation(spec.Impersonation(), late.events, facts(actions=(pose,)))
+    assert not verdict.passed and "late in 2, 3" in verdict.figure  # ...but it must update in some round
+    for bad in (dict(victim_status="fetched"), dict(victim_status="rejected"), dict(refused=False),
+                dict(forged=True)):
         log, pose = _impersonated_run(**bad)
         assert not checks.impersonation(spec.Impersonation(), log.events, facts(actions=(pose,))).passed, bad
     assert not checks.impersonation(spec.Impersonation(), log.events, facts()).passed  # no such step

@@ -42,6 +42,15 @@ class Records:
             writer.writeheader()
         return file, writer
 
+    @staticmethod
+    def rounds_in(run_dir: Path) -> set[int]:
+        """The rounds rounds.csv has a row for (none when it does not exist)."""
+        path = run_dir / "rounds.csv"
+        if not path.exists():
+            return set()
+        with open(path, newline="", encoding="utf-8") as file:
+            return {int(row["round"]) for row in csv.DictReader(file) if (row.get("round") or "").isdigit()}
+
     def add(self, round_row: dict, client_rows: list[dict]) -> None:
         for (file, writer), rows in ((self.clients, client_rows), (self.rounds, [round_row])):
             # each value under its named column and under its key: a file's header takes whichever it has

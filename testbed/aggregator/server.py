@@ -96,6 +96,9 @@ class Aggregator:
         carried = resumed.carried if resumed is not None else {}
         self.restored_dilation = carried.get("dilation")  # the factor the last completed round had reached
         self.fleet = Fleet.of(plan.clients)
+        # the last completed round, when the interruption came before its CSV rows were written: run() writes them
+        self.unrecorded = (_round_record(previous, resumed.round, resumed.digest)
+                           if resumed is not None and resumed.round not in Records.rounds_in(self.run_dir) else None)
         self.records = Records(self.run_dir, accuracy_columns(sorted(plan.classes), self.model.exits))
         self.test_sets = self._test_sets()
         self.round: Round | None = None
@@ -156,7 +159,13 @@ class Aggregator:
             index = self.first_round - 1
             ending = self.scenario.ending(index, self.rounds_s)  # a resumed run may be done already
             if self.unevaluated is not None and (index % self.scenario.eval_every == 0 or ending):
-                self._evaluate(index)  # before clients are waited for: its auto exits decide the next round
+                # before clients are waited for: its auto exits decide the next round
+                evaluation = self._evaluate(index)
+                if self.unrecorded is not None:
+                    self.unrecorded[0].update(evaluation)
+            if self.unrecorded is not None:
+                self.records.add(*self.unrecorded)
+                self.unrecorded = None
             self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
             trained = False  # did a round of this launch aggregate an update?
             while ending is None:
@@ -259,9 +268,7 @@ class Aggregator:
         accuracy, seconds = self.model.evaluate(self.test_sets)
         self.events.emit("evaluated", round=index, accuracy=accuracy, eval_s=round(seconds, 3))
         self._prefer_exits(accuracy)
-        columns = {f"acc_{task}_L{layer}": value for task, by_exit in accuracy.items()
-                   for layer, value in by_exit.items()}
-        return {"eval_s": round(seconds, 3), **columns}
+        return _evaluation_columns(accuracy, round(seconds, 3))
 
     def _prefer_exits(self, accuracy: dict[str, dict[int, float]]) -> None:
         """`auto` preferred exits: per task, the shallowest exit within PREFER_WITHIN of the best one."""
@@ -497,6 +504,27 @@ def _continuing(previous: list[dict]) -> dict:
     """EventLog arguments that continue a resumed run's events: the next seq, and its clock where it stopped."""
     return {"start_seq": previous[-1]["seq"] + 1 if previous else 0,
             "clock_offset": previous[-1]["t"] if previous else 0.0}
+
+
+def _evaluation_columns(accuracy: dict[str, dict], eval_s: float | None) -> dict:
+    """An evaluation as rounds.csv columns: its host seconds and an `acc_TASK_LLAYER` column per exit."""
+    return {"eval_s": eval_s, **{f"acc_{task}_L{layer}": value for task, by_exit in accuracy.items()
+                                 for layer, value in by_exit.items()}}
+
+
+def _round_record(previous: list[dict], index: int, digest: str) -> tuple[dict, list[dict]] | None:
+    """Round `index`'s rounds.csv row and clients.csv rows, rebuilt from its events (None: its round_closed is
+    missing). Its evaluation, if the events hold it, is in the row; a resume adds one it runs afresh."""
+    closed = next((e for e in previous if e["kind"] == "round_closed" and e["round"] == index), None)
+    if closed is None:
+        return None
+    row = {k: v for k, v in closed.items() if k not in ("kind", "seq", "t", "clients")}
+    aggregated = next((e for e in previous if e["kind"] == "round_aggregated" and e["round"] == index), {})
+    row.update(digest=digest, aggregate_s=aggregated.get("aggregate_s"))
+    evaluated = next((e for e in previous if e["kind"] == "evaluated" and e["round"] == index), None)
+    if evaluated is not None:
+        row.update(_evaluation_columns(evaluated["accuracy"], evaluated.get("eval_s")))
+    return row, list(closed.get("clients", []))
 
 
 def _bounded(device: dict) -> dict:

@@ -385,14 +385,18 @@ def impersonation(settings: spec.Impersonation, events: list[dict], facts: Facts
     refused = sum(e.get("count", 1) for e in refusals)
     forged = [e["round"] for e in events if e["kind"] == "update_received" and e["seq"] > since
               and e["client"] in impostors]
-    locked_out = sorted(i for i, status in victim_rows.items() if status != "updated")
+    # a victim that was asked and trained but missed the deadline (a busy host) straggled: it was not locked out
+    straggled = sorted(i for i, status in victim_rows.items() if status == "straggler")
+    locked_out = sorted(i for i, status in victim_rows.items() if status not in ("updated", "straggler"))
+    updated = len(victim_rows) - len(locked_out) - len(straggled)
     figure = (f"{', '.join(impostors)} posing as {victim} in rounds {_rounds_text(impostor_rounds)}: {refused} "
               f"message(s) claiming {victim} refused ({', '.join(sorted({e['kind'] for e in refusals})) or 'none'}); "
-              f"{victim} updated in {len(victim_rows) - len(locked_out)} of {len(victim_rows)} rounds asked "
-              f"(not in {_rounds_text(locked_out)}); impostor updates accepted in rounds {_rounds_text(forged)}")
+              f"{victim} updated in {updated} of {len(victim_rows)} rounds asked "
+              f"(locked out in {_rounds_text(locked_out)}, late in {_rounds_text(straggled)}); "
+              f"impostor updates accepted in rounds {_rounds_text(forged)}")
     if refusals:
         figure += f"; e.g. {refusals[0].get('reason', '?')}"
-    return Verdict(bool(impostor_rounds) and refused >= len(impostor_rounds) and bool(victim_rows)
+    return Verdict(bool(impostor_rounds) and refused >= len(impostor_rounds) and updated > 0
                    and not locked_out and not forged, figure)
 
 
