@@ -57,10 +57,11 @@ def _throttled_child(throughput, dilation, queue):
     import torch
 
     from testbed.emulation.calibrate import workload
+    from testbed.emulation.clock import RealClock
     from testbed.emulation.throttle import ComputeThrottle
 
     torch.set_num_threads(1)
-    throttle = ComputeThrottle(throughput, dilation)
+    throttle = ComputeThrottle(throughput, RealClock(dilation))
     throttle.start()
     workload(12, after_step=throttle.pace)
     report = throttle.finish()

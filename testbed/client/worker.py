@@ -1,7 +1,8 @@
 """A client process: join, become the device of its profile, then every round choose a depth, fetch
 layers <= depth, train at the device's pace, upload.
 
-All durations it reports are emulated seconds (wall seconds / dilation, see emulation/dilation.py).
+All durations it reports are emulated seconds, read on its clock (`emulation/clock.py`): every
+passage of the device's time (compute pacing, link transfers, a freeze) goes through that clock.
 """
 
 from __future__ import annotations
@@ -10,22 +11,25 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
 from testbed.client.heartbeat import Heartbeat
-from testbed.client.policies import DeviceModel, make_policy
-from testbed.emulation.availability import CRASH_EXIT_CODE, DeviceSchedule
-from testbed.emulation.device import apply_cpu
-from testbed.emulation.dilation import demand_cores
-from testbed.emulation.injection import InjectedState, control_path
+from testbed.client.timing import RoundTiming
+from testbed.emulation.availability import CRASH_EXIT_CODE
+from testbed.emulation.clock import RealClock
+from testbed.emulation.injection import control_path
 from testbed.emulation.link import LinkModel, LinkShaper
-from testbed.emulation.memory import OOM_EXIT_CODE, MemoryBudget, OutOfMemory, release_free_memory
+from testbed.emulation.memory import OOM_EXIT_CODE, OutOfMemory, release_free_memory
 from testbed.emulation.throttle import ComputeThrottle
 from testbed.errors import UserError
-from testbed.model.early_exit import exit_depth
 from testbed.transport.endpoint import Dealer
 from testbed.transport.messages import Message, Rejected
+
+if TYPE_CHECKING:
+    from testbed.client.device import Device
+    from testbed.client.local import RoundResult
 
 log = logging.getLogger("testbed.client")
 
@@ -48,16 +52,15 @@ class ClientWorker:
         self.client_id, self.join_timeout_s = client_id, join_timeout_s
         self.token = token  # this process's proof of identity, from `testbed run` (None: CURVE or none needed)
         self.kernel_cpu = kernel_cpu  # a cgroup CPU quota paces this process: measure, do not sleep
-        self.run_dir = run_dir  # where stress tests inject changes (control/<id>.json); None = never
+        # where stress tests inject changes (RUN_DIR/control/<id>.json); None = never
+        self.control_file = control_path(run_dir, client_id) if run_dir else None
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
         self.heartbeat: Heartbeat | None = None  # started once joined
         self.connect, self.curve_dir = connect, curve_dir
-        self.session = None  # LocalSession, built from WELCOME
-        self.policy = None
-        self.idle_timeout_s = join_timeout_s  # until WELCOME says the round deadline
-        self.dilation = 1.0
-        self.booted = time.monotonic()
+        self.clock = RealClock()  # the device's time, from boot; WELCOME and ROUND set its dilation
+        self.device: Device | None = None  # built from WELCOME
+        self.idle_timeout_s = join_timeout_s  # host seconds; until WELCOME says the round deadline
 
     def run(self) -> int:
         try:
@@ -103,8 +106,8 @@ class ClientWorker:
                                  f"{str(refused).removeprefix('JOIN refused: ')}") from None
             self.heartbeat = Heartbeat(self.context, self.connect, self.client_id, self.curve_dir, self._join_body())
             self.heartbeat.state = "loading"
-            self._become_device(welcome)
-            self.dealer.send(Message("HEARTBEAT", self.client_id, 0, {"state": "ready", "device": self.device_info}),
+            self.device = self._become_device(welcome)
+            self.dealer.send(Message("HEARTBEAT", self.client_id, 0, {"state": "ready", "device": self.device.info}),
                              shaped=False)
             self.heartbeat.state = "idle"
             return
@@ -125,42 +128,16 @@ class ClientWorker:
         return (f"the aggregator at {self.connect} did not welcome {self.client_id} {waited} "
                 f"(its events tell whether it refused the JOIN)")
 
-    def _become_device(self, welcome: Message) -> None:
-        """Apply the profile (CPU first, before any work), load data and model, measure what depths cost."""
-        from testbed.client.local import LocalSession
-        from testbed.config.convert import from_data
-        from testbed.config.loader import ClientSpec
+    def _become_device(self, welcome: Message) -> Device:
+        """The device WELCOME describes (`client/device.py`); its link shapes this client's messages."""
+        from testbed.client.device import become_device
 
         run = welcome.body["run"]
-        spec = from_data(ClientSpec, run["client"], source="aggregator WELCOME")
-        profile = spec.profile
-        cpu = apply_cpu(profile, run.get("slot", 0))
-        self.dilation = float(run.get("dilation", 1.0))
-        self.session = LocalSession(run, welcome.tensors)
-        scenario = self.session.scenario
-        costs = self.session.measure_costs()
-        # in a large fleet of which a few train per round, an idle client holds no data and no model
-        self.lean = scenario.strategy.clients_per_round is not None
-        if self.lean:
-            self.session.release()
-        release_free_memory()
-        link = LinkModel(spec.link, self.session.seed)
-        self.dealer.shaper = LinkShaper(link, self.dilation)  # links are shaped here with either backend
-        self.injected = InjectedState(control_path(self.run_dir, self.client_id) if self.run_dir else None,
-                                      spec.link)
-        self.throughput = self.profile_throughput = demand_cores(profile)
-        self.memory = MemoryBudget(profile.memory_mb, {d: c.peak_mb for d, c in costs.items()})
-        device = DeviceModel(self.session.exits, costs, self.throughput, link, self.memory,
-                             scenario.training.local_steps)
-        preferred = scenario.exit_policy.preferred_exits.get(spec.task)  # an exit index, "auto" or None
-        preferred_depth = exit_depth(self.session.exits, preferred) if isinstance(preferred, int) else None
-        self.policy = make_policy(scenario.exit_policy.name, device, profile.max_exit, preferred_depth,
-                                  scenario.exit_policy.ema)
-        self.schedule = DeviceSchedule(profile.availability, profile.failure, self.session.seed)
-        self.idle_timeout_s = max(60.0, 10 * scenario.deadline_s * self.dilation)
-        self.device_info = {**cpu.to_event(), "throughput_cores": round(self.throughput, 4),
-                            "costs": {str(d): {"step_cpu_s": round(c.step_cpu_s, 4), "peak_mb": round(c.peak_mb, 1),
-                                          "state_bytes": c.state_bytes} for d, c in costs.items()}}
+        device = become_device(run, welcome.tensors, self.control_file)
+        self.clock.set_dilation(float(run.get("dilation", 1.0)))
+        self.dealer.shaper = LinkShaper(device.link, self.clock)  # links are shaped here with either backend
+        self.idle_timeout_s = max(60.0, self.clock.host_s(10 * device.session.scenario.deadline_s))
+        return device
 
     # ------------------------------------------------------------------ messages
     def _receive(self, timeout_s: float, wanted: str | None = None, round_index: int | None = None) -> Message:
@@ -182,90 +159,119 @@ class ClientWorker:
             raise Stop(f"the aggregator was silent for {timeout_s:.0f} s")
         raise TimeoutError(wanted)
 
-    def _emulated(self, wall_s: float) -> float:
-        return wall_s / self.dilation
-
     # ------------------------------------------------------------------ one round
     def _round(self, start: Message) -> None:
-        """One round: availability -> depth -> FETCH -> MODEL -> train -> UPDATE, timing each phase."""
-        received = time.monotonic()
-        round_index, self.heartbeat.round = start.round, start.round
-        self.dilation = float(start.body.get("dilation", self.dilation))  # the aggregator may raise it
-        if self.dealer.shaper is not None:
-            self.dealer.shaper.dilation = self.dilation
-        self._apply_injection()
+        """One round: availability -> depth -> fetch -> train -> upload, each phase timed on the clock."""
+        received = self._begin_round(start)
+        if not self._available(start.round, received):
+            return
+        timing = RoundTiming(self._wake(received))
+        depth = self._choose_depth(start)
+        if not self._fetch(start.round, depth, start.body["deadline_s"], timing):
+            self.heartbeat.state = "idle"
+            return  # the round closed before our layers came
+        result = self._train(start.round, depth, timing)
+        self._upload(start.round, depth, result, timing)
+        self.device.policy.observe(depth, timing.observed())
+        del result
+        if self.device.lean:
+            self.device.session.release()
+        release_free_memory()
+        self.heartbeat.state = "idle"
+
+    def _begin_round(self, start: Message) -> float:
+        """Take up what changed since the last round; returns when ROUND arrived (emulated seconds since boot)."""
+        self.heartbeat.round = start.round
+        self.clock.set_dilation(float(start.body.get("dilation", self.clock.dilation)))  # the aggregator may raise it
+        received = self.clock.now()
+        self._take_up_injection()
         # link draws (jitter, loss) from this round's own seed, as the batch order: a client restarted by a resume
         # draws in round r what the uninterrupted run's client drew there
-        self.dealer.shaper.model = LinkModel(self.dealer.shaper.model.link, [self.session.seed, round_index])
-        if not self.schedule.online(round_index, self._emulated(received - self.booted)):
-            self.heartbeat.state = "offline"
-            self.dealer.send(Message("SKIP", self.client_id, round_index, {"reason": "offline"}), shaped=False)
-            return
-        if self.session.model is None:  # lean: waking up takes host time that is no phase of the device
-            self.session.ensure_loaded()
-            received = time.monotonic()
-        deadline_s = start.body["deadline_s"]
-        preferred = start.body.get("preferred", {}).get(self.session.task)
-        depth = start.body["depth"] or self.policy.choose(deadline_s, preferred)  # the strategy may impose one
+        shaper = self.dealer.shaper
+        shaper.model = LinkModel(shaper.model.link, [self.device.session.seed, start.round])
+        return received
+
+    def _available(self, round_index: int, now: float) -> bool:
+        """Whether the device is online for this round (else it says SKIP)."""
+        if self.device.schedule.online(round_index, now):
+            return True
+        self.heartbeat.state = "offline"
+        self.dealer.send(Message("SKIP", self.client_id, round_index, {"reason": "offline"}), shaped=False)
+        return False
+
+    def _wake(self, received: float) -> float:
+        """When the round's work starts (emulated seconds): as ROUND arrived, or once a lean client reloaded
+        its data and model, which takes host time that is no phase of the device."""
+        if self.device.session.model is not None:
+            return received
+        self.device.session.ensure_loaded()
+        return self.clock.now()
+
+    def _choose_depth(self, start: Message) -> int:
+        """The strategy's imposed depth, else the exit policy's choice for this deadline."""
+        preferred = start.body.get("preferred", {}).get(self.device.session.task)
+        return start.body["depth"] or self.device.policy.choose(start.body["deadline_s"], preferred)
+
+    def _fetch(self, round_index: int, depth: int, deadline_s: float, timing: RoundTiming) -> bool:
+        """FETCH layers <= depth and load them into the model; False when the round closed first."""
         self.heartbeat.state = "downloading"
         self.dealer.send(Message("FETCH", self.client_id, round_index, {"depth": depth}))
         try:
-            model = self._receive(deadline_s * self.dilation, wanted="MODEL", round_index=round_index)
+            model = self._receive(self.clock.host_s(deadline_s), wanted="MODEL", round_index=round_index)
         except TimeoutError:
-            self.heartbeat.state = "idle"
-            return  # the round closed before our layers came
-        download_s = self._emulated(time.monotonic() - received)
+            return False
+        timing.download_s = self.clock.now() - timing.started
         self.heartbeat.state = "training"
-        steps = self.session.scenario.training.local_steps
-        fault = self.schedule.fault(round_index)
-        fault_step = self.schedule.fault_step(round_index, steps)
+        self.device.session.load(model.tensors)
+        self.device.injection.keep_fetched(model.tensors)
+        return True  # the received frames (~27 MB for the tiny backbone) are let go before training
+
+    def _train(self, round_index: int, depth: int, timing: RoundTiming) -> RoundResult:
+        """Local training at the device's pace (a fault may strike after one of its steps)."""
+        device = self.device
+        throttle = ComputeThrottle(device.injection.slowed(device.throughput), self.clock, paced=not self.kernel_cpu)
+        result = device.session.train_round(round_index, depth, self._on_step(round_index, depth, throttle),
+                                            throttle, device.memory)
+        device.memory.observe(depth, result.peak_mb)
+        timing.compute_s, timing.cpu_s = result.throttle.elapsed_s, result.throttle.cpu_s
+        timing.overshoot = result.throttle.overshoot
+        return result
+
+    def _on_step(self, round_index: int, depth: int, throttle: ComputeThrottle):
+        """After each local step: report progress, suffer this round's fault at its step, take up injections."""
+        steps = self.device.session.scenario.training.local_steps
+        fault = self.device.schedule.fault(round_index)
+        fault_step = self.device.schedule.fault_step(round_index, steps)
 
         def progress(step: int, loss: float) -> None:
             self.dealer.send(Message("PROGRESS", self.client_id, round_index,
                                      {"step": step + 1, "steps": steps, "layer": depth}), shaped=False)
             if fault is not None and step == fault_step:
                 self._suffer(fault)
-            if self._apply_injection():
-                throttle.retune(self.throughput)
+            if self._take_up_injection():
+                throttle.retune(self.device.injection.slowed(self.device.throughput))
 
-        throttle = ComputeThrottle(self.throughput, self.dilation,
-                                   sleep=(lambda seconds: None) if self.kernel_cpu else time.sleep)
-        self.session.load(model.tensors)
-        # a stress test's lying client uploads a scaled step: it needs what it fetched (copies)
-        fetched = {k: v.copy() for k, v in model.tensors.items()} if self.injected.lies_about_steps else None
-        del model  # the received frames (~27 MB for the tiny backbone) are not needed while training
-        result = self.session.train_round(round_index, depth, progress, throttle, self.memory)
-        self.memory.observe(depth, result.peak_mb)
+        return progress
+
+    def _upload(self, round_index: int, depth: int, result: RoundResult, timing: RoundTiming) -> None:
+        """UPDATE with the trained layers (as a stress test may tamper with them) and the round's timings."""
         self.heartbeat.state = "uploading"
-        compute_s = self._emulated(result.throttle.wall_s)
-        timings = {"download_s": download_s, "compute_s": compute_s,
-                   # since ROUND arrived, before the upload: lets the aggregator derive the upload time
-                   "elapsed_s": self._emulated(time.monotonic() - received),
-                   "cpu_s": result.throttle.cpu_s, "overshoot": result.throttle.overshoot}
-        body = {"depth": depth, "samples": self.injected.samples or result.samples, "loss": result.loss,
-                "timings": timings, "peak_mb": result.peak_mb}
-        tensors = self.injected.tampered(result.tensors, fetched)  # as uploaded: a stress test may corrupt it
-        del fetched
-        sender = self.injected.impersonate or self.client_id  # a stress test's impostor claims another's name
+        timing.elapsed_s = self.clock.now() - timing.started
+        injection = self.device.injection
+        body = {"depth": depth, "samples": injection.samples(result.samples), "loss": result.loss,
+                "timings": timing.reported(), "peak_mb": result.peak_mb}
+        tensors = injection.tampered(result.tensors)
+        sender = injection.sender(self.client_id)  # a stress test's impostor claims another's name
         if sender != self.client_id:
             self.dealer.send(Message("JOIN", sender, 0, self._join_body()), shaped=False)
-        uploaded = time.monotonic()
+        sent = self.clock.now()
         # wait until libzmq is done with the buffers: they may be the model's own parameters
         self.dealer.send(Message("UPDATE", sender, round_index, body, tensors), wait_s=60.0)
-        self.policy.observe(depth, {**timings, "upload_s": self._emulated(time.monotonic() - uploaded)})
-        del result
-        if self.lean:
-            self.session.release()
-        release_free_memory()
-        self.heartbeat.state = "idle"
+        timing.upload_s = self.clock.now() - sent
 
-    def _apply_injection(self) -> bool:
-        """Take up a changed control file (slowdown, link, lies); True when something changed."""
-        if not self.injected.changed():
-            return False
-        self.throughput = self.profile_throughput / self.injected.slowdown
-        self.dealer.shaper.model = LinkModel(self.injected.link, self.session.seed)
-        return True
+    def _take_up_injection(self) -> bool:
+        """A changed control file (slowdown, link, lies) taken up; True when something changed."""
+        return self.device.injection.take_up(self.dealer.shaper)
 
     def _suffer(self, fault: str) -> None:
         """An injected fault, mid-training: a crash (abrupt exit, no goodbye) or a freeze (total silence)."""
@@ -273,7 +279,7 @@ class ClientWorker:
         if fault == "crash":
             os._exit(CRASH_EXIT_CODE)  # no cleanup, no BYE: as a power loss would leave things
         self.heartbeat.pause()
-        time.sleep(self.session.spec.profile.failure.freeze_s * self.dilation)
+        self.clock.advance(self.device.session.spec.profile.failure.freeze_s)
         self.heartbeat.resume()
 
 

@@ -53,6 +53,7 @@ def _compute_child(profile: Profile, dilation: float, slot: int, queue, start=No
     `kernel`: a cgroup CPU quota paces this process (the launcher put it there before `start`), so the
     duty cycle only measures.
     """
+    from testbed.emulation.clock import RealClock
     from testbed.emulation.device import apply_cpu
     from testbed.emulation.throttle import ComputeThrottle
 
@@ -60,7 +61,7 @@ def _compute_child(profile: Profile, dilation: float, slot: int, queue, start=No
     workload(2)  # warm-up: first-call allocations are not the device's speed
     if start is not None:
         start.wait()
-    throttle = ComputeThrottle(demand_cores(profile), dilation, sleep=(lambda s: None) if kernel else time.sleep)
+    throttle = ComputeThrottle(demand_cores(profile), RealClock(dilation), paced=not kernel)
     throttle.start()
     workload(WORK_STEPS, after_step=throttle.pace)
     report = throttle.finish()
@@ -158,13 +159,14 @@ def worst_ratio_error(results: list[ComputeResult]) -> float:
 def _link_child(link: LinkSpec, address: str, pings: int, down_bytes: int, up_bytes: int, queue) -> None:
     import zmq
 
+    from testbed.emulation.clock import RealClock
     from testbed.emulation.link import LinkModel, LinkShaper
     from testbed.transport.endpoint import Dealer
     from testbed.transport.messages import Message
 
     context = zmq.Context()
     dealer = Dealer(context, address, "cal", max_bytes=max(down_bytes, up_bytes) + (1 << 20))
-    dealer.shaper = LinkShaper(LinkModel(link, seed=1))
+    dealer.shaper = LinkShaper(LinkModel(link, seed=1), RealClock())
 
     def exchange(send_bytes: int, want_bytes: int) -> float:
         """Send `send_bytes`, get `want_bytes` back (a FETCH whose "depth" carries the byte count)."""

@@ -5,18 +5,18 @@ Model, per message and direction (one-way):
 jitter ~ Normal(0, jitter_ms / 2), clipped so the one-way delay stays >= 0 (jitter_ms is the
 "+-" spread, i.e. about two standard deviations). Loss: the payload travels in 1448-byte TCP
 segments; each segment is lost with probability `loss`, and each loss costs one round trip (fast
-retransmit: the sender learns of it from duplicate acks one RTT later). A dilation f stretches the
-wall-clock delay (the emulated duration stays what the model says).
+retransmit: the sender learns of it from duplicate acks one RTT later). The shaper lets that many
+emulated seconds pass on the client's clock (on a `RealClock`, dilation x as many host seconds).
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
 from testbed.config.schema import LinkSpec
+from testbed.emulation.clock import Clock
 
 SEGMENT_BYTES = 1448  # TCP payload per segment on a 1500-byte MTU with timestamps
 
@@ -52,16 +52,16 @@ class LinkModel:
 
 
 class LinkShaper:
-    """The transport's shaper for one client (user backend): sleeps each message's transfer time, dilated.
+    """The transport's shaper for one client (user backend): each message waits its transfer time on `clock`.
 
     Also records the emulated seconds it imposed, per direction, so a client can report them.
     """
 
-    def __init__(self, model: LinkModel, dilation: float = 1.0, sleep=time.sleep):
-        self.model, self.dilation, self._sleep = model, dilation, sleep
+    def __init__(self, model: LinkModel, clock: Clock):
+        self.model, self.clock = model, clock
         self.emulated_s = {"down": 0.0, "up": 0.0}
 
     def wait(self, nbytes: int, direction: str) -> None:
-        seconds = self.model.transfer_s(nbytes, direction)
+        seconds = self.model.transfer_s(nbytes, direction)  # emulated
         self.emulated_s[direction] += seconds
-        self._sleep(seconds * self.dilation)
+        self.clock.advance(seconds)

@@ -1,11 +1,13 @@
-"""Compute slowdown by duty cycling: the process sleeps so that wall time = own CPU time / throughput.
+"""Compute slowdown by duty cycling: emulated time = own CPU time / throughput.
 
-`throughput` is in host cores (profile speed x threads); with dilation f the target wall time is
-f x CPU time / throughput. Pacing happens between work chunks (a training step, ~0.05-1 s of CPU),
-so the process runs at full speed inside a chunk and sleeps after it: the same average rate as a
-slower device, measured by the process's own CPU clock (all its threads), hence independent of what
-else the host runs. A chunk that took longer in wall time than its target (the host was busy) cannot
-be undone; `overshoot` reports it, and the aggregator raises the dilation when it grows.
+`throughput` is in host cores (profile speed x threads): a chunk of work that took c CPU seconds
+here should take c / throughput emulated seconds on the device (dilation x as many host seconds
+on a `RealClock`). Pacing happens between work chunks (a training step, ~0.05-1 s of CPU), so the
+process runs at full speed inside a chunk and then lets its clock catch up with the work done:
+the same average rate as a slower device, measured by the process's own CPU clock (all its
+threads), hence independent of what else the host runs. A chunk that took longer than its target
+(the host was busy) cannot be undone; `overshoot` reports it, and the aggregator raises the
+dilation when it grows.
 """
 
 from __future__ import annotations
@@ -13,50 +15,61 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from testbed.emulation.clock import Clock
+
 
 @dataclass(frozen=True)
 class ThrottleReport:
-    cpu_s: float  # CPU seconds the work took on this host (all threads)
-    target_s: float  # wall seconds the emulated device should take: dilation x cpu_s / throughput
-    wall_s: float  # wall seconds it took, sleeps included
+    cpu_s: float  # host CPU seconds the work took (all threads)
+    target_s: float  # emulated seconds the device should take: cpu_s / throughput
+    elapsed_s: float  # emulated seconds it took on the clock, waits included
+    dilation: float  # the clock's host seconds per emulated second
+
+    @property
+    def wall_s(self) -> float:
+        """Host seconds it took (on a `RealClock`)."""
+        return self.elapsed_s * self.dilation
 
     @property
     def overshoot(self) -> float:
-        """Achieved over target wall time: 1.0 = on target, 1.2 = 20 % slower than the device."""
-        return self.wall_s / self.target_s if self.target_s > 0 else 1.0
+        """Achieved over target time: 1.0 = on target, 1.2 = 20 % slower than the device."""
+        return self.elapsed_s / self.target_s if self.target_s > 0 else 1.0
 
 
 class ComputeThrottle:
-    """Paces one phase of work: `start()`, `pace()` after each chunk, `finish()` for the report."""
+    """Paces one phase of work: `start()`, `pace()` after each chunk, `finish()` for the report.
 
-    def __init__(self, throughput: float, dilation: float = 1.0, sleep=time.sleep):
-        if throughput <= 0 or dilation < 1:
-            raise ValueError(f"throughput must be > 0 and dilation >= 1 (got {throughput}, {dilation})")
-        self.dilation = dilation
-        self.seconds_per_cpu_second = dilation / throughput
-        self._sleep = sleep
-        self._cpu0 = self._wall0 = self._cpu_start = 0.0
-        self._target_before = 0.0  # target wall seconds accumulated at earlier rates (see retune)
+    `paced=False`: something else paces the process (a cgroup CPU quota); the throttle only measures.
+    """
+
+    def __init__(self, throughput: float, clock: Clock, *, paced: bool = True):
+        if throughput <= 0:
+            raise ValueError(f"throughput must be > 0 (got {throughput})")
+        self.throughput, self.clock, self.paced = throughput, clock, paced
+        self._cpu0 = self._cpu_start = 0.0  # host CPU seconds
+        self._started = 0.0  # emulated seconds (clock.now() at start)
+        self._target_before = 0.0  # emulated seconds of work done at earlier rates (see retune)
 
     def start(self) -> None:
         self._cpu0 = self._cpu_start = time.process_time()
-        self._wall0 = time.perf_counter()
+        self._started = self.clock.now()
         self._target_before = 0.0
 
     def _target(self) -> float:
-        return self._target_before + (time.process_time() - self._cpu0) * self.seconds_per_cpu_second
+        """Emulated seconds the work done since start() should take on the device."""
+        return self._target_before + (time.process_time() - self._cpu0) / self.throughput
 
     def pace(self) -> None:
-        """Sleep until the wall time since start() matches the CPU time spent, scaled."""
-        behind = self._target() - (time.perf_counter() - self._wall0)
-        if behind > 0:
-            self._sleep(behind)
+        """Let the clock catch up with the work done so far."""
+        if self.paced:
+            self.clock.advance_to(self._started + self._target())
 
     def retune(self, throughput: float) -> None:
         """A new pace from now on (an injected slowdown); the work done so far keeps its old pace."""
         self._target_before, self._cpu0 = self._target(), time.process_time()
-        self.seconds_per_cpu_second = self.dilation / throughput
+        self.throughput = throughput
 
     def finish(self) -> ThrottleReport:
         self.pace()
-        return ThrottleReport(time.process_time() - self._cpu_start, self._target(), time.perf_counter() - self._wall0)
+        return ThrottleReport(time.process_time() - self._cpu_start, self._target(),
+                              self.clock.now() - self._started, self.clock.dilation)
