@@ -25,7 +25,7 @@ class RoundResult:
     tensors: dict[str, np.ndarray]  # layers <= depth and this task's heads <= depth (views of the model)
     samples: int  # clips seen this round (local_steps x batch)
     loss: float  # mean training loss
-    throttle: ThrottleReport  # host CPU seconds, target and achieved wall seconds of local training
+    throttle: ThrottleReport  # host CPU seconds, target and achieved emulated seconds of local training
     peak_mb: float  # peak resident memory during the round, MiB
 
 
@@ -91,7 +91,7 @@ class LocalSession:
                     throttle: ComputeThrottle, memory: MemoryBudget) -> RoundResult:
         """Train `local_steps` to `depth` (layers loaded by `load`) at the device's pace; return the trained layers.
 
-        After every step the throttle sleeps the device's extra time and the memory budget is checked
+        After every step the throttle lets the device's clock catch up and the memory budget is checked
         (OutOfMemory propagates: the emulated device would have been killed).
         """
         reset_peak()
