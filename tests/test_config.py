@@ -258,6 +258,22 @@ def test_paths_relative_to_scenario_then_cwd(tmp_path, monkeypatch):
     assert (client.profile.name, client.link.name) == ("box", "net")
 
 
+def test_a_scenario_given_as_a_mapping_is_named_by_its_source(tmp_path, monkeypatch):
+    write(tmp_path, PROFILE.replace("name: dev", "name: box"), "exp/devices/box.yaml")
+    monkeypatch.chdir(tmp_path)
+    raw = {"name": "t", "fleet": [{"profile": "devices/box.yaml", "count": 2}]}
+    scenario = load_scenario(raw, ["rounds=3"], source="stress.yaml: scenario.inline", base_dir=tmp_path / "exp")
+    assert scenario.rounds == 3 and Path(scenario.fleet[0].profile) == tmp_path / "exp" / "devices" / "box.yaml"
+    assert raw == {"name": "t", "fleet": [{"profile": "devices/box.yaml", "count": 2}]}  # not changed
+    with pytest.raises(ConfigError) as caught:
+        load_scenario({**raw, "fleet": [{"profile": "laptop", "count": 0}]}, source="stress.yaml: scenario.inline")
+    assert str(caught.value).startswith("stress.yaml: scenario.inline: fleet[0].count: 0 is out of range")
+    with pytest.raises(ConfigError, match=r"^inline: fleet\[0\]\.profile: profile file 'devices/box.yaml' not found"):
+        load_scenario(raw, source="inline")  # relative to the working directory alone
+    with pytest.raises(TypeError, match="needs a source"):
+        load_scenario(raw)
+
+
 def test_data_path_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp" / "corpus").mkdir(parents=True)

@@ -148,6 +148,9 @@ def _numeric_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, Map
     """(path, leaf type, rules) of every numeric field of a config dataclass, nested ones included."""
     for name, (field_type, rules) in fields_of(cls).items():
         path, inner = join_path(prefix, name), strip_none(field_type)
+        if "like" in rules:  # a mapping whose values are that dataclass's fields, under its rules
+            yield from _numeric_fields(rules["like"], path)
+            continue
         while get_origin(inner) is tuple or get_origin(inner) in (dict, Mapping):
             inner, path = strip_none(get_args(inner)[-1 if get_origin(inner) is not tuple else 0]), f"{path}[0]"
         if dataclasses.is_dataclass(inner):
@@ -158,10 +161,11 @@ def _numeric_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, Map
 
 def test_every_numeric_field_has_both_bounds():
     from testbed.stress.spec import StressFile
+    from testbed.stress.steps import STEPS
 
     # a stress trigger's event values are matched for equality against events, never used as amounts
     # (a stress trigger's event values are matched for equality against events, never used as amounts)
-    unbounded = [f"{cls.__name__}.{path}" for cls in (Scenario, Profile, LinkSpec, StressFile)
+    unbounded = [f"{cls.__name__}.{path}" for cls in (Scenario, Profile, LinkSpec, StressFile, *STEPS.values())
                  for path, _, rules in _numeric_fields(cls)
                  if ".event" not in path and not ({"gt", "ge"} & rules.keys() and {"lt", "le"} & rules.keys())]
     assert unbounded == []

@@ -20,14 +20,37 @@ host's timings are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from testbed.client.costs import DepthCost
-from testbed.emulation.link import LinkModel
-from testbed.emulation.memory import MemoryBudget
-from testbed.model.early_exit import exit_depth
+from testbed.model.geometry import exit_depth
 
 DEADLINE_MARGIN = 0.85  # plan to finish within 85 % of the deadline: jitter, loss and waiting room
+DEFAULT_EMA = 0.5  # weight of the newest timing in the adaptive moving average (the schema's default too)
+
+
+# What a policy reads of its device, declared here rather than imported: this module stays free of torch and of
+# the emulation (the config's allowed policy names come from its registry, so testbed.config imports it).
+class StepCost(Protocol):
+    """One depth's measured cost (testbed/client/costs.py DepthCost)."""
+
+    step_cpu_s: float  # host CPU seconds of one local step, all threads
+    state_bytes: int  # bytes of the layers and heads trained, each way per round
+
+
+class LinkTimes(Protocol):
+    """The link as a policy plans with it (testbed/emulation/link.py LinkModel)."""
+
+    def expected_s(self, nbytes: int, direction: str) -> float:
+        """Mean emulated seconds to move `nbytes` "up" or "down"."""
+
+
+class MemoryFit(Protocol):
+    """The memory budget (testbed/emulation/memory.py MemoryBudget)."""
+
+    def fits(self, depth: int) -> bool:
+        """True when training to `depth` is predicted to stay within the device's memory."""
 
 
 @dataclass
@@ -35,10 +58,10 @@ class DeviceModel:
     """Everything a policy knows about its device: measured costs, speed, link, memory, workload."""
 
     exits: tuple[int, ...]
-    costs: dict[int, DepthCost]
+    costs: Mapping[int, StepCost]
     throughput: float  # host cores the device is worth: speed x threads
-    link: LinkModel
-    memory: MemoryBudget
+    link: LinkTimes
+    memory: MemoryFit
     local_steps: int
 
     def fitting(self) -> list[int]:
@@ -53,27 +76,53 @@ class DeviceModel:
                 "upload_s": link_scale * self.link.expected_s(cost.state_bytes, "up")}
 
 
-class StaticPolicy:
+class ExitPolicy:
+    """What the client worker calls on a policy (testbed/client/worker.py): it builds one after measuring its
+    costs (`make_policy`), then every round calls `choose` (unless the strategy imposes a depth) and, once the
+    round's update is sent, `observe` with the round's measured timings.
+
+    A new policy is a subclass with its own `name`, listed in POLICIES: the scenario's `exit_policy.name`
+    accepts the registry's names (testbed/config/names.py)."""
+
+    name = "base"
+
+    def __init__(self, device: DeviceModel, max_exit: int | None, preferred: int | None, ema: float = DEFAULT_EMA):
+        """max_exit: the profile's cap (1-based exit index; None = the deepest exit); preferred: the task's
+        preferred depth (transformer layers; None = none); ema: weight of the newest timing in a moving average.
+        Every policy takes the same settings and ignores those it does not use."""
+        self.device, self.max_exit, self.preferred, self.ema = device, max_exit, preferred, ema
+
+    def choose(self, deadline_s: float, preferred: int | None = None) -> int:
+        """The depth (transformer layers, one of device.exits) to train this round, whose deadline is `deadline_s`
+        emulated seconds; `preferred` is the aggregator's pick for an `auto` preferred exit this round."""
+        raise NotImplementedError
+
+    def observe(self, depth: int, timings: Mapping[str, float]) -> None:
+        """The round's measured emulated seconds (download_s, compute_s, upload_s); ignored unless overridden."""
+
+
+class StaticPolicy(ExitPolicy):
     """`static`: always the profile's cap, within memory."""
 
-    def __init__(self, device: DeviceModel, max_exit: int | None, preferred: int | None):
-        self.device = device
+    name = "static"
+
+    def __init__(self, device: DeviceModel, max_exit: int | None, preferred: int | None, ema: float = DEFAULT_EMA):
+        super().__init__(device, max_exit, preferred, ema)
         cap = exit_depth(device.exits, max_exit)
         self.depth = max([d for d in device.fitting() if d <= cap] or [device.fitting()[0]])
 
     def choose(self, deadline_s: float, preferred: int | None = None) -> int:
         return self.depth
 
-    def observe(self, depth: int, timings: dict) -> None:
-        """Measured round timings (emulated seconds); the static policy ignores them."""
 
-
-class BudgetPolicy:
+class BudgetPolicy(ExitPolicy):
     """`budget`: the deepest exit predicted to fit the deadline (from the costs measured at join)."""
 
-    def __init__(self, device: DeviceModel, max_exit: int | None, preferred: int | None):
-        self.device, self.preferred = device, preferred
-        self.compute_scale = self.link_scale = 1.0
+    name = "budget"
+
+    def __init__(self, device: DeviceModel, max_exit: int | None, preferred: int | None, ema: float = DEFAULT_EMA):
+        super().__init__(device, max_exit, preferred, ema)
+        self.compute_scale = self.link_scale = 1.0  # measured / predicted; only the adaptive policy moves them
 
     def budget_depth(self, deadline_s: float) -> int:
         fitting = self.device.fitting()
@@ -85,12 +134,11 @@ class BudgetPolicy:
     def choose(self, deadline_s: float, preferred: int | None = None) -> int:
         return self.budget_depth(deadline_s)
 
-    def observe(self, depth: int, timings: dict) -> None:
-        """Budget plans from the join-time measurements only."""
-
 
 class TaskPolicy(BudgetPolicy):
     """`task`: the budget's depth, but no deeper than the task's preferred exit."""
+
+    name = "task"
 
     def choose(self, deadline_s: float, preferred: int | None = None) -> int:
         budget = self.budget_depth(deadline_s)
@@ -101,11 +149,9 @@ class TaskPolicy(BudgetPolicy):
 class AdaptivePolicy(TaskPolicy):
     """`adaptive`: task, with predictions corrected every round by moving averages of measured/predicted."""
 
-    def __init__(self, device: DeviceModel, max_exit: int | None, preferred: int | None, ema: float = 0.5):
-        super().__init__(device, max_exit, preferred)
-        self.ema = ema
+    name = "adaptive"
 
-    def observe(self, depth: int, timings: dict) -> None:
+    def observe(self, depth: int, timings: Mapping[str, float]) -> None:
         predicted = self.device.predicted(depth)
         compute = timings["compute_s"] / max(predicted["compute_s"], 1e-9)
         link = (timings["download_s"] + timings.get("upload_s", 0.0)) / max(
@@ -114,12 +160,14 @@ class AdaptivePolicy(TaskPolicy):
         self.link_scale += self.ema * (link - self.link_scale)
 
 
-POLICIES = {"static": StaticPolicy, "budget": BudgetPolicy, "task": TaskPolicy, "adaptive": AdaptivePolicy}
+# The registry: name -> policy, in the order errors list them. The scenario schema allows exactly these names.
+POLICIES: dict[str, type[ExitPolicy]] = {cls.name: cls for cls in (StaticPolicy, BudgetPolicy, TaskPolicy,
+                                                                      AdaptivePolicy)}
 
 
-def make_policy(name: str, device: DeviceModel, max_exit: int | None, preferred: int | None, ema: float):
+def make_policy(name: str, device: DeviceModel, max_exit: int | None, preferred: int | None,
+                ema: float = DEFAULT_EMA) -> ExitPolicy:
+    """The policy registered under `name`; an unknown name fails listing the valid ones."""
     if name not in POLICIES:
         raise ValueError(f"unknown exit policy '{name}' (allowed: {', '.join(POLICIES)})")
-    if name == "adaptive":
-        return AdaptivePolicy(device, max_exit, preferred, ema)
-    return POLICIES[name](device, max_exit, preferred)
+    return POLICIES[name](device, max_exit, preferred, ema)

@@ -17,7 +17,7 @@ NoneType = type(None)
 # items and mapping values included; the others apply to the list or mapping itself.
 _BOUNDS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
 _SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-RULES = frozenset(_BOUNDS) | {"choices", "what", "keys", "nonempty", "increasing"}
+RULES = frozenset(_BOUNDS) | {"choices", "what", "keys", "nonempty", "increasing", "like"}
 
 QUOTE_CHARS = 40  # longest text an error quotes from a file or a value (keys, strings): never the file itself
 _NOUNS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -48,8 +48,10 @@ def setting(default: Any = dataclasses.MISSING, **rules) -> Any:
     """A dataclass field whose validation rules live in its metadata.
 
     gt/ge/lt/le: numeric bounds; choices: allowed strings, `what` naming them in errors;
-    keys: allowed mapping keys; nonempty, increasing: for lists. A dataclass default becomes a
-    default_factory; a plain default must be valid under the rules (the tests check this).
+    keys: allowed mapping keys; like: a config dataclass whose fields of the same names type and check a
+    mapping's values (an override of some of its fields; keys default to its fields); nonempty, increasing:
+    for lists. A dataclass default becomes a default_factory; a plain default must be valid under the rules
+    (the tests check this).
     """
     unknown = set(rules) - RULES
     if unknown:
@@ -170,6 +172,8 @@ def from_data(tp: Any, value: Any, *, source: str, path: str = "", rules: Mappin
             return None
         raise ConfigError(source, path, f"expected {describe(tp, rules)}, got null")
     tp = strip_none(tp)
+    if hasattr(tp, "variant"):  # a family of dataclasses (stress steps): the value names its member
+        tp, value = tp.variant(value, source=source, path=path)
     if dataclasses.is_dataclass(tp):
         return _to_dataclass(tp, value, source, path)
     if get_origin(tp) is tuple:
@@ -220,14 +224,15 @@ def _to_tuple(tp: Any, value: Any, source: str, path: str, rules: Mapping) -> tu
 def _to_mapping(tp: Any, value: Any, source: str, path: str, rules: Mapping) -> FrozenDict:
     if not isinstance(value, Mapping):
         raise ConfigError(source, path, f"expected {describe(tp, rules)}, got {show(value)}")
-    allowed = rules.get("keys")
+    like = rules.get("like")  # each value as that dataclass's field of the same name: its type, its rules
+    allowed = rules.get("keys") or (tuple(fields_of(like)) if like else None)
     for key in value:
         if not isinstance(key, str) or (allowed and key not in allowed):
             hint = f"allowed: {', '.join(allowed)}" if allowed else "keys must be strings"
             raise ConfigError(source, join_path(path, key_text(key)), f"unknown key {quote(key)} ({hint})")
-    value_type = get_args(tp)[1]
-    return FrozenDict({key: from_data(value_type, item, source=source, path=join_path(path, key),
-                                      rules=rules) for key, item in value.items()})
+    typed = {key: fields_of(like)[key] if like else (get_args(tp)[1], rules) for key in value}
+    return FrozenDict({key: from_data(typed[key][0], item, source=source, path=join_path(path, key),
+                                      rules=typed[key][1]) for key, item in value.items()})
 
 
 def _to_scalar(tp: Any, value: Any, source: str, path: str, rules: Mapping) -> Any:

@@ -8,7 +8,7 @@ scenario saved with `dump_scenario` into a run directory loads the same from any
 
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
@@ -41,14 +41,27 @@ class ClientSpec:
     task: str           # one of names.TASKS
 
 
-def load_scenario(path: Path | str, overrides: Iterable[str] = ()) -> Scenario:
-    """Read, override (`--set` strings), validate a scenario and check every profile and link it uses."""
-    source = str(path)
+def load_scenario(file_or_mapping: Path | str | Mapping, overrides: Iterable[str] = (), *, source: str | None = None,
+                  base_dir: Path | str | None = None) -> Scenario:
+    """Read, override (`--set` strings), validate a scenario and check every profile and link it uses.
+
+    `file_or_mapping` is a scenario file, or the mapping such a file holds (e.g. a scenario written inline in a
+    stress file). `source` names it in errors (default: the file's path; required for a mapping); relative
+    references are tried in `base_dir` first, then the working directory (default: the file's directory; for a
+    mapping, the working directory alone)."""
+    if isinstance(file_or_mapping, Mapping):
+        if source is None:
+            raise TypeError("a scenario given as a mapping needs a source to name it in errors")
+        raw = dict(file_or_mapping)
+    else:
+        source = source or str(file_or_mapping)
+        raw = read_mapping(file_or_mapping, source)
+        base_dir = Path(file_or_mapping).parent if base_dir is None else base_dir
+    base_dir = Path(base_dir or ".")
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
-    raw = apply_overrides(read_mapping(path, source), overrides)
+    raw = apply_overrides(raw, overrides)
     try:
         scenario = from_data(Scenario, raw, source=source)
-        base_dir = Path(path).parent
         fleet = tuple(_resolve_entry(entry, i, base_dir, source, scenario.seed)[0]
                       for i, entry in enumerate(scenario.fleet))
         data = replace(scenario.data, path=_data_path(scenario.data.path, base_dir))

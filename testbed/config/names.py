@@ -1,5 +1,7 @@
 """Allowed names for scenario fields: plain tuples that the schema and later registries share."""
 
+from testbed.client.policies import POLICIES
+
 TASKS = ("keyword", "speaker")  # a client trains exactly one task
 
 STRATEGIES = (
@@ -13,7 +15,7 @@ STRATEGIES = (
 )
 WEIGHTINGS = ("samples_depth", "samples")  # depth_aware's weight per client: n_k * L_k or n_k
 
-EXIT_POLICIES = ("static", "budget", "task", "adaptive")  # testbed/client/policies.py
+EXIT_POLICIES = tuple(POLICIES)  # the exit policies' registry (testbed/client/policies.py), in its order
 PREFERRED_EXIT_AUTO = "auto"  # preferred_exits value: let the policy pick from measurements
 
 BACKENDS = ("user", "kernel", "auto")  # device emulation: auto = kernel where permitted

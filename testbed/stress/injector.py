@@ -12,7 +12,8 @@ from pathlib import Path
 from testbed.emulation.injection import write_injection
 from testbed.monitor.sources import FileTail
 from testbed.stress.flood import ATTACKS, flood
-from testbed.stress.spec import Step, StressTest
+from testbed.stress.spec import StressTest
+from testbed.stress.steps import Step
 
 
 class InjectionError(Exception):

@@ -18,50 +18,32 @@ quick:                       # `testbed stress --quick`: extra overrides and che
   set: [backbone.name=debug, rounds=3, emulation.dilation=1]
   checks: {accuracy: {min: 0.2}}
 ```
-The file maps 1:1 onto the frozen dataclasses below and is validated by testbed.config's converter:
-an unknown key, action, check or client is one line naming the file, the field and what is allowed.
+The file maps 1:1 onto the frozen dataclasses below (the script's steps: testbed/stress/steps.py, one class per
+action) and is validated by testbed.config's converter: an unknown key, action, check or client is one line
+naming the file, the field and what is allowed.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from testbed.config import names
-from testbed.config.convert import fields_of, from_data, join_path, out_of_range, setting
-from testbed.config.loader import is_path, load_scenario, resolve_fleet
+from testbed.config.convert import fields_of, from_data, join_path, setting
+from testbed.config.loader import load_scenario, resolve_fleet
 from testbed.config.overrides import SOURCE as OVERRIDE_SOURCE
-from testbed.config.schema import MAX_FLEET, YEAR_S, LinkSpec, Scenario
+from testbed.config.schema import MAX_FLEET, Scenario
 from testbed.config.yamlio import read_mapping
-from testbed.emulation.injection import LINK_FIELDS
 from testbed.errors import ConfigError
-from testbed.stress.flood import ATTACKS
+from testbed.stress.steps import WEEK_S, ImpersonateStep, Step, TargetedStep
 
 Problems = Iterator[tuple[str, str]]
 
-# What a step can do to a live run (testbed/stress/injector.py carries each out).
-ACTIONS = {
-    "kill": "SIGKILL the clients' processes: no goodbye, as on a power loss",
-    "stop": "SIGSTOP the clients: frozen, no heartbeats, no messages",
-    "cont": "SIGCONT the clients: a frozen client carries on",
-    "slow": "the clients compute `slowdown` times slower than their profile",
-    "link": "override fields of the clients' links, e.g. {uplink_mbps: 0.1, downlink_mbps: 0.1}",
-    "corrupt": "the clients multiply the weights they upload by `scale`: a broken or hostile client",
-    "lie": "the clients misreport their updates: claim `samples` clips each, upload `step_scale` x their step",
-    "impersonate": "the clients upload as `victim` (another client of the fleet), with their own credentials",
-    "flood": "malformed messages at the aggregator's router (`attacks`, each `repeat` times)",
-    "kill_aggregator": "SIGKILL the aggregator, then continue the run with `testbed run --resume`",
-}
-TARGETED = ("kill", "stop", "cont", "slow", "link", "corrupt", "lie", "impersonate")  # actions on clients
 # Events the aggregator writes (testbed/aggregator/server.py); triggers match on them.
 EVENT_KINDS = (
     "run_started", "run_resumed", "client_joined", "client_ready", "client_state", "round_started",
@@ -73,73 +55,6 @@ EVENT_KINDS = (
 # Events by which the aggregator refuses a message; each names the client the message `claimed` to be.
 REFUSAL_KINDS = ("message_dropped", "join_refused")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names a results directory
-WEEK_S = 604_800  # seconds: the longest a stressed run (wall time) may be given
-
-
-# ---------------------------------------------------------------- script
-@dataclass(frozen=True, kw_only=True)
-class Trigger:
-    """When a step fires: exactly one of event, t, wall_s, after, start; then after the delays."""
-
-    event: Mapping[str, str | int | float | bool] | None = None  # the first event with all these fields
-    t: float | None = setting(None, ge=0, le=YEAR_S)        # emulated seconds since the run started
-    wall_s: float | None = setting(None, ge=0, le=WEEK_S)   # wall seconds since the run was launched
-    after: str | None = None                      # when the earlier step of this name was carried out
-    start: bool = False                           # as soon as the step's clients have processes
-    delay_s: float = setting(0.0, ge=0, le=YEAR_S)          # then wait this many emulated seconds
-    delay_deadlines: float = setting(0.0, ge=0, le=1_000_000)  # ... plus this many round deadlines
-
-    def problems(self) -> Problems:
-        given = [key for key in ("event", "t", "wall_s", "after") if getattr(self, key) is not None]
-        given += ["start"] if self.start else []
-        if len(given) != 1:
-            yield (given[1] if given else "event"), (
-                f"give exactly one of event, t, wall_s, after, start (got {', '.join(given) or 'none'})")
-        elif self.event is not None and self.event.get("kind") not in EVENT_KINDS:
-            yield "event.kind", (f"unknown event kind {self.event.get('kind')!r} "
-                                 f"(allowed: {', '.join(EVENT_KINDS)})")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Step:
-    """One injection: what (`do`), to whom (`clients` or `fraction`), when (`when`)."""
-
-    when: Trigger
-    do: str = setting(choices=tuple(ACTIONS), what="action")
-    name: str | None = None
-    clients: tuple[str, ...] | None = setting(None, nonempty=True)  # client ids, e.g. [c01, c02]
-    fraction: float | None = setting(None, gt=0, le=1)  # or the first ceil(fraction x fleet) clients
-    slowdown: float | None = setting(None, ge=1, le=1000)  # slow: compute this many times slower
-    # link: fields to override, each within its LinkSpec bounds (problems())
-    link: Mapping[str, float] | None = setting(None, keys=LINK_FIELDS, ge=0, le=100_000)
-    scale: float | None = setting(None, gt=0, le=1e6)   # corrupt: factor on the uploaded weights
-    samples: int | None = setting(None, ge=1, le=2**63 - 1)  # lie: clips claimed per update (int64 at most)
-    step_scale: float | None = setting(None, ge=0, le=1e6)  # lie: factor on the uploaded step (0: none at all)
-    victim: str | None = None                           # impersonate: the client id claimed
-    attacks: tuple[str, ...] | None = setting(None, nonempty=True, choices=tuple(ATTACKS), what="attack")
-    repeat: int = setting(1, ge=1, le=10_000)           # flood: send the attacks this many times
-
-    def problems(self) -> Problems:
-        if self.do in TARGETED and (self.clients is None) == (self.fraction is None):
-            yield "clients", f"do: {self.do} needs either clients: [ids] or fraction: share of the fleet (one of them)"
-        for key in ("clients", "fraction"):
-            if self.do not in TARGETED and getattr(self, key) is not None:
-                yield key, f"only goes with do: {', '.join(TARGETED)}"
-        if self.do == "lie" and self.samples is None and self.step_scale is None:
-            yield "samples", "do: lie needs samples (clips claimed), step_scale (factor on the step) or both"
-        if self.do == "impersonate" and self.victim in (self.clients or ()):
-            yield "victim", f"{self.victim!r} is one of the impostors (allowed: another client of the fleet)"
-        for key, action in (("slowdown", "slow"), ("link", "link"), ("scale", "corrupt"), ("attacks", "flood"),
-                            ("repeat", "flood"), ("samples", "lie"), ("step_scale", "lie"), ("victim", "impersonate")):
-            value = getattr(self, key)
-            if self.do == action and value is None and key in ("slowdown", "link", "scale", "victim"):
-                yield key, f"is required with do: {action} ({ACTIONS[action]})"
-            if self.do != action and value not in (None, 1):
-                yield key, f"only goes with do: {action}"
-        for key, value in (self.link or {}).items():  # what a link preset may say, an injected link may too
-            problem = out_of_range(value, fields_of(LinkSpec)[key][1])
-            if problem:
-                yield f"link.{key}", problem
 
 
 # ---------------------------------------------------------------- checks (functions: testbed/stress/checks.py)
@@ -317,6 +232,10 @@ class StressFile:
             yield "name", f"{self.name!r} is not allowed (allowed: letters, digits, '_', '.', '-')"
         seen: set[str] = set()
         for index, step in enumerate(self.script):
+            event = step.when.event  # checked here, next to EVENT_KINDS, rather than in steps.Trigger
+            if event is not None and event.get("kind") not in EVENT_KINDS:
+                yield f"script[{index}].when.event.kind", (f"unknown event kind {event.get('kind')!r} "
+                                                           f"(allowed: {', '.join(EVENT_KINDS)})")
             if step.when.after is not None and step.when.after not in seen:
                 yield f"script[{index}].when.after", (f"no earlier step named {step.when.after!r} "
                                                       f"(allowed: {', '.join(sorted(seen)) or 'none'})")
@@ -343,6 +262,9 @@ class StressTest:
     clients: tuple[str, ...]          # the fleet's client ids, fleet order
 
     def targets(self, step: Step) -> list[str]:
+        """The client ids a step acts on ([] for an action on the aggregator)."""
+        if not isinstance(step, TargetedStep):
+            return []
         if step.clients is not None:
             return list(step.clients)
         if step.fraction is not None:
@@ -401,26 +323,25 @@ def _base_scenario(path: Path, spec: StressFile, inline, quick: bool) -> Scenari
     """The base scenario with its overrides (and the quick ones); errors name the stress file's field."""
     source = str(path)
     layers = [("scenario.set", list(spec.scenario.set))] + ([("quick.set", list(spec.quick.set))] if quick else [])
-    with tempfile.TemporaryDirectory(prefix="testbed-stress-") as folder:
-        if inline is not None:
-            if not isinstance(inline, Mapping):
-                raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
-            file = Path(folder) / "inline.yaml"
-            file.write_text(yaml.safe_dump(_anchored(dict(inline), path.parent), sort_keys=False))
-        else:
-            file = _find(spec.scenario.path, path.parent, source)
-        overrides: list[str] = []
-        scenario = None
-        for field, extra in layers:  # one layer at a time, so that an error names the layer it is in
-            overrides += extra
-            try:
+    if inline is not None and not isinstance(inline, Mapping):
+        raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
+    file = None if inline is not None else _find(spec.scenario.path, path.parent, source)
+    inline_source = f"{source}: scenario.inline"  # what the loader names; rewritten below as a field of this file
+    overrides: list[str] = []
+    scenario = None
+    for field, extra in layers:  # one layer at a time, so that an error names the layer it is in
+        overrides += extra
+        try:
+            if file is None:  # inline: relative paths are tried next to the stress file, as for a scenario file there
+                scenario = load_scenario(inline, overrides, source=inline_source, base_dir=path.parent)
+            else:
                 scenario = load_scenario(file, overrides)
-            except ConfigError as error:
-                if error.source == OVERRIDE_SOURCE:
-                    raise ConfigError(source, field, f"{error.path}: {error.problem}") from None
-                if inline is not None and error.source == str(file):
-                    raise ConfigError(source, join_path("scenario.inline", error.path), error.problem) from None
-                raise
+        except ConfigError as error:
+            if error.source == OVERRIDE_SOURCE:
+                raise ConfigError(source, field, f"{error.path}: {error.problem}") from None
+            if error.source == inline_source:
+                raise ConfigError(source, join_path("scenario.inline", error.path), error.problem) from None
+            raise
     return scenario
 
 
@@ -434,36 +355,14 @@ def _find(ref: str, base_dir: Path, source: str) -> Path:
     return found
 
 
-def _anchored(scenario: dict, base_dir: Path) -> dict:
-    """An inline scenario's relative file references made absolute against the stress file's directory
-    (where the file is there), as they would be for a scenario file in that directory."""
-    scenario = copy.deepcopy(scenario)
-
-    def anchor(ref, path_like: bool = True):
-        if isinstance(ref, str) and (is_path(ref) or not path_like) and not Path(ref).is_absolute() \
-                and (base_dir / ref).exists():
-            return str((base_dir / ref).resolve())
-        return ref
-
-    for entry in scenario.get("fleet") or []:
-        if isinstance(entry, dict):
-            entry.update({key: anchor(entry[key]) for key in ("profile", "link") if key in entry})
-            trace = entry.get("fedscale")
-            if isinstance(trace, dict):
-                trace.update({key: anchor(trace[key], False) for key in ("capacity", "behaviour") if key in trace})
-    data = scenario.get("data")
-    if isinstance(data, dict) and "path" in data:
-        data["path"] = anchor(data["path"], False)
-    return scenario
-
-
 def _check_client_ids(test: StressTest, source: str) -> None:
     """Every client a step, trigger or check names is in the (variant's) fleet."""
     allowed = f"allowed: {', '.join(test.clients)}" + (" in the quick variant" if test.quick else "")
     named = []
     for index, step in enumerate(test.steps):
-        named += [(f"script[{index}].clients[{i}]", cid) for i, cid in enumerate(step.clients or ())]
-        if step.victim is not None:
+        if isinstance(step, TargetedStep):
+            named += [(f"script[{index}].clients[{i}]", cid) for i, cid in enumerate(step.clients or ())]
+        if isinstance(step, ImpersonateStep):
             named.append((f"script[{index}].victim", step.victim))
         if step.when.event is not None and "client" in step.when.event:
             named.append((f"script[{index}].when.event.client", step.when.event["client"]))
