@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from testbed.launch.console import describe
+from testbed.monitor.console import describe
 from testbed.monitor.state import ClientRound, ClientView, RoundView, RunView
 
 WIDE = (120, 36)  # columns, rows: from this size on, the wide layout (side-by-side panels, more rounds)
