@@ -1,4 +1,4 @@
-"""Hostile frames against `messages.decode`: it raises nothing but Rejected, stays small and fast.
+"""Hostile frames against `messages.decode`: it raises nothing but MessageRejected, stays small and fast.
 
 Every property feeds frames a peer could put on the wire (random bytes, truncated or tampered valid
 encodings, absurd declared sizes, deep nesting, non-finite payloads) and checks that decoding either
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from testbed.transport.messages import (BODIES, DTYPES, MAX_DIMS, MAX_ENVELOPE_BYTES, MAX_NESTING,
-                                        PROTOCOL_VERSION, Message, Rejected, decode, encode)
+                                        PROTOCOL_VERSION, Message, MessageRejected, decode, encode)
 
 LIMIT = 1 << 20  # bytes: the max_bytes every decode here runs with
 SLACK = 256 << 10  # bytes: what decoding a tiny message may allocate (msgpack objects, reasons)
@@ -103,11 +103,11 @@ def assert_obeys_protocol(message: Message, frames: list[bytes]) -> None:
             assert np.isfinite(array).all()
 
 
-def outcome(frames: list, limit: int = LIMIT) -> Message | Rejected:
-    """Decode; any exception but Rejected escapes and fails the test."""
+def outcome(frames: list, limit: int = LIMIT) -> Message | MessageRejected:
+    """Decode; any exception but MessageRejected escapes and fails the test."""
     try:
         message = decode(frames, limit)
-    except Rejected as rejection:
+    except MessageRejected as rejection:
         assert str(rejection) and "\n" not in str(rejection) and len(str(rejection)) < 1000
         return rejection
     assert_obeys_protocol(message, frames)
@@ -126,7 +126,7 @@ def peak_bytes_of_decode(frames: list) -> int:
 
 def rejected(frames: list, reason: str, limit: int = LIMIT) -> None:
     result = outcome(frames, limit)
-    assert isinstance(result, Rejected), f"accepted {result!r}"
+    assert isinstance(result, MessageRejected), f"accepted {result!r}"
     assert reason in str(result), str(result)
 
 
@@ -311,7 +311,7 @@ def test_deep_nesting_is_rejected_without_recursion(message, depth, container, w
         frame = raw_envelope(message, tensors=b"\x91" + deep)
     else:
         frame = raw_envelope(message, **{where: deep})
-    assert isinstance(outcome([frame, b"\0" * 4]), Rejected)
+    assert isinstance(outcome([frame, b"\0" * 4]), MessageRejected)
 
 
 def body_with_nested_extra(message: Message, depth: int) -> bytes:
@@ -347,7 +347,7 @@ def test_giant_declared_containers_and_strings_allocate_nothing_like_them(messag
                                                    + [("extra", giant)]))
     else:
         frame = raw_envelope(message, **{where: giant})
-    assert isinstance(outcome([frame]), Rejected)
+    assert isinstance(outcome([frame]), MessageRejected)
     assert peak_bytes_of_decode([frame]) < SLACK
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from testbed.model.backbone import build_backbone, build_random
+from testbed.model.architecture import build_random
+from testbed.model.backbone import build_backbone
 from testbed.model.early_exit import EarlyExitModel, default_exits, exit_loss
 from testbed.model.pretrain import learning_rate, pretrain, span_mask
 from testbed.model.settings import PretrainSettings

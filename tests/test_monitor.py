@@ -19,7 +19,7 @@ from rich.console import Console
 
 from testbed.cli import main
 from testbed.events import read_events
-from testbed.launch.console import EventPrinter, describe
+from testbed.monitor.console import EventPrinter, describe
 from testbed.monitor.dashboard import Dashboard
 from testbed.monitor.live import RunDashboard, choose_printer
 from testbed.monitor.metrics import round_rows

@@ -260,16 +260,17 @@ def test_rejected_needs_every_corrupted_update_refused_and_counted():
     log.add("update_received", client="c00", round=3, depth=2)
     log.add("update_rejected", client="c01", round=3, depth=2, check="norm", reason="update norm ...")
     counted = facts(actions=(corrupted,), summary={"rejected_updates": {"total": 2}})
-    verdict = checks.rejected(spec.Rejected(client="c01"), log.events, counted)
+    verdict = checks.rejected(spec.UpdatesRejected(client="c01"), log.events, counted)
     assert verdict.passed and "2 updates rejected" in verdict.figure and "counts 2 rejected" in verdict.figure
-    assert not checks.rejected(spec.Rejected(client="c00"), log.events, counted).passed
-    assert not checks.rejected(spec.Rejected(client="c01"), log.events, facts(actions=(corrupted,))).passed  # no count
+    assert not checks.rejected(spec.UpdatesRejected(client="c00"), log.events, counted).passed
+    uncounted = facts(actions=(corrupted,))  # the summary counts no rejection
+    assert not checks.rejected(spec.UpdatesRejected(client="c01"), log.events, uncounted).passed
     log.add("update_received", client="c01", round=4, depth=2)  # one got through
-    assert not checks.rejected(spec.Rejected(client="c01"), log.events, counted).passed
+    assert not checks.rejected(spec.UpdatesRejected(client="c01"), log.events, counted).passed
     innocent = finished_run(walls=(2.0,))
     innocent.add("update_rejected", client="c01", round=2, depth=2, check="norm", reason="...")
     innocent.add("update_rejected", client="c00", round=2, depth=2, check="norm", reason="...")  # not corrupted
-    assert not checks.rejected(spec.Rejected(client="c01"), innocent.events, counted).passed
+    assert not checks.rejected(spec.UpdatesRejected(client="c01"), innocent.events, counted).passed
 
 
 def test_rejected_by_a_named_check_after_a_lie():
@@ -279,8 +280,8 @@ def test_rejected_by_a_named_check_after_a_lie():
     log.add("update_rejected", client="c01", round=2, depth=2, check="samples",
             reason="samples: claimed 4611686018427387904 clips, at most 80 possible (10 steps x 8)")
     counted = facts(actions=(lie,), summary={"rejected_updates": {"total": 1}})
-    assert checks.rejected(spec.Rejected(client="c01", check="samples"), log.events, counted).passed
-    verdict = checks.rejected(spec.Rejected(client="c01", check="norm"), log.events, counted)
+    assert checks.rejected(spec.UpdatesRejected(client="c01", check="samples"), log.events, counted).passed
+    verdict = checks.rejected(spec.UpdatesRejected(client="c01", check="norm"), log.events, counted)
     assert not verdict.passed and "by the 'norm' check: no" in verdict.figure
 
 

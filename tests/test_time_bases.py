@@ -22,8 +22,8 @@ from runs import run
 from testbed.aggregator.records import Records
 from testbed.aggregator.summary import summarize
 from testbed.events import read_events
-from testbed.launch.console import outcome_lines
 from testbed.monitor import plots
+from testbed.monitor.console import outcome_lines
 from testbed.monitor.dashboard import Dashboard
 from testbed.monitor.metrics import depth_rows, depth_totals
 from testbed.monitor.report import build_report

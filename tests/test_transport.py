@@ -9,7 +9,7 @@ import zmq
 
 from testbed.transport.endpoint import Dealer, Router
 from testbed.transport.keys import authorized_keys, generate_keys
-from testbed.transport.messages import Message, Rejected, check_tensors, decode, encode
+from testbed.transport.messages import Message, MessageRejected, check_tensors, decode, encode
 
 LIMIT = 1 << 20
 
@@ -63,7 +63,7 @@ GOOD_TENSOR = np.ones(2, np.float32).tobytes()
     ([envelope(), b"x" * (LIMIT + 1)], "oversized message"),
 ])
 def test_bad_messages_are_rejected_with_a_reason(frames, reason):
-    with pytest.raises(Rejected) as error:
+    with pytest.raises(MessageRejected) as error:
         decode(frames, LIMIT)
     assert reason in str(error.value)
 
@@ -74,7 +74,7 @@ def test_check_tensors_wants_exact_names_shapes_and_dtypes():
     for expected, reason in [({"w": ((3, 2), "float32")}, "expected float32[3, 2]"),
                              ({"w": ((2, 3), "float16")}, "expected float16"),
                              ({"v": ((2, 3), "float32")}, "unexpected tensors ['w']")]:
-        with pytest.raises(Rejected) as error:
+        with pytest.raises(MessageRejected) as error:
             check_tensors(message, expected)
         assert reason in str(error.value)
 

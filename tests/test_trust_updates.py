@@ -13,7 +13,7 @@ from testbed.aggregator.plan import make_plan
 from testbed.aggregator.rounds import ClientRow, Round, bookkeeping_fault
 from testbed.aggregator.server import Aggregator
 from testbed.config.loader import load_scenario
-from testbed.model.backbone import build_random
+from testbed.model.architecture import build_random
 from testbed.model.early_exit import EarlyExitModel
 from testbed.model.train import make_optimizer, round_samples, train_steps
 from testbed.transport.messages import Message, encode

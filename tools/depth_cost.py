@@ -31,7 +31,7 @@ def measure(geometry: str, depth: int, steps: int, threads: int) -> dict:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from testbed.model.backbone import COMMON_OVERRIDES, build_random
+    from testbed.model.architecture import COMMON_OVERRIDES, build_random
     from testbed.model.early_exit import EarlyExitModel, exit_loss
     from testbed.model.train import make_optimizer
 

@@ -36,7 +36,7 @@ from testbed.strategies import make_strategy
 from testbed.strategies.selection import round_rule
 from testbed.transport.endpoint import Received, Router, identity_text
 from testbed.transport.messages import CHANNELS, HEARTBEAT_STATES, capped
-from testbed.transport.messages import Message, Rejected, check_tensors
+from testbed.transport.messages import Message, MessageRejected, check_tensors
 
 log = logging.getLogger("testbed.aggregator")
 POLL_S = 0.2  # seconds: how often the serve loop checks liveness and deadlines
@@ -474,7 +474,7 @@ class Aggregator:
         if reason is None:
             try:
                 check_tensors(message, self.model.expected(row.depth, row.task))
-            except Rejected as error:
+            except MessageRejected as error:
                 reason = f"tensors: {str(error).removeprefix('UPDATE: ')}"
         screening = self.screen.screen(message.tensors, self.model.state) if reason is None else None  # as fetched
         reason = reason or screening.reason

@@ -25,7 +25,7 @@ from testbed.emulation.memory import OOM_EXIT_CODE, OutOfMemory, release_free_me
 from testbed.emulation.throttle import ComputeThrottle
 from testbed.errors import UserError
 from testbed.transport.endpoint import Dealer
-from testbed.transport.messages import Message, Rejected
+from testbed.transport.messages import Message, MessageRejected
 
 if TYPE_CHECKING:
     from testbed.client.device import Device
@@ -146,7 +146,7 @@ class ClientWorker:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 message, _ = self.dealer.recv(left)
-            except Rejected as error:  # a malformed message from the aggregator: drop it, go on
+            except MessageRejected as error:  # a malformed message from the aggregator: drop it, go on
                 log.warning("%s: dropped a message from the aggregator: %s", self.client_id, error)
                 continue
             if message is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from testbed.config.schema import Scenario
 from testbed.errors import ConfigError
-from testbed.model.backbone import PRESET_GEOMETRY
+from testbed.model.architecture import PRESET_GEOMETRY
 from testbed.model.geometry import default_exits
 
 _MAX_CONFIG_JSON_BYTES = 1 << 20  # a checkpoint's config.json is a few KB

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing
 import os
+import select
 import signal
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+from testbed.launch.fork_server import receive, send
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -30,8 +34,47 @@ def log_to(path: Path) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class Child:
+    """A process the fork server forked: its name and pid, and its exit code once the server reported it.
+
+    The launcher is not its parent (the fork server is), so its state comes from the server's reports, read by
+    `ProcessGroup.poll`."""
+
+    def __init__(self, group: ProcessGroup, name: str, pid: int):
+        self.group, self.name, self.pid = group, name, pid
+        self.exitcode: int | None = None  # -N: killed by signal N
+
+    def is_alive(self) -> bool:
+        self.group.poll()
+        return self.exitcode is None
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until it has ended, at most `timeout` seconds (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.exitcode is None and self.group.serving:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            self.group.poll(left)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.exitcode is None:  # not reported ended: the pid is still its own (the server has not reaped it)
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
 class ProcessGroup:
-    """All processes a run starts; `stop()` guarantees none survives it."""
+    """All processes a run starts, forked by one fork server (fork_server.py) in a process group of their own;
+    `stop()` guarantees none survives it. Should the launcher die without stopping them, the server sees its
+    end of their socket close and kills the group."""
 
     def __init__(self, preload: list[str]):
         # Idle OpenMP threads sleep instead of spinning: spinning burns CPU time that the duty cycle
@@ -45,29 +88,77 @@ class ProcessGroup:
         # heap). Measured: 8 MB less per training client at no CPU cost; at 128 KiB it saved 56 MB
         # but cost 55 % more CPU per step (every block faulted in anew), which would slow every device.
         os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
-        self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(preload)  # torch etc. imported once, shared by every fork
-        self.processes: dict[str, multiprocessing.Process] = {}
+        self.preload = preload  # modules the fork server imports once (torch etc.), shared by every fork
+        self.server: subprocess.Popen | None = None
+        self.channel: socket.socket | None = None
+        self.processes: dict[str, Child] = {}  # name -> its latest process (a rebooted client: the new one)
+        self._running: dict[int, Child] = {}   # pid -> process not yet reported ended
         self._crashed_at: dict[str, float] = {}  # name -> when its crash was noticed (monotonic s)
 
-    def start(self, name: str, target, *args) -> multiprocessing.Process:
-        process = self.context.Process(target=target, args=args, name=name, daemon=False)
-        process.start()
-        self.processes[name] = process
-        return process
+    @property
+    def serving(self) -> bool:
+        return self.channel is not None
+
+    def start(self, name: str, target, *args) -> Child:
+        """Fork `target(*args)` (a module-level function of a preloaded module) from the fork server; the first
+        call starts the server and waits for its imports (seconds), later ones take milliseconds."""
+        if self.server is None:
+            self._start_server()
+        if not self.serving:
+            raise RuntimeError(f"cannot start {name}: the fork server has ended")
+        send(self.channel, (name, target, args))
+        while self.serving:
+            started = self._handle(receive(self.channel))
+            if started is not None:
+                self.processes[name] = started
+                return started
+        raise RuntimeError(f"cannot start {name}: the fork server has ended")
+
+    def _start_server(self) -> None:
+        launcher_end, server_end = socket.socketpair()  # both ends close on exec: only the one passed is inherited
+        package_root = str(Path(__file__).resolve().parents[2])  # the server imports this very testbed
+        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "testbed.launch.fork_server", str(server_end.fileno()), *self.preload],
+            pass_fds=[server_end.fileno()], stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
+            start_new_session=True)  # its own session and process group (id: its pid), inherited by every fork
+        server_end.close()
+        self.channel = launcher_end
+
+    def poll(self, timeout: float | None = 0.0) -> None:
+        """Read the server's reports of ended children: those already there, else wait up to `timeout` s for one."""
+        while self.serving and select.select([self.channel], [], [], timeout)[0]:
+            self._handle(receive(self.channel))
+            timeout = 0.0
+
+    def _handle(self, message: tuple | None) -> Child | None:
+        """Apply one report of the server; the child it started, for a "started" one."""
+        if message is None:  # the server ended: it takes the group with it (see fork_server.py)
+            self.channel.close()
+            self.channel = None
+            for child in self._running.values():
+                child.exitcode = -signal.SIGKILL
+            self._running.clear()
+            return None
+        if message[0] == "started":
+            _, name, pid = message
+            child = self._running[pid] = Child(self, name, pid)
+            return child
+        _, pid, code = message
+        if (child := self._running.pop(pid, None)) is not None:
+            child.exitcode = code
+        return None
 
     def pids(self) -> dict[str, int]:
         """Every process started, by name, plus the fork server they were forked from."""
-        from multiprocessing import forkserver
-
         pids = {name: p.pid for name, p in self.processes.items()}
-        server = getattr(forkserver._forkserver, "_forkserver_pid", None)  # private, but the only handle
-        return {**pids, "forkserver": server} if server else pids
+        return {**pids, "forkserver": self.server.pid} if self.server else pids
 
     def reboot_crashed(self, reboot_s: float = 2.0) -> list[str]:
         """Names of processes that exited with an injected crash at least `reboot_s` ago (to start again)."""
         from testbed.emulation.availability import CRASH_EXIT_CODE
 
+        self.poll()
         now = time.monotonic()
         due = []
         for name, process in self.processes.items():
@@ -80,35 +171,32 @@ class ProcessGroup:
         return due
 
     def alive(self) -> list[str]:
-        return [name for name, p in self.processes.items() if p.is_alive()]
+        self.poll()
+        return [name for name, p in self.processes.items() if p.exitcode is None]
 
     def stop(self, grace_s: float = 2.0) -> None:
-        """SIGTERM everyone, wait up to `grace_s`, then SIGKILL whatever is left, and reap all."""
-        for process in self.processes.values():
-            if process.is_alive():
-                process.terminate()
+        """SIGTERM the group, wait up to `grace_s` for every child to end, then SIGKILL the group (the fork
+        server included) and reap the server. Safe to call again."""
+        if self.server is None:
+            return
+        self._signal_group(signal.SIGTERM)  # the children end; the server ignores it and reports them
         deadline = time.monotonic() + grace_s
-        for process in self.processes.values():
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in self.processes.values():
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
-        self._stop_fork_server()
+        while self._running and self.serving and (left := deadline - time.monotonic()) > 0:
+            self.poll(left)
+        self._signal_group(signal.SIGKILL)
+        self.server.wait()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        for child in self._running.values():
+            child.exitcode = -signal.SIGKILL
+        self._running.clear()
+        self.server = None
 
-    @staticmethod
-    def _stop_fork_server() -> None:
-        """The fork server would exit on its own once we do; stop it now so nothing outlives the run."""
-        from multiprocessing import forkserver
-
-        server = forkserver._forkserver  # private, but the only handle
-        pid = getattr(server, "_forkserver_pid", None)
-        if pid:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                server._stop()  # reaps it and forgets it, so a later run in this process starts a new one
-            except (OSError, ChildProcessError):
-                server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
+    def _signal_group(self, signum: int) -> None:
+        # The server is our child and not yet reaped (wait() comes after), so its pid, the group's id, cannot
+        # have been reused by another group.
+        try:
+            os.killpg(self.server.pid, signum)
+        except ProcessLookupError:  # no process left in the group
+            pass

@@ -18,9 +18,9 @@ from testbed.config.schema import Scenario
 from testbed.errors import UserError
 from testbed.emulation.dilation import fleet_dilation
 from testbed.events import ENDINGS, EventLog, read_events
-from testbed.launch.console import EventPrinter
 from testbed.launch.limits import KernelLimits
 from testbed.launch.processes import ProcessGroup
+from testbed.monitor.console import EventPrinter
 
 PRELOAD = ["testbed.launch.entry"]
 

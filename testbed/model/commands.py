@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from testbed.data.commands import word_list
-from testbed.model.backbone import FAMILIES
+from testbed.model.architecture import FAMILIES
 
 
 def add_pretrain_args(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from testbed.model.backbone import _model_class, build_random
+from testbed.model.architecture import build_random, model_class
 from testbed.model.early_exit import EarlyExitModel
 from testbed.model.settings import PretrainSettings
 from testbed.model.targets import FrameClusterer
@@ -144,7 +144,7 @@ def pretrained_tiny(settings: PretrainSettings = PretrainSettings(), progress: b
         backbone.save_pretrained(partial)
         (partial / "pretrain.json").write_text(json.dumps(dict(settings=asdict(settings), **metrics), indent=2))
         partial.rename(target)  # atomic: an interrupted pretraining never leaves a half checkpoint
-    return _model_class(settings.family).from_pretrained(target), target
+    return model_class(settings.family).from_pretrained(target), target
 
 
 def pretrain_record(path: Path) -> dict:

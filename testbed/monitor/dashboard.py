@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from testbed.launch.console import describe
+from testbed.monitor.console import describe
 from testbed.monitor.state import ClientRound, ClientView, RoundView, RunView
 
 WIDE = (120, 36)  # columns, rows: from this size on, the wide layout (side-by-side panels, more rounds)
@@ -81,7 +81,7 @@ def sparkline(values: list[float], low: float, high: float) -> str:
     return "".join(SPARKS[min(7, int((v - low) / span * 7.999))] for v in values)
 
 
-def gantt(round_: RoundView, client: str, now_t: float, width: int) -> Text:
+def gantt_bar(round_: RoundView, client: str, now_t: float, width: int) -> Text:
     """A client's phases in a round as `width` cells of block characters (red when it never finished)."""
     span = max(round_.emulated_s(now_t), 1e-6)
     part = round_.clients.get(client)
@@ -236,7 +236,7 @@ def fleet_table(view: RunView, now_t: float, width: int, rows: int, compact: boo
     for client in shown:
         part = round_.clients.get(client.client) if round_ is not None else None
         cells = fleet_row(client, part, compact)
-        table.add_row(*cells, *([gantt(round_, client.client, now_t, gantt_width)] if with_gantt else []))
+        table.add_row(*cells, *([gantt_bar(round_, client.client, now_t, gantt_width)] if with_gantt else []))
     if hidden:
         table.add_row(Text(f"+{hidden}", style="bright_black"), Text("more", style="bright_black"))
     return table
@@ -308,7 +308,7 @@ def timeline(view: RunView, now_t: float, width: int, rows: int) -> Table:
         table.add_column(f"r{round_.index} {seconds(round_.emulated_s(now_t))}s", width=cell, no_wrap=True,
                          overflow="crop")
     for client in shown:
-        table.add_row(client.client, *(gantt(r, client.client, now_t, cell) for r in chosen))
+        table.add_row(client.client, *(gantt_bar(r, client.client, now_t, cell) for r in chosen))
     if hidden:
         table.add_row(Text(f"+{hidden}", style="bright_black"))
     return table

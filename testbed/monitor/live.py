@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 
 from testbed.events import ENDINGS
-from testbed.launch.console import line_for, outcome_lines
+from testbed.monitor.console import line_for, outcome_lines
 from testbed.monitor.dashboard import Dashboard
 from testbed.monitor.sources import FileTail
 from testbed.monitor.state import RunView

@@ -65,7 +65,7 @@ def accuracy(view: RunView, path: Path, target: float | None = None) -> Path:
     return _save(figure, path)
 
 
-def gantt(view: RunView, path: Path) -> Path:
+def plot_gantt(view: RunView, path: Path) -> Path:
     """Every client's download / compute / upload / idle per round on the run's time axis; red: never delivered."""
     clients = list(view.clients)
     figure = Figure(figsize=(11, 1.2 + 0.35 * max(3, len(clients))))

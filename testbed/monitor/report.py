@@ -31,7 +31,7 @@ def draw_plots(view: RunView, plots_dir: Path, target: float | None = None) -> d
     """Every figure of the report, as plots_dir/<name>.png."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     return {"accuracy": plots.accuracy(view, plots_dir / "accuracy.png", target),
-            "gantt": plots.gantt(view, plots_dir / "gantt.png"),
+            "gantt": plots.plot_gantt(view, plots_dir / "gantt.png"),
             "depths": plots.depths(view, plots_dir / "depths.png"),
             "rounds": plots.rounds(view, plots_dir / "rounds.png"),
             "depth_cost": plots.depth_cost(view, plots_dir / "depth_cost.png")}

@@ -343,7 +343,7 @@ def straggles(settings: spec.Straggles, events: list[dict], facts: Facts) -> Ver
     return Verdict(bool(straggled) and lost is None and "lost" not in statuses.values(), figure)
 
 
-def rejected(settings: spec.Rejected, events: list[dict], facts: Facts) -> Verdict:
+def rejected(settings: spec.UpdatesRejected, events: list[dict], facts: Facts) -> Verdict:
     corrupted = sorted(actions_of(facts, "corrupt", settings.client) + actions_of(facts, "lie", settings.client),
                        key=lambda action: action["seq"])
     if not corrupted:

@@ -158,7 +158,7 @@ class Straggles:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Rejected:
+class UpdatesRejected:
     """Every update the client sent after it was corrupted (or began to lie) was rejected by the
     aggregator, each logged with its reason (by the `check` named, when given) and counted in the run's
     summary; no update of another client was."""
@@ -193,7 +193,7 @@ class Checks:
     churn: Churn | None = None
     updates: Updates | None = None
     straggles: Straggles | None = None
-    rejected: Rejected | None = None
+    rejected: UpdatesRejected | None = None
     impersonation: Impersonation | None = None
 
     def enabled(self) -> dict[str, object]:

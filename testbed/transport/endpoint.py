@@ -21,7 +21,7 @@ from typing import Protocol
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from testbed.transport.messages import Message, Rejected, decode, encode
+from testbed.transport.messages import Message, MessageRejected, decode, encode
 
 LINGER_MS = 200  # on close, how long unsent messages may delay shutdown
 # the socket monitor events each side reads (connections, handshakes, disconnections)
@@ -115,7 +115,7 @@ class Router:
         user_id = frames[-1].get("User-Id") if self.authenticator is not None else None
         try:
             message = decode(payload, self.max_bytes)
-        except Rejected as error:
+        except MessageRejected as error:
             return Received(identity, None, str(error), nbytes, user_id)
         return Received(identity, message, None, nbytes, user_id)
 
@@ -234,7 +234,7 @@ class Dealer:
         return nbytes
 
     def recv(self, timeout_s: float) -> tuple[Message | None, int]:
-        """(message, wire bytes) within `timeout_s`; (None, 0) on timeout. A bad message raises Rejected."""
+        """(message, wire bytes) within `timeout_s`; (None, 0) on timeout. A bad message raises MessageRejected."""
         if not self.socket.poll(max(0, int(timeout_s * 1000))):
             return None, 0
         frames = self.socket.recv_multipart(copy=False)

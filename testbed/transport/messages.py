@@ -2,7 +2,7 @@
 
 Frame layout: [envelope, tensor_0, tensor_1, ...]; the envelope is a msgpack map
     {"v": version, "type": ..., "client": id, "round": n, "body": {...}, "tensors": [[name, dtype, shape], ...]}
-Decoding validates everything before anything is used and raises `Rejected` with the reason;
+Decoding validates everything before anything is used and raises `MessageRejected` with the reason;
 tensors come back as read-only NumPy views of the received frames (zero copies).
 """
 
@@ -58,7 +58,7 @@ def capped(text: str, limit: int = MAX_PEER_TEXT) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-class Rejected(Exception):
+class MessageRejected(Exception):
     """A message that failed validation; `reason` says why (logged, then the message is dropped)."""
 
 
@@ -86,49 +86,50 @@ def encode(message: Message) -> list:
 
 
 def decode(frames: list, max_bytes: int) -> Message:
-    """Validate and decode received frames (bytes, memoryviews or zmq.Frame); raise Rejected on any fault."""
+    """Validate and decode received frames (bytes, memoryviews or zmq.Frame); raise MessageRejected on any fault."""
     buffers = [getattr(frame, "buffer", frame) for frame in frames]
     total = sum(len(memoryview(b)) for b in buffers)
     if not buffers:
-        raise Rejected("empty message")
+        raise MessageRejected("empty message")
     if total > max_bytes:
-        raise Rejected(f"oversized message: {total} bytes > limit {max_bytes}")
+        raise MessageRejected(f"oversized message: {total} bytes > limit {max_bytes}")
     envelope = _envelope(buffers[0])
     kind = envelope["type"]
     _check_body(kind, envelope["body"])
     specs = envelope["tensors"]
     if len(specs) != len(buffers) - 1:
-        raise Rejected(f"{kind}: {len(specs)} tensor specs but {len(buffers) - 1} tensor frames (truncated?)")
+        raise MessageRejected(f"{kind}: {len(specs)} tensor specs but {len(buffers) - 1} tensor frames (truncated?)")
     tensors = {}
     for spec, buffer in zip(specs, buffers[1:]):
         name, array = _tensor(spec, buffer)
         if name in tensors:
-            raise Rejected(f"{kind}: tensor {_shown.repr(name)} sent twice")
+            raise MessageRejected(f"{kind}: tensor {_shown.repr(name)} sent twice")
         tensors[name] = array
     return Message(kind, envelope["client"], envelope["round"], envelope["body"], tensors)
 
 
 def _envelope(buffer) -> dict:
     if len(memoryview(buffer)) > MAX_ENVELOPE_BYTES:
-        raise Rejected(f"envelope of {len(memoryview(buffer))} bytes > limit {MAX_ENVELOPE_BYTES}")
+        raise MessageRejected(f"envelope of {len(memoryview(buffer))} bytes > limit {MAX_ENVELOPE_BYTES}")
     try:  # msgpack bounds every container by the input length, so no allocation bomb
         envelope = msgpack.unpackb(buffer, raw=False, strict_map_key=True, max_ext_len=0)
     except Exception as error:  # msgpack raises several unrelated exception types
-        raise Rejected(f"envelope is not valid msgpack ({type(error).__name__})") from None
+        raise MessageRejected(f"envelope is not valid msgpack ({type(error).__name__})") from None
     if not isinstance(envelope, dict):
-        raise Rejected("envelope is not a map")
+        raise MessageRejected("envelope is not a map")
     _check_nesting(envelope)
     # _is: True and 1.0 compare equal to 1 but are not a version number
     if not _is(envelope.get("v"), int) or envelope["v"] != PROTOCOL_VERSION:
-        raise Rejected(f"protocol version {_shown.repr(envelope.get('v'))} (this side speaks {PROTOCOL_VERSION})")
+        raise MessageRejected(f"protocol version {_shown.repr(envelope.get('v'))} "
+                              f"(this side speaks {PROTOCOL_VERSION})")
     expected = {"type": str, "client": str, "round": int, "body": dict, "tensors": list}
     for key, kind in expected.items():
         if not _is(envelope.get(key), kind):
-            raise Rejected(f"envelope field '{key}' missing or not {kind.__name__}")
+            raise MessageRejected(f"envelope field '{key}' missing or not {kind.__name__}")
     if envelope["type"] not in BODIES:
-        raise Rejected(f"unknown message type {_shown.repr(envelope['type'])}")
+        raise MessageRejected(f"unknown message type {_shown.repr(envelope['type'])}")
     if len(envelope["tensors"]) > MAX_TENSORS or len(envelope["client"]) > 64:
-        raise Rejected("too many tensors or client id too long")
+        raise MessageRejected("too many tensors or client id too long")
     return envelope
 
 
@@ -140,13 +141,13 @@ def _check_nesting(envelope: dict) -> None:
                  if isinstance(child, (dict, list))]
         if not level:
             return
-    raise Rejected(f"envelope nests lists/maps deeper than {MAX_NESTING} levels")
+    raise MessageRejected(f"envelope nests lists/maps deeper than {MAX_NESTING} levels")
 
 
 def _check_body(kind: str, body: dict) -> None:
     for key, expected in BODIES[kind].items():
         if not _is(body.get(key), expected):
-            raise Rejected(f"{kind}: body field '{key}' missing or not {expected.__name__}")
+            raise MessageRejected(f"{kind}: body field '{key}' missing or not {expected.__name__}")
 
 
 def _is(value, kind: type) -> bool:
@@ -162,22 +163,22 @@ def _tensor(spec, buffer) -> tuple[str, np.ndarray]:
     if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], str)
             and spec[1] in DTYPES and isinstance(spec[2], list) and len(spec[2]) <= MAX_DIMS
             and all(_is(d, int) and 0 <= d < 1 << 40 for d in spec[2])):
-        raise Rejected(f"malformed tensor spec {_shown.repr(spec)} "
-                       f"(want [name, dtype in {sorted(DTYPES)}, shape of <= {MAX_DIMS} dims])")
+        raise MessageRejected(f"malformed tensor spec {_shown.repr(spec)} "
+                              f"(want [name, dtype in {sorted(DTYPES)}, shape of <= {MAX_DIMS} dims])")
     name, dtype, shape = spec
     dtype = np.dtype(DTYPES[dtype])
     # NumPy refuses a shape whose non-zero dims span more bytes than it can index (2**63), even
     # when another dim is 0 and the tensor is empty; no real tensor comes near 2**62 bytes.
     if math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 62:
-        raise Rejected(f"tensor {_shown.repr(name)}: shape {_shown.repr(shape)} {dtype.name} spans 2**62 bytes or "
-                       f"more, counting zero dims as 1")
+        raise MessageRejected(f"tensor {_shown.repr(name)}: shape {_shown.repr(shape)} {dtype.name} spans "
+                              f"2**62 bytes or more, counting zero dims as 1")
     expected = math.prod(shape) * dtype.itemsize
     if len(memoryview(buffer)) != expected:
-        raise Rejected(f"tensor {_shown.repr(name)}: {len(memoryview(buffer))} bytes for shape {shape} {dtype.name} "
-                       f"(expected {expected}; truncated?)")
+        raise MessageRejected(f"tensor {_shown.repr(name)}: {len(memoryview(buffer))} bytes for shape {shape} "
+                              f"{dtype.name} (expected {expected}; truncated?)")
     array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
     if dtype.name in FLOAT_DTYPES and not np.isfinite(array).all():
-        raise Rejected(f"tensor {_shown.repr(name)} carries NaN or Inf")
+        raise MessageRejected(f"tensor {_shown.repr(name)} carries NaN or Inf")
     return name, array
 
 
@@ -186,9 +187,9 @@ def check_tensors(message: Message, expected: dict[str, tuple[tuple[int, ...], s
     names = set(message.tensors)
     if names != set(expected):
         unknown, missing = sorted(names - set(expected)), sorted(set(expected) - names)
-        raise Rejected(f"{message.type}: unexpected tensors {_shown.repr(unknown[:3])}, missing {missing[:3]}")
+        raise MessageRejected(f"{message.type}: unexpected tensors {_shown.repr(unknown[:3])}, missing {missing[:3]}")
     for name, array in message.tensors.items():
         shape, dtype = expected[name]
         if tuple(array.shape) != tuple(shape) or array.dtype.name != dtype:
-            raise Rejected(f"{message.type}: tensor {_shown.repr(name)} is {array.dtype.name}{list(array.shape)}, "
-                           f"expected {dtype}{list(shape)}")
+            raise MessageRejected(f"{message.type}: tensor {_shown.repr(name)} is "
+                                  f"{array.dtype.name}{list(array.shape)}, expected {dtype}{list(shape)}")

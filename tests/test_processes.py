@@ -1,0 +1,99 @@
+"""The run's process group: children forked from the fork server, their exit codes, none left behind.
+
+The children run standard-library functions: the fork server imports nothing of the tests."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runs import alive
+from testbed.launch.processes import ProcessGroup
+
+TERM_PROOF = ["sh", "-c", "trap '' TERM; sleep 30"]  # a grandchild that outlives SIGTERM
+
+
+def members(group_id: int) -> list[int]:
+    """The live processes of a process group (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group_id:
+            found.append(int(entry.name))
+    return found
+
+
+def sleeping(group_id: int) -> bool:
+    """Whether the TERM_PROOF shell's sleep has begun in the group."""
+    for pid in members(group_id):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_children_report_their_exit_codes_and_share_the_servers_process_group():
+    group = ProcessGroup([])
+    try:
+        done = group.start("done", time.sleep, 0.0)
+        code = group.start("code", sys.exit, 3)
+        failed = group.start("failed", int, "not a number")  # an exception: exit code 1, as multiprocessing's
+        sleeper = group.start("sleeper", time.sleep, 30)
+        for child in (done, code, failed):
+            child.join(10)
+        assert (done.exitcode, code.exitcode, failed.exitcode) == (0, 3, 1)
+        assert sleeper.is_alive() and group.alive() == ["sleeper"]
+        assert os.getpgid(sleeper.pid) == group.server.pid != os.getpgid(0)
+        assert set(group.pids()) == {"done", "code", "failed", "sleeper", "forkserver"}
+        sleeper.terminate()
+        sleeper.join(5)
+        assert sleeper.exitcode == -signal.SIGTERM
+    finally:
+        group.stop()
+
+
+def test_stop_ends_the_whole_group_even_what_ignores_sigterm():
+    group = ProcessGroup([])
+    group.start("child", subprocess.call, TERM_PROOF)
+    group_id = group.server.pid
+    assert wait_until(lambda: sleeping(group_id), 10)  # the server, the child, its shell (and the shell's sleep)
+    pids = members(group_id)
+    started = time.monotonic()
+    group.stop(grace_s=0.5)
+    assert time.monotonic() - started < 3
+    assert wait_until(lambda: not any(alive(pid) for pid in pids), 5), [pid for pid in pids if alive(pid)]
+    assert group.processes["child"].exitcode is not None and group.alive() == []
+    group.stop()  # again: nothing to do
+
+
+def test_a_killed_launcher_leaves_no_process_behind():
+    script = ("import subprocess, time\n"
+              "from testbed.launch.processes import ProcessGroup\n"
+              "group = ProcessGroup([])\n"
+              f"group.start('child', subprocess.call, {TERM_PROOF!r})\n"
+              "print(group.server.pid, flush=True)\n"
+              "time.sleep(60)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    group_id = int(launcher.stdout.readline())
+    assert wait_until(lambda: sleeping(group_id), 10)
+    pids = members(group_id)
+    launcher.kill()
+    launcher.wait()
+    assert wait_until(lambda: not any(alive(pid) for pid in pids), 5), [pid for pid in pids if alive(pid)]
