@@ -24,7 +24,7 @@ log = logging.getLogger("testbed.monitor")
 # a client's steps through a round, in order: a late heartbeat never moves it backwards
 ROUND_STEPS = {"asked": 0, "downloading": 1, "training": 2, "uploading": 3, "updated": 4}
 # a round no longer waits for a client in these ("discarded": it arrived after the round had the updates it needed)
-FINISHED = ("updated", "discarded", "skipped", "lost", "left")
+FINISHED = ("updated", "discarded", "rejected", "skipped", "lost", "left")
 TIMINGS = ("download_s", "compute_s", "upload_s", "idle_s")
 RECENT_EVENTS = 200  # how many recent events (progress excepted) the view keeps for a log panel
 
@@ -372,6 +372,12 @@ class RunView:
         if part is not None:
             part.status, part.ended_t = "discarded", t
         self._set_state(view, "discarded", t)
+
+    def _on_update_rejected(self, event: dict, t: float) -> None:
+        view, part = self._part(event)
+        if part is not None:
+            part.status, part.ended_t = "rejected", t
+        self._set_state(view, "rejected", t)
 
     def _on_round_closed(self, event: dict, t: float) -> None:
         index = int(event["round"])
