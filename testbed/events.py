@@ -3,7 +3,7 @@
 Events are the single source of truth for the dashboard and the report: each carries
 `seq` (0, 1, ...), `t` (emulated seconds since the run started: this process's monotonic clock
 divided by the run's time dilation, see emulation/dilation.py), `wall` (Unix time) and `kind`,
-plus kind-specific fields.
+plus the fields its kind declares (testbed/event_kinds.py: every kind, its fields and their units).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import json
 import time
 from pathlib import Path
 
-# The events that end a run (one per launch of the aggregator), and the status each leaves it in.
-ENDINGS = {"run_finished": "finished", "run_interrupted": "interrupted", "run_failed": "failed"}
+from testbed.event_kinds import ENDINGS, Event
+
+__all__ = ["ENDINGS", "EventLog", "read_events"]
 
 
 class EventLog:
@@ -36,8 +37,10 @@ class EventLog:
         self._anchor_t, self._anchor_wall = self.now(), time.monotonic()
         self.dilation = factor
 
-    def emit(self, kind: str, **fields) -> dict:
-        event = {"seq": self.seq, "t": round(self.now(), 4), "wall": round(time.time(), 3), "kind": kind, **fields}
+    def emit(self, record: Event) -> dict:
+        """Write one event (and publish it); returns it as written."""
+        event = {"seq": self.seq, "t": round(self.now(), 4), "wall": round(time.time(), 3), "kind": record.kind,
+                 **record.fields()}
         line = json.dumps(event, separators=(",", ":"), allow_nan=False)
         self.file.write(line + "\n")
         self.file.flush()

@@ -13,6 +13,7 @@ from testbed.aggregator.plan import make_plan
 from testbed.aggregator.rounds import ClientRow, Round, bookkeeping_fault
 from testbed.aggregator.server import Aggregator
 from testbed.config.loader import load_scenario
+from testbed.event_kinds import RunFinished
 from testbed.model.architecture import build_random
 from testbed.model.early_exit import EarlyExitModel
 from testbed.model.train import make_optimizer, round_samples, train_steps
@@ -59,7 +60,7 @@ def aggregator(write_scenario, tmp_path):
     try:
         yield aggregator
     finally:
-        aggregator._finish("run_finished", "test over")  # closes its sockets, its event log and its records
+        aggregator._finish(RunFinished, "test over")  # closes its sockets, its event log and its records
 
 
 def upload(aggregator: Aggregator, client: str, body: dict, scale: float = 1e-3) -> None:

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from testbed.event_kinds import KINDS, Refusal
 from testbed.events import EventLog
 from testbed.transport.messages import capped
 
@@ -35,7 +36,7 @@ def reason_class(reason: str) -> str:
 
 @dataclass
 class _Pending:
-    fields: dict  # the event fields of the first refusal not told in full
+    fields: dict  # the event fields of the first refusal not told in full (those of a Refusal)
     count: int = 0
 
 
@@ -51,7 +52,8 @@ class Refusals:
         self._pending: dict[tuple[str, str, str], _Pending] = {}
 
     def refuse(self, kind: str, reason: str, sender: str = "", **fields) -> None:
-        """One refusal of `kind` for `reason`; `sender` (a connection) tells refusals apart; `fields`: its event's."""
+        """One refusal of `kind` (a Refusal's) for `reason`; `sender` (a connection) tells refusals apart; `fields`:
+        its event's."""
         self.tick()
         fields = {**fields, "reason": capped(reason, MAX_REASON)}
         key = (kind, sender, reason_class(fields["reason"]))
@@ -59,7 +61,7 @@ class Refusals:
         if key not in self._shown and room:
             self._shown.add(key)
             self._per_sender[sender] += 1
-            self.events.emit(kind, **fields)
+            self.events.emit(_refusal(kind, fields))
             log.warning("%s from %s: %s", kind, sender or "?", fields["reason"])
             return
         if key not in self._pending and len(self._pending) >= MAX_PENDING:
@@ -77,7 +79,14 @@ class Refusals:
         now = self.clock()
         over_s = round(now - self.since, 1)
         for (kind, sender, _), pending in self._pending.items():
-            self.events.emit(kind, **pending.fields, count=pending.count, over_s=over_s)
+            self.events.emit(_refusal(kind, {**pending.fields, "count": pending.count, "over_s": over_s}))
             log.warning("%s from %s: %d more in %.0f s, e.g. %s", kind, sender or "?", pending.count, over_s,
                         pending.fields["reason"])
         self._start(now)
+
+
+def _refusal(kind: str, fields: dict) -> Refusal:
+    declaration = KINDS[kind]
+    if not issubclass(declaration, Refusal):
+        raise ValueError(f"{kind} is not a refusal")
+    return declaration(**fields)

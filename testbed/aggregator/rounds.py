@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from testbed.event_kinds import FINISHED, ClientStatus
 from testbed.strategies.base import ClientUpdate
 
-# statuses after which the round no longer waits for a client ("discarded": arrived after the first k;
-# "rejected": refused by a check of its claims (bookkeeping_fault) or by the update screen)
-FINISHED = ("updated", "lost", "skipped", "discarded", "rejected")
 TIMING_KEYS = ("download_s", "compute_s", "elapsed_s")
 
 
@@ -40,7 +38,8 @@ class ClientRow:
     client: str
     profile: str
     task: str
-    status: str = "asked"  # asked -> fetched -> updated | discarded | rejected | straggler | lost | skipped
+    # asked -> fetched -> updated | discarded | rejected | straggler | lost | skipped
+    status: ClientStatus = ClientStatus.ASKED
     depth: int = 0
     download_s: float | None = None
     compute_s: float | None = None
@@ -74,7 +73,7 @@ class Round:
     def accept_update(self, row: ClientRow, body: dict, tensors: dict, nbytes: int, now: float) -> None:
         """Record an UPDATE that passed every check (bookkeeping_fault, the screen, the round's accept rule)."""
         timings = body["timings"]
-        row.status, row.finished_t, row.bytes_up = "updated", now, nbytes
+        row.status, row.finished_t, row.bytes_up = ClientStatus.UPDATED, now, nbytes
         peak = body.get("peak_mb")
         row.samples, row.loss = body["samples"], float(body["loss"])
         row.peak_mb = float(peak) if isinstance(peak, (int, float)) and math.isfinite(peak) else None
@@ -90,9 +89,9 @@ class Round:
         """Mark stragglers, fill idle times; returns the round's summary (one event, one CSV row)."""
         wall_s = now - self.started_t
         for row in self.rows.values():
-            if row.status in ("asked", "fetched"):
-                row.status = "straggler"
-            if row.status == "updated":
+            if row.status in (ClientStatus.ASKED, ClientStatus.FETCHED):
+                row.status = ClientStatus.STRAGGLER
+            if row.status == ClientStatus.UPDATED:
                 row.idle_s = max(0.0, wall_s - (row.finished_t - self.started_t))
         statuses = [row.status for row in self.rows.values()]
         return {"round": self.index, "started_t": round(self.started_t, 3), "wall_s": round(wall_s, 3),

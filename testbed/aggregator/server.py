@@ -28,6 +28,11 @@ from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
 from testbed.emulation.dilation import fleet_dilation, raised
 from testbed.errors import UserError
+from testbed.event_kinds import (ClientJoined, ClientLeft, ClientLost, ClientProgress, ClientReady, ClientRejoined,
+                                 ClientSkipped, ClientState, ClientStatus, DilationChanged, Evaluated, LateUpdate,
+                                 ModelSent, RoundAggregated, RoundClientRow, RoundClosed, RoundStarted, RunEnded,
+                                 RunFailed, RunFinished, RunInterrupted, RunResumed, RunStarted, UpdateDiscarded,
+                                 UpdateReceived, UpdateRejected)
 from testbed.events import EventLog, read_events
 from testbed.model.early_exit import exit_depth
 from testbed.model.state import group_of
@@ -107,7 +112,7 @@ class Aggregator:
         # the reference norms accepted updates set so far: they decide what the screen accepts next
         self.screen.references = {group: dict(norms) for group, norms in carried.get("screen", {}).items()}
         if resumed is not None:
-            self.events.emit("run_resumed", from_round=resumed.round, digest=resumed.digest)
+            self.events.emit(RunResumed(from_round=resumed.round, digest=resumed.digest))
 
     def _test_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         from testbed.data.source import task_data
@@ -138,23 +143,23 @@ class Aggregator:
         except CheckpointRefused as refusal:
             log.error("%s", refusal)
             events = EventLog(self.run_dir / "events.jsonl", **_continuing(previous))
-            events.emit("run_failed", reason=str(refusal), dropped_messages=0)
+            events.emit(RunFailed(reason=str(refusal), dropped_messages=0))
             events.close()
             raise
 
     # ---------------------------------------------------------------- the run, one screen
     def run(self) -> int:
         self._install_signal_handlers()
-        self.events.emit("run_started", scenario=self.scenario.name, rounds=self.scenario.rounds, pid=os.getpid(),
-                         first_round=self.first_round, address=self.router.address,
-                         max_message_bytes=self.router.max_bytes, dilation=self.dilation.to_event(),
-                         backend=self.scenario.emulation.backend, auth=self.credentials.mode,
-                         clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits))
+        self.events.emit(RunStarted(
+            scenario=self.scenario.name, rounds=self.scenario.rounds, pid=os.getpid(), first_round=self.first_round,
+            address=self.router.address, max_message_bytes=self.router.max_bytes, dilation=self.dilation.to_event(),
+            backend=self.scenario.emulation.backend, auth=self.credentials.mode,
+            clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits)))
         try:
             if self.restored_dilation not in (None, self.events.dilation):
-                self.events.emit("dilation_changed", factor=round(self.restored_dilation, 4),
-                                 previous=round(self.events.dilation, 4),
-                                 reason=f"restored: the factor the run had reached by round {self.first_round - 1}")
+                self.events.emit(DilationChanged(
+                    factor=round(self.restored_dilation, 4), previous=round(self.events.dilation, 4),
+                    reason=f"restored: the factor the run had reached by round {self.first_round - 1}"))
                 self.events.set_dilation(self.restored_dilation)
             index = self.first_round - 1
             ending = self.scenario.ending(index, self.rounds_s)  # a resumed run may be done already
@@ -175,7 +180,8 @@ class Aggregator:
                 # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
                 self._serve_until(self._round_done, self.round.deadline_t)
                 summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
-                self.events.emit("round_closed", **summary, clients=self.round.client_rows())
+                self.events.emit(RoundClosed(**summary, clients=[RoundClientRow(**row)
+                                                                 for row in self.round.client_rows()]))
                 self.rounds_s += summary["wall_s"]
                 ending = self.scenario.ending(index, self.rounds_s)
                 self._check_dilation()
@@ -187,8 +193,8 @@ class Aggregator:
                 save_checkpoint(self.run_dir, index, self.model.state,
                                 {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
                                 {"dilation": self.events.dilation, "screen": self.screen.references})
-                self.events.emit("round_aggregated", round=index, digest=summary["digest"],
-                                 aggregate_s=summary["aggregate_s"])
+                self.events.emit(RoundAggregated(round=index, digest=summary["digest"],
+                                                 aggregate_s=summary["aggregate_s"]))
                 # 4. evaluate every eval_every rounds and at the end (timed apart from the round)
                 if index % self.scenario.eval_every == 0 or ending:
                     summary.update(self._evaluate(index))
@@ -198,15 +204,15 @@ class Aggregator:
             failure = None if trained else untrained(read_events(self.run_dir / "events.jsonl"))
             if failure is not None:
                 log.error("%s", failure)
-                self._finish("run_failed", failure)
+                self._finish(RunFailed, failure)
                 return 1
-            self._finish("run_finished", ending)
+            self._finish(RunFinished, ending)
             return 0
         except Interrupted:
-            self._finish("run_interrupted", "interrupted")
+            self._finish(RunInterrupted, "interrupted")
             return 130
         except Exception as error:  # say BYE and record why, then let the caller see the error
-            self._finish("run_failed", f"{type(error).__name__}: {error}")
+            self._finish(RunFailed, f"{type(error).__name__}: {error}")
             raise
 
     # ---------------------------------------------------------------- phases
@@ -230,7 +236,7 @@ class Aggregator:
             body = {"deadline_s": self.scenario.deadline_s, "depth": forced, "dilation": self.events.dilation,
                     "preferred": self.preferred}
             self._send_to(cid, Message("ROUND", cid, index, body))
-        self.events.emit("round_started", round=index, selected=list(round_.rows), deadline_s=round_.deadline_s)
+        self.events.emit(RoundStarted(round=index, selected=list(round_.rows), deadline_s=round_.deadline_s))
         return round_
 
     def _round_done(self) -> bool:
@@ -248,9 +254,9 @@ class Aggregator:
             self._on_connection_events()
             self.refusals.tick()
             for cid in self.fleet.newly_lost(time.monotonic()):
-                self.events.emit("client_lost", client=cid)
+                self.events.emit(ClientLost(client=cid))
                 if self.round is not None and cid in self.round.waiting_for():
-                    self.round.rows[cid].status = "lost"
+                    self.round.rows[cid].status = ClientStatus.LOST
 
     def _check_dilation(self) -> None:
         """Raise an automatic dilation when a client fell behind its compute target (CPU-starved)."""
@@ -259,14 +265,15 @@ class Aggregator:
             return
         factor = raised(self.events.dilation, max(overshoots))
         if factor is not None:
-            self.events.emit("dilation_changed", factor=round(factor, 4), previous=round(self.events.dilation, 4),
-                             reason=f"a client took {max(overshoots):.2f}x its compute target in round "
-                                    f"{self.round.index}: the host could not give the fleet the CPU it asks for")
+            self.events.emit(DilationChanged(
+                factor=round(factor, 4), previous=round(self.events.dilation, 4),
+                reason=f"a client took {max(overshoots):.2f}x its compute target in round "
+                       f"{self.round.index}: the host could not give the fleet the CPU it asks for"))
             self.events.set_dilation(factor)
 
     def _evaluate(self, index: int) -> dict:
         accuracy, seconds = self.model.evaluate(self.test_sets)
-        self.events.emit("evaluated", round=index, accuracy=accuracy, eval_s=round(seconds, 3))
+        self.events.emit(Evaluated(round=index, accuracy=accuracy, eval_s=round(seconds, 3)))
         self._prefer_exits(accuracy)
         return _evaluation_columns(accuracy, round(seconds, 3))
 
@@ -278,7 +285,7 @@ class Aggregator:
                 self.preferred[task] = min(int(layer) for layer, value in by_exit.items()
                                            if value >= best - PREFER_WITHIN)
 
-    def _finish(self, kind: str, reason: str) -> None:
+    def _finish(self, ending: type[RunEnded], reason: str) -> None:
         # once finishing, a second Ctrl-C or the launcher's SIGTERM must not interrupt the goodbye
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -286,7 +293,7 @@ class Aggregator:
             if record.joined:  # a client that does not read its messages gets none: finishing must not block
                 self._send_to(cid, Message("BYE", cid, 0, {"reason": reason}), wait=False)
         self.refusals.flush()  # the refusals still counted, before the last event
-        self.events.emit(kind, reason=reason, dropped_messages=self.dropped)
+        self.events.emit(ending(reason=reason, dropped_messages=self.dropped))
         self.records.close()
         time.sleep(0.2)  # let BYE frames leave before the sockets close
         self.router.close()
@@ -357,10 +364,10 @@ class Aggregator:
         if message.type != "JOIN" and not record.joined:
             return self._drop(received, f"{message.type} from {message.client} before it joined")
         if self.fleet.seen(message.client, time.monotonic()):
-            self.events.emit("client_rejoined", client=message.client)
+            self.events.emit(ClientRejoined(client=message.client))
             row = self.round.rows.get(message.client) if self.round is not None else None
-            if row is not None and row.status == "lost" and row.depth == 0:
-                row.status = "asked"  # back before it fetched anything: it can still take part
+            if row is not None and row.status == ClientStatus.LOST and row.depth == 0:
+                row.status = ClientStatus.ASKED  # back before it fetched anything: it can still take part
         handler = getattr(self, f"_on_{message.type.lower()}", None)
         if handler is None:
             return self._drop(received, f"{message.type} is not a message clients send")
@@ -406,8 +413,8 @@ class Aggregator:
             return None  # a repeated JOIN (sent before our WELCOME reached it): welcomed again, not news
         record.joined, record.ready, record.pid = True, False, message.body["pid"]  # ready again once it says so
         record.left = False
-        self.events.emit("client_joined", client=message.client, pid=record.pid, profile=spec.profile.name,
-                         task=spec.task, link=spec.link.name)
+        self.events.emit(ClientJoined(client=message.client, pid=record.pid, profile=spec.profile.name,
+                                      task=spec.task, link=spec.link.name))
 
     def _on_heartbeat(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
@@ -416,30 +423,30 @@ class Aggregator:
             return f"HEARTBEAT state {capped(state, 40)!r} is unknown (allowed: {', '.join(HEARTBEAT_STATES)})"
         if isinstance(message.body.get("device"), dict):  # once, when ready: what it measured about itself
             record.ready = True
-            self.events.emit("client_ready", client=message.client, device=_bounded(message.body["device"]))
+            self.events.emit(ClientReady(client=message.client, device=_bounded(message.body["device"])))
         if state != record.state:
             record.state = state
-            self.events.emit("client_state", client=message.client, state=record.state, round=message.round)
+            self.events.emit(ClientState(client=message.client, state=record.state, round=message.round))
 
     def _on_progress(self, message: Message, received: Received) -> str | None:
         body = message.body  # only the declared fields: a client's body must not shape our events
-        self.events.emit("client_progress", client=message.client, round=message.round, step=body["step"],
-                         steps=body["steps"], layer=body["layer"])
+        self.events.emit(ClientProgress(client=message.client, round=message.round, step=body["step"],
+                                        steps=body["steps"], layer=body["layer"]))
 
     def _on_skip(self, message: Message, received: Received) -> str | None:
         row = self._row_of(message)
         if row is not None:
-            row.status = "skipped"
-            self.events.emit("client_skipped", client=message.client, round=message.round,
-                             reason=capped(message.body["reason"]))
+            row.status = ClientStatus.SKIPPED
+            self.events.emit(ClientSkipped(client=message.client, round=message.round,
+                                           reason=capped(message.body["reason"])))
 
     def _on_bye(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
         record.lost = record.left = True
-        self.events.emit("client_left", client=message.client, reason=capped(message.body["reason"]))
+        self.events.emit(ClientLeft(client=message.client, reason=capped(message.body["reason"])))
         row = self._row_of(message)
-        if row is not None and row.status in ("asked", "fetched"):
-            row.status = "lost"
+        if row is not None and row.status in (ClientStatus.ASKED, ClientStatus.FETCHED):
+            row.status = ClientStatus.LOST
 
     def _row_of(self, message: Message) -> ClientRow | None:
         if self.round is None or message.round != self.round.index:
@@ -448,7 +455,7 @@ class Aggregator:
 
     def _on_fetch(self, message: Message, received: Received) -> str | None:
         row = self._row_of(message)
-        if row is None or row.status != "asked":
+        if row is None or row.status != ClientStatus.ASKED:
             return f"FETCH from {message.client} for round {message.round} it was not asked to (or twice)"
         depth = message.body["depth"]
         if depth not in self.model.exits:
@@ -456,15 +463,15 @@ class Aggregator:
         tensors = self.model.tensors_for(depth, row.task)
         row.bytes_down = self.router.send(received.identity,
                                           Message("MODEL", message.client, message.round, {"depth": depth}, tensors))
-        row.status, row.depth = "fetched", depth
-        self.events.emit("model_sent", client=message.client, round=message.round, depth=depth, bytes=row.bytes_down)
+        row.status, row.depth = ClientStatus.FETCHED, depth
+        self.events.emit(ModelSent(client=message.client, round=message.round, depth=depth, bytes=row.bytes_down))
 
     def _on_update(self, message: Message, received: Received) -> str | None:
         row = self._row_of(message)
         if row is None:
-            self.events.emit("late_update", client=message.client, round=message.round)
+            self.events.emit(LateUpdate(client=message.client, round=message.round))
             return f"UPDATE from {message.client} for round {message.round}, which is closed"
-        if row.status != "fetched":
+        if row.status != ClientStatus.FETCHED:
             return f"UPDATE from {message.client} for round {message.round} without a FETCH it was sent (or twice)"
         # Every check comes before anything is recorded: an update refused here must not shape the screen's
         # reference nor the round; each refusal is an update_rejected event and the row's status.
@@ -480,23 +487,23 @@ class Aggregator:
         reason = reason or screening.reason
         if reason is not None:
             self.screen.refuse(reason)
-            row.status, row.bytes_up = "rejected", received.nbytes
-            self.events.emit("update_rejected", client=message.client, round=message.round, depth=row.depth,
-                             check=check_of(reason), reason=reason)
+            row.status, row.bytes_up = ClientStatus.REJECTED, received.nbytes
+            self.events.emit(UpdateRejected(client=message.client, round=message.round, depth=row.depth,
+                                            check=check_of(reason), reason=reason))
             log.warning("rejected the update of %s in round %d: %s", message.client, message.round, reason)
             return None  # handled here: not also counted as a dropped message
         if not self.rule.accept(len(self.round.updates), self.events.now() - self.round.started_t):
-            row.status, row.bytes_up = "discarded", received.nbytes
-            self.events.emit("update_discarded", client=message.client, round=message.round,
-                             reason="the round already has the updates it needs")
+            row.status, row.bytes_up = ClientStatus.DISCARDED, received.nbytes
+            self.events.emit(UpdateDiscarded(client=message.client, round=message.round,
+                                             reason="the round already has the updates it needs"))
             return None  # not admitted to the screen either: only updates that count shape its reference
         self.round.accept_update(row, message.body, message.tensors, received.nbytes, self.events.now())
         self.screen.admit(message.client, screening.norms)
-        self.events.emit("update_received", client=message.client, round=message.round, depth=row.depth,
-                         bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
-                         download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
-                         upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
-                         overshoot=row.overshoot)
+        self.events.emit(UpdateReceived(client=message.client, round=message.round, depth=row.depth,
+                                        bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
+                                        download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
+                                        upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
+                                        overshoot=row.overshoot))
         return None
 
 

@@ -11,6 +11,14 @@ from statistics import mean
 
 from testbed.events import ENDINGS
 
+# the kinds summary.json is computed from, and those it leaves out
+HANDLED = frozenset({"run_started", *ENDINGS, "round_closed", "round_aggregated", "evaluated", "client_lost",
+                     "client_left", "client_skipped", "update_rejected", "message_dropped"})
+IGNORED = frozenset({"run_resumed", "dilation_changed", "client_joined", "client_ready", "client_state",
+                     "client_progress", "client_rejoined", "round_started", "model_sent", "update_received",
+                     "update_discarded", "late_update",  # each client's round is in round_closed's rows
+                     "join_refused", "handshake_failed", "connection_closed"})
+
 
 def _last_per_round(events: list[dict], kind: str) -> dict[int, dict]:
     """The last event of `kind` for each round (a resumed run may repeat an interrupted round)."""

@@ -21,6 +21,7 @@ import torch
 from testbed.config.loader import dump_scenario, load_scenario
 from testbed.config.schema import Scenario
 from testbed.errors import UserError
+from testbed.event_kinds import Evaluated, RoundAggregated, RunFailed, RunFinished, RunInterrupted, RunStarted
 from testbed.events import EventLog
 
 HOST_TIME = "centralized: host wall seconds of training, no emulation"
@@ -83,10 +84,10 @@ def run_centralized(scenario_path: str, overrides: list[str], out: Path) -> Path
     generator = torch.Generator().manual_seed(scenario.seed)  # batch order
     torch.manual_seed(scenario.seed)  # dropout
     events = EventLog(out / "events.jsonl")
-    events.emit("run_started", scenario=scenario.name, rounds=scenario.rounds, exits=list(model.exits),
-                strategy="centralized", clients=[], dilation={"factor": 1.0, "reason": HOST_TIME},
-                train_clips={task: len(waveforms) for task, (waveforms, _) in train.items()},
-                steps_per_round=steps, batch_size=training.batch_size)
+    events.emit(RunStarted(scenario=scenario.name, rounds=scenario.rounds, exits=list(model.exits),
+                           strategy="centralized", clients=[], dilation={"factor": 1.0, "reason": HOST_TIME},
+                           train_clips={task: len(waveforms) for task, (waveforms, _) in train.items()},
+                           steps_per_round=steps, batch_size=training.batch_size))
     training_s, ending = 0.0, None  # host seconds of training so far: what time_budget_s limits here
     try:
         for index in range(1, scenario.rounds + 1):
@@ -96,19 +97,19 @@ def run_centralized(scenario_path: str, overrides: list[str], out: Path) -> Path
                             steps=steps[task], batch_size=min(training.batch_size, len(waveforms)),
                             loss_mode=training.loss, generator=generator)
             training_s += time.perf_counter() - started
-            events.emit("round_aggregated", round=index, digest=global_model.digest(), aggregate_s=0.0)
+            events.emit(RoundAggregated(round=index, digest=global_model.digest(), aggregate_s=0.0))
             ending = scenario.ending(index, training_s, clock="host s")
             if index % scenario.eval_every == 0 or ending:
                 accuracy, seconds = global_model.evaluate(test)
-                events.emit("evaluated", round=index, accuracy=accuracy, eval_s=round(seconds, 3))
+                events.emit(Evaluated(round=index, accuracy=accuracy, eval_s=round(seconds, 3)))
             if ending:
                 break
-        events.emit("run_finished", reason=ending, dropped_messages=0)
+        events.emit(RunFinished(reason=ending, dropped_messages=0))
     except KeyboardInterrupt:
-        events.emit("run_interrupted", reason="interrupted")
+        events.emit(RunInterrupted(reason="interrupted"))
         raise
     except Exception as error:
-        events.emit("run_failed", reason=f"{type(error).__name__}: {error}")
+        events.emit(RunFailed(reason=f"{type(error).__name__}: {error}"))
         raise
     finally:
         events.close()

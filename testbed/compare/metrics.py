@@ -12,7 +12,11 @@ from collections.abc import Iterable, Mapping
 
 from testbed.model.early_exit import exit_depth
 from testbed.monitor.metrics import DepthTotals, depth_totals, run_figures
+from testbed.monitor import state
 from testbed.monitor.state import RunView, fold
+
+# a run is read through the view the dashboard and the report fold it into
+HANDLED, IGNORED = state.HANDLED, state.IGNORED
 
 TARGET_MARGIN = 0.02  # the default target accuracy: fedavg_full's final accuracy minus 2 points
 TARGET_STRATEGY = "fedavg_full"

@@ -17,6 +17,7 @@ from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
 from testbed.errors import UserError
 from testbed.emulation.dilation import fleet_dilation
+from testbed.event_kinds import RunFailed, RunInterrupted
 from testbed.events import ENDINGS, EventLog, read_events
 from testbed.launch.limits import KernelLimits
 from testbed.launch.processes import ProcessGroup
@@ -157,16 +158,16 @@ def record_unrecorded_end(run_dir: Path, recorded: int, exit_code: int | None, i
         return  # the aggregator recorded its end itself
     log_file = run_dir / "logs" / "aggregator.log"
     if interrupted:
-        kind, reason = "run_interrupted", "interrupted before the aggregator recorded its end"
+        ending, reason = RunInterrupted, "interrupted before the aggregator recorded its end"
     elif exit_code is not None and exit_code < 0:
-        kind, reason = "run_failed", (f"the aggregator was killed by {signal.Signals(-exit_code).name} before it "
-                                      f"recorded its end (see {log_file})")
+        ending, reason = RunFailed, (f"the aggregator was killed by {signal.Signals(-exit_code).name} before it "
+                                     f"recorded its end (see {log_file})")
     else:
         stage = "its first event" if len(events) == recorded else "it recorded its end"
-        kind, reason = "run_failed", f"the aggregator exited with code {exit_code} before {stage} (see {log_file})"
+        ending, reason = RunFailed, f"the aggregator exited with code {exit_code} before {stage} (see {log_file})"
     log = EventLog(path, start_seq=events[-1]["seq"] + 1 if events else 0,
                    clock_offset=events[-1]["t"] if events else 0.0)  # continues the run's seq and clock
-    log.emit(kind, reason=reason, dropped_messages=0, recorded_by="launcher")
+    log.emit(ending(reason=reason, dropped_messages=0, recorded_by="launcher"))
     log.close()
 
 

@@ -10,6 +10,17 @@ from testbed.events import ENDINGS
 from testbed.monitor.sources import FileTail
 
 ROUTINE_STATES = ("joining", "loading", "ready", "idle", "downloading", "training", "uploading")  # no line
+RUN_KINDS = ("run_started", "run_resumed", *ENDINGS)
+ROUND_KINDS = ("round_started", "round_closed", "evaluated")
+CLIENT_FATES = {"client_lost": "lost (silent)", "client_rejoined": "back", "client_left": "left",
+                "client_skipped": "skipped the round", "late_update": "late update (round closed)",
+                "update_discarded": "update discarded", "update_rejected": "update rejected"}  # kind -> what befell it
+REFUSAL_KINDS = ("message_dropped", "join_refused", "handshake_failed", "connection_closed")
+# kinds worth a line (client_state: only for a state out of the routine), and those never worth one
+HANDLED = frozenset({*RUN_KINDS, *ROUND_KINDS, *CLIENT_FATES, *REFUSAL_KINDS, "client_joined", "client_state",
+                     "dilation_changed"})
+IGNORED = frozenset({"client_ready", "client_progress", "model_sent", "update_received",  # chatty: the round's line
+                     "round_aggregated"})  # the round_closed and evaluated lines tell the round
 
 
 def _seconds(value) -> str:
@@ -57,24 +68,21 @@ def _round_line(event: dict) -> str:
 def describe(event: dict) -> str | None:
     """One line for the events worth a line; None for the chatty ones (progress, routine states) and unknown kinds."""
     kind, client = event.get("kind"), event.get("client", "?")
-    if kind in ("run_started", "run_resumed", *ENDINGS):
+    if kind in RUN_KINDS:
         return _run_line(event)
-    if kind in ("round_started", "round_closed", "evaluated"):
+    if kind in ROUND_KINDS:
         return _round_line(event)
     if kind == "client_joined":
         return (f"{client} joined (pid {event.get('pid', '?')}, {event.get('profile', '?')}, "
                 f"{event.get('task', '?')}, {event.get('link', '?')})")
     if kind == "client_state" and event.get("state") not in ROUTINE_STATES:
         return f"{client}: {event.get('state')}"
-    if kind in ("client_lost", "client_rejoined", "client_left", "client_skipped", "late_update", "update_discarded",
-                "update_rejected"):
-        what = {"client_lost": "lost (silent)", "client_rejoined": "back", "client_left": "left",
-                "client_skipped": "skipped the round", "late_update": "late update (round closed)",
-                "update_discarded": "update discarded", "update_rejected": "update rejected"}[kind]
+    if kind in CLIENT_FATES:
+        what = CLIENT_FATES[kind]
         round_ = f" in round {event['round']}" if event.get("round") else ""
         reason = f": {event['reason']}" if event.get("reason") else ""
         return f"{client}: {what}{round_}{reason}"
-    if kind in ("message_dropped", "join_refused", "handshake_failed", "connection_closed"):
+    if kind in REFUSAL_KINDS:
         return _refusal_line(event)
     if kind == "dilation_changed":
         return f"time dilation ×{event.get('factor', '?')}: {event.get('reason', 'no reason given')}"

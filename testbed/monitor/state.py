@@ -5,10 +5,12 @@ phases: host wall seconds / the run's dilation) and HOST seconds (evaluation, ag
 wall time, measured on this host). Accuracy is placed on the rounds' emulated seconds (on host
 seconds for the centralized baseline, whose clock runs undilated: `RunView.clock`).
 
-Only events feed it (events.jsonl or the PUB socket). Every field but `kind` is optional here: an
-event that lacks a field changes what it can, an event of a kind this version does not know is
-counted and otherwise ignored, and a malformed one is dropped with a logged reason. So the
-aggregator can gain fields and kinds without breaking a dashboard or a report.
+Only events feed it (events.jsonl or the PUB socket). Each event is checked against its kind's
+declaration (testbed/event_kinds.py) before it is folded in: one that does not fit (a field of the
+wrong type, a field every version writes missing) is dropped with a logged reason; fields declared
+lenient or optional may be missing (older files), and an event of a kind this version does not know
+is counted and otherwise ignored. So the aggregator can gain fields and kinds without breaking a
+dashboard or a report, while a fault in a handler here is an error, not a dropped event.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from testbed.event_kinds import FINISHED, KINDS, ClientStatus
+from testbed.event_kinds import problems as event_problems
 from testbed.events import ENDINGS
 
 log = logging.getLogger("testbed.monitor")
 
 # a client's steps through a round, in order: a late heartbeat never moves it backwards
 ROUND_STEPS = {"asked": 0, "downloading": 1, "training": 2, "uploading": 3, "updated": 4}
-# a round no longer waits for a client in these ("discarded": it arrived after the round had the updates it needed)
-FINISHED = ("updated", "discarded", "skipped", "lost", "left")
 TIMINGS = ("download_s", "compute_s", "upload_s", "idle_s")
 RECENT_EVENTS = 200  # how many recent events (progress excepted) the view keeps for a log panel
 
@@ -45,7 +47,8 @@ class Segment:
 class ClientRound:
     """One client in one round, as far as the events tell."""
 
-    status: str = "asked"  # asked, downloading, training, uploading, updated; discarded, skipped, lost, left, straggler
+    # asked, downloading, training, uploading, updated; discarded, rejected, skipped, lost, left, straggler
+    status: str = "asked"
     depth: int | None = None  # layer number of the exit it trains to
     step: int = 0  # local optimiser steps done
     steps: int | None = None  # local optimiser steps planned
@@ -154,12 +157,14 @@ class RunView:
 
     # ------------------------------------------------------------ folding
     def apply(self, event: dict) -> None:
-        """Fold one event in; unknown kinds are counted, malformed events are dropped and logged."""
-        kind = event.get("kind") if isinstance(event, dict) else None
-        if not isinstance(kind, str):
+        """Fold one event in; unknown kinds are counted, events that do not fit their declaration are dropped and
+        logged."""
+        problems = event_problems(event)
+        if problems:
             self.malformed += 1
-            log.warning("dropped an event without a kind: %.200r", event)
+            log.warning("dropped a malformed event (%s): %.200r", "; ".join(problems), event)
             return
+        kind = event["kind"]
         self.events += 1
         t, wall = number(event.get("t")), number(event.get("wall"))
         if t is not None:
@@ -168,15 +173,10 @@ class RunView:
             if kind == "run_started" or not self.launch_walls:  # a resumed run's pause between launches is no run time
                 self.launch_walls.append([wall, wall])
             self.launch_walls[-1][1] = wall
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is None:
+        if kind not in KINDS:
             self.unknown_kinds[kind] += 1
-        else:
-            try:
-                handler(event, self.t)
-            except (KeyError, TypeError, ValueError, AttributeError) as error:
-                self.malformed += 1
-                log.warning("dropped a malformed %s event (%s: %s)", kind, type(error).__name__, error)
+        elif kind not in IGNORED:
+            getattr(self, f"_on_{kind}")(event, self.t)
         if kind != "client_progress":
             self.recent.append(event)
 
@@ -251,9 +251,9 @@ class RunView:
         if isinstance(event.get("dilation"), dict):
             self._on_dilation_changed(event["dilation"], t)
         for spec in event.get("clients") or []:
-            if not isinstance(spec, dict):
+            if not isinstance(spec.get("client_id"), str):
                 continue
-            view = self._client(spec.get("client_id"))
+            view = self._client(spec["client_id"])
             for name in ("profile", "link"):
                 value = spec.get(name)
                 setattr(view, name, value.get("name", "?") if isinstance(value, dict) else str(value or "?"))
@@ -302,10 +302,10 @@ class RunView:
 
     def _on_client_lost(self, event: dict, t: float) -> None:
         self.lost_events += 1
-        self._leave(event, t, "lost")
+        self._leave(event, t, ClientStatus.LOST)
 
     def _on_client_left(self, event: dict, t: float) -> None:
-        self._leave(event, t, "left")
+        self._leave(event, t, ClientStatus.LEFT)
 
     def _leave(self, event: dict, t: float, status: str) -> None:
         view = self._client(event["client"])
@@ -320,14 +320,14 @@ class RunView:
         self._set_state(view, "back", t)
         round_ = self.round_view()
         part = round_.clients.get(view.client) if round_ is not None and round_.closed is None else None
-        if part is not None and part.status == "lost" and part.depth is None:
-            part.status, part.ended_t = "asked", None  # back before it fetched: it can still take part
+        if part is not None and part.status == ClientStatus.LOST and part.depth is None:
+            part.status, part.ended_t = ClientStatus.ASKED, None  # back before it fetched: it can still take part
 
     def _on_client_skipped(self, event: dict, t: float) -> None:
         view, part = self._part(event)
         if part is not None:
-            part.status, part.ended_t = "skipped", t
-        self._set_state(view, "skipped", t)
+            part.status, part.ended_t = ClientStatus.SKIPPED, t
+        self._set_state(view, ClientStatus.SKIPPED, t)
 
     # ------------------------------------------------------------ rounds
     def _on_round_started(self, event: dict, t: float) -> None:
@@ -370,8 +370,14 @@ class RunView:
     def _on_update_discarded(self, event: dict, t: float) -> None:
         view, part = self._part(event)
         if part is not None:
-            part.status, part.ended_t = "discarded", t
-        self._set_state(view, "discarded", t)
+            part.status, part.ended_t = ClientStatus.DISCARDED, t
+        self._set_state(view, ClientStatus.DISCARDED, t)
+
+    def _on_update_rejected(self, event: dict, t: float) -> None:
+        view, part = self._part(event)
+        if part is not None:
+            part.status, part.ended_t = ClientStatus.REJECTED, t
+        self._set_state(view, ClientStatus.REJECTED, t)
 
     def _on_round_closed(self, event: dict, t: float) -> None:
         index = int(event["round"])
@@ -394,7 +400,7 @@ class RunView:
             part.timings.update({k: number(row.get(k)) for k in TIMINGS if number(row.get(k)) is not None})
             view = self._client(cid)
             view.last = part
-            if part.status == "straggler" and view.state not in FINISHED:
+            if part.status == ClientStatus.STRAGGLER and view.state not in FINISHED:
                 self._set_state(view, "late", t)
 
     def _on_round_aggregated(self, event: dict, t: float) -> None:
@@ -411,7 +417,7 @@ class RunView:
         accuracy = {}
         for task, by_exit in (event.get("accuracy") or {}).items():
             accuracy[str(task)] = {int(layer): float(value) for layer, value in by_exit.items()
-                                   if number(value) is not None}
+                                   if str(layer).isdigit() and number(value) is not None}
         index = int(event["round"])
         self.evaluations[index] = Evaluation(index, self.trained_s(upto=index), accuracy, eval_s)
 
@@ -443,6 +449,14 @@ class RunView:
             if reached:
                 return evaluation.trained_s, evaluation.round, reached[0]
         return None
+
+
+# kinds the view has nothing to fold from (each is still kept among the recent events for a log panel)
+IGNORED = frozenset({
+    "late_update",  # the round it came for is closed: nothing changes (its message_dropped counts the drop)
+    "join_refused", "handshake_failed", "connection_closed",  # refusals of connections, not of a client's round
+})
+HANDLED = frozenset(kind for kind in KINDS if hasattr(RunView, f"_on_{kind}"))
 
 
 def fold(events) -> RunView:

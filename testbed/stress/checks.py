@@ -71,6 +71,12 @@ def completed(settings: spec.Completed, events: list[dict], facts: Facts) -> Ver
 # the aggregator's handling of an update it holds (decoding, checking and screening ~30 MB takes host time,
 # the longer the busier the host): a round that passed its deadline closes once the update in hand is handled
 HANDLING_KINDS = ("update_received", "update_rejected", "update_discarded", "late_update")
+# the kinds the checks judge by, and those none looks at (a step's trigger may still wait for any kind: spec.py)
+HANDLED = frozenset({"run_started", "run_resumed", *ENDINGS, "round_started", "round_closed", "round_aggregated",
+                     "evaluated", *HANDLING_KINDS, "client_ready", "client_lost", "client_rejoined",
+                     *spec.REFUSAL_KINDS})
+IGNORED = frozenset({"dilation_changed", "client_joined", "client_state", "client_progress", "client_skipped",
+                     "client_left", "model_sent", "handshake_failed", "connection_closed"})
 
 
 def waited_s(events: list[dict]) -> dict[int, tuple[float, float]]:

@@ -40,18 +40,13 @@ from testbed.config.overrides import SOURCE as OVERRIDE_SOURCE
 from testbed.config.schema import MAX_FLEET, Scenario
 from testbed.config.yamlio import read_mapping
 from testbed.errors import ConfigError
+from testbed.event_kinds import KINDS
 from testbed.stress.steps import WEEK_S, ImpersonateStep, Step, TargetedStep
 
 Problems = Iterator[tuple[str, str]]
 
-# Events the aggregator writes (testbed/aggregator/server.py); triggers match on them.
-EVENT_KINDS = (
-    "run_started", "run_resumed", "client_joined", "client_ready", "client_state", "round_started",
-    "model_sent", "client_progress", "update_received", "update_rejected", "update_discarded", "late_update",
-    "round_closed", "round_aggregated", "evaluated", "client_lost", "client_rejoined", "client_left",
-    "client_skipped", "message_dropped", "dilation_changed", "run_finished", "run_interrupted", "run_failed",
-    "join_refused", "handshake_failed", "connection_closed",
-)
+# Events a run writes (testbed/event_kinds.py declares them); triggers match on them.
+EVENT_KINDS = tuple(KINDS)
 # Events by which the aggregator refuses a message; each names the client the message `claimed` to be.
 REFUSAL_KINDS = ("message_dropped", "join_refused")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names a results directory
