@@ -11,7 +11,7 @@ dilation: round lengths, deadlines, link and compute phases); HOST seconds are w
 (evaluation, aggregation, CPU seconds of local training). A field's comment names its clock.
 
 Fields come in three sorts, so that files written by older versions still read:
-- `name: T`: always written; an event without it is malformed.
+- `name: T = required()`: always written; an event without it is malformed.
 - `name: T`: always written, but readers accept an event without it (files written
   before the field existed, events written by hand).
 - `name: T | None = None`: written only when the emitter gives it; absent means what its comment says.
