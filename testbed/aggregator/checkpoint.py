@@ -222,5 +222,5 @@ def _read_state(run_dir: Path, meta: dict) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             return {key.replace("/", "."): arrays[key] for key in arrays.files}
-    except Exception as error:  # noqa: BLE001  (zipfile, NumPy and OS errors alike: the file is corrupt)
+    except Exception as error:
         raise CheckpointRefused(f"{shown} is corrupt ({type(error).__name__}: {error})") from None

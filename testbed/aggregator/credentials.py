@@ -21,17 +21,17 @@ class Credentials:
         self._secrets = secrets or {}  # token: client id -> its token; curve: client id -> its z85 public key
 
     @classmethod
-    def tokens(cls, tokens: dict[str, str]) -> "Credentials":
+    def tokens(cls, tokens: dict[str, str]) -> Credentials:
         return cls("token", dict(tokens))
 
     @classmethod
-    def curve(cls, directory: Path) -> "Credentials":
+    def curve(cls, directory: Path) -> Credentials:
         from testbed.transport.keys import authorized_keys
 
         return cls("curve", authorized_keys(Path(directory)))
 
     @classmethod
-    def none(cls) -> "Credentials":
+    def none(cls) -> Credentials:
         return cls("none")
 
     def refusal(self, client_id: str, body: dict, user_id: str | None) -> str | None:

@@ -34,7 +34,7 @@ class Fleet:
     bound: dict[bytes, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, clients: dict[str, ClientSpec]) -> "Fleet":
+    def of(cls, clients: dict[str, ClientSpec]) -> Fleet:
         return cls({cid: ClientRecord(spec) for cid, spec in clients.items()})
 
     def known(self, client_id: str) -> bool:

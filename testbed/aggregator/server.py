@@ -13,8 +13,16 @@ import numpy as np
 import torch
 import zmq
 
-from testbed.aggregator.checkpoint import (POINTER, RUN_FILE, Checkpoint, CheckpointRefused, load_checkpoint,
-                                           read_run_identity, save_checkpoint, write_run_identity)
+from testbed.aggregator.checkpoint import (
+    POINTER,
+    RUN_FILE,
+    Checkpoint,
+    CheckpointRefused,
+    load_checkpoint,
+    read_run_identity,
+    save_checkpoint,
+    write_run_identity,
+)
 from testbed.aggregator.credentials import Credentials
 from testbed.aggregator.fleet import Fleet
 from testbed.aggregator.global_model import GlobalModel
@@ -28,11 +36,34 @@ from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
 from testbed.emulation.dilation import fleet_dilation, raised
 from testbed.errors import UserError
-from testbed.event_kinds import (ClientJoined, ClientLeft, ClientLost, ClientProgress, ClientReady, ClientRejoined,
-                                 ClientSkipped, ClientState, ClientStatus, DilationChanged, Evaluated, LateUpdate,
-                                 ModelSent, RoundAggregated, RoundClientRow, RoundClosed, RoundStarted, RunEnded,
-                                 RunFailed, RunFinished, RunInterrupted, RunResumed, RunStarted, UpdateDiscarded,
-                                 UpdateReceived, UpdateRejected)
+from testbed.event_kinds import (
+    ClientJoined,
+    ClientLeft,
+    ClientLost,
+    ClientProgress,
+    ClientReady,
+    ClientRejoined,
+    ClientSkipped,
+    ClientState,
+    ClientStatus,
+    DilationChanged,
+    Evaluated,
+    LateUpdate,
+    ModelSent,
+    RoundAggregated,
+    RoundClientRow,
+    RoundClosed,
+    RoundStarted,
+    RunEnded,
+    RunFailed,
+    RunFinished,
+    RunInterrupted,
+    RunResumed,
+    RunStarted,
+    UpdateDiscarded,
+    UpdateReceived,
+    UpdateRejected,
+)
 from testbed.events import EventLog, read_events
 from testbed.model.early_exit import exit_depth
 from testbed.model.state import group_of
@@ -40,8 +71,14 @@ from testbed.model.train import round_samples
 from testbed.strategies import make_strategy
 from testbed.strategies.selection import round_rule
 from testbed.transport.endpoint import Received, Router, identity_text
-from testbed.transport.messages import CHANNELS, HEARTBEAT_STATES, capped
-from testbed.transport.messages import Message, MessageRejected, check_tensors
+from testbed.transport.messages import (
+    CHANNELS,
+    HEARTBEAT_STATES,
+    Message,
+    MessageRejected,
+    capped,
+    check_tensors,
+)
 
 log = logging.getLogger("testbed.aggregator")
 POLL_S = 0.2  # seconds: how often the serve loop checks liveness and deadlines

@@ -25,7 +25,6 @@ from testbed.model.early_exit import exit_loss
 from testbed.model.state import load_partial_state, partial_state, state_bytes
 from testbed.model.train import make_optimizer
 
-
 PROBE_BATCH = 4  # clips per measured step
 
 

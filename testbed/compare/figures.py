@@ -5,9 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from testbed.compare.metrics import (TARGET_MARGIN, TARGET_STRATEGY, costs_vs_full, error_table, mean_curve,
-                                     mean_std, pool_depths, relative_depth_costs, run_metrics, targets,
-                                     time_to_target)
+from testbed.compare.metrics import (
+    TARGET_MARGIN,
+    TARGET_STRATEGY,
+    costs_vs_full,
+    error_table,
+    mean_curve,
+    mean_std,
+    pool_depths,
+    relative_depth_costs,
+    run_metrics,
+    targets,
+    time_to_target,
+)
 
 CENTRALIZED = "centralized"  # not a strategy: the baseline with all data in one process
 FINISHED = "finished"  # only finished runs enter the tables; the others are listed

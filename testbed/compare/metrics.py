@@ -11,8 +11,8 @@ import statistics
 from collections.abc import Iterable, Mapping
 
 from testbed.model.early_exit import exit_depth
-from testbed.monitor.metrics import DepthTotals, depth_totals, run_figures
 from testbed.monitor import state
+from testbed.monitor.metrics import DepthTotals, depth_totals, run_figures
 from testbed.monitor.state import RunView, fold
 
 # a run is read through the view the dashboard and the report fold it into

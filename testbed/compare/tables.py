@@ -114,5 +114,5 @@ def markdown(figures: dict) -> str:
         lines += ["`centralized` is the baseline with all of the fleet's data in one process: its times are this "
                   "host's wall seconds of training, with no device or link emulation, and it moves no bytes.", ""]
     for section in (error_lines, cost_lines, depth_lines, run_lines):
-        lines += section(figures) + [""]
+        lines += [*section(figures), ""]
     return "\n".join(lines)

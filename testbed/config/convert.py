@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import itertools
 import math
 import numbers
 import operator
@@ -76,7 +77,7 @@ def members(tp: Any) -> tuple:
 def strip_none(tp: Any) -> Any:
     """`X | None` -> X; other types unchanged."""
     rest = tuple(m for m in members(tp) if m is not NoneType)
-    return rest[0] if len(rest) == 1 else Union[rest]
+    return rest[0] if len(rest) == 1 else functools.reduce(operator.or_, rest)
 
 
 def join_path(path: str, key: Any) -> str:
@@ -215,7 +216,7 @@ def _to_tuple(tp: Any, value: Any, source: str, path: str, rules: Mapping) -> tu
     if rules.get("nonempty") and not items:
         raise ConfigError(source, path,
                           f"must not be empty (expected {describe(tp, rules)}, with at least one item)")
-    if rules.get("increasing") and any(b <= a for a, b in zip(items, items[1:])):
+    if rules.get("increasing") and any(b <= a for a, b in itertools.pairwise(items)):
         shown = ", ".join(map(number_text, items[:8])) + (", ..." if len(items) > 8 else "")
         raise ConfigError(source, path, f"must be strictly increasing, got [{shown}]")
     return items

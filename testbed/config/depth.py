@@ -33,7 +33,7 @@ def known_depth(name: str) -> int | None:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(name, "config.json")
-    except Exception:  # noqa: BLE001 - not a valid repo id, or no hub library: the run's load will say
+    except Exception:
         return None
     return _layers_in(Path(cached)) if isinstance(cached, str) else None
 

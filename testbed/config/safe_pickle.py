@@ -60,5 +60,5 @@ def load_plain(data: bytes) -> Any:
         return PlainDataUnpickler(io.BytesIO(data)).load()
     except UnsafePickleError:
         raise
-    except Exception as error:  # noqa: BLE001 - a corrupt pickle raises anything from EOFError to SystemError
+    except Exception as error:
         raise UnreadablePickleError(type(error).__name__) from None

@@ -60,7 +60,7 @@ def load_waveforms(utterances, clip_seconds: float = 1.0,
     by the file list, sizes and mtimes. A cached array comes back memory-mapped read-only, so
     processes that need a few rows (a client's shard) read only those pages."""
     paths = [Path(u.path) for u in utterances]
-    clip_samples = int(round(clip_seconds * sample_rate))
+    clip_samples = round(clip_seconds * sample_rate)
     cache_file = cache_dir() / "waveforms" / f"{_cache_key(paths, sample_rate, clip_samples)}.npy"
     if cache_file.exists():
         try:

@@ -4,9 +4,9 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from testbed.errors import DataError, UserError
 

@@ -1,7 +1,7 @@
 """Held-out test splits and client partitions (IID, by speaker, Dirichlet label skew), seeded."""
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

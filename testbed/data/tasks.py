@@ -10,9 +10,9 @@ Held-out evaluation differs per task:
 The `test_speaker_fraction` argument is that fraction in both cases.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from testbed.emulation.kernel_cgroup import ClientCgroup, cgroup_problems, current_layout, remove_stale_cgroups
+from testbed.emulation.kernel_cgroup import (
+    ClientCgroup,
+    cgroup_problems,
+    current_layout,
+    remove_stale_cgroups,
+)
 from testbed.emulation.kernel_net import ClientNetwork, network_problem, remove_stale_networks
 
 

@@ -19,8 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.emulation.kernel_common import (OWNER_PREFIX, KernelBackendError, check_name, not_root_hint,
-                                             owner_alive)
+from testbed.emulation.kernel_common import (
+    OWNER_PREFIX,
+    KernelBackendError,
+    check_name,
+    not_root_hint,
+    owner_alive,
+)
 from testbed.errors import UserError
 
 log = logging.getLogger("testbed.emulation")

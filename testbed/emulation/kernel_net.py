@@ -30,8 +30,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.emulation.kernel_common import (OWNER_PREFIX, KernelBackendError, check_name, command_succeeds,
-                                             not_root_hint, owner_alive, run_command)
+from testbed.emulation.kernel_common import (
+    OWNER_PREFIX,
+    KernelBackendError,
+    check_name,
+    command_succeeds,
+    not_root_hint,
+    owner_alive,
+    run_command,
+)
 from testbed.errors import UserError
 
 log = logging.getLogger("testbed.emulation")
@@ -307,7 +314,7 @@ def remove_stale_networks() -> list[str]:
             match = NETNS_NAME.fullmatch(entry.name)
             if match and not owner_alive(int(match[1])):
                 _remove_stale(f"netns {entry.name}", ["ip", "netns", "del", entry.name], removed,
-                              gone=lambda: not entry.exists())
+                              gone=lambda entry=entry: not entry.exists())
     # A veth outlives `ip netns del` while a process still runs in its namespace (and for the moment
     # the kernel takes to dismantle a namespace otherwise): delete those by name.
     for line in run_command(["ip", "-o", "link", "show", "type", "veth"]).splitlines():
@@ -315,7 +322,7 @@ def remove_stale_networks() -> list[str]:
         match = VETH_NAME.fullmatch(interface)
         if match and not owner_alive(int(match[1])):
             _remove_stale(f"link {interface}", ["ip", "link", "del", interface], removed,
-                          gone=lambda: not command_succeeds(["ip", "link", "show", "dev", interface]))
+                          gone=lambda interface=interface: not command_succeeds(["ip", "link", "show", "dev", interface]))
     return removed
 
 

@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-import torch  # noqa: F401  (preloaded: the expensive import happens once, in the fork server)
-import transformers.models.hubert.modeling_hubert  # noqa: F401
-import transformers.models.wav2vec2.modeling_wav2vec2  # noqa: F401
+import torch
+import transformers.models.hubert.modeling_hubert
+import transformers.models.wav2vec2.modeling_wav2vec2
 import transformers.models.wavlm.modeling_wavlm  # noqa: F401
 
-import testbed.aggregator.server  # noqa: F401
+import testbed.aggregator.server
 import testbed.client.local  # noqa: F401
 from testbed.launch.processes import die_with_parent, log_to
 

@@ -15,8 +15,8 @@ from testbed.aggregator.checkpoint import write_run_identity
 from testbed.config.convert import to_data
 from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
-from testbed.errors import UserError
 from testbed.emulation.dilation import fleet_dilation
+from testbed.errors import UserError
 from testbed.event_kinds import RunFailed, RunInterrupted
 from testbed.events import ENDINGS, EventLog, read_events
 from testbed.launch.limits import KernelLimits

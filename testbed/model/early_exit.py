@@ -46,7 +46,7 @@ class EarlyExitModel(nn.Module):
         config = backbone.config
         self.num_layers: int = config.num_hidden_layers
         self.exits = tuple(exits) if exits else default_exits(self.num_layers)
-        if any(b <= a for a, b in zip(self.exits, self.exits[1:])) or not 1 <= self.exits[0] \
+        if any(b <= a for a, b in zip(self.exits, self.exits[1:])) or not self.exits[0] >= 1 \
                 or self.exits[-1] > self.num_layers:
             raise ValueError(f"exits {self.exits} must be strictly increasing within 1..{self.num_layers}")
         self.family: str = config.model_type

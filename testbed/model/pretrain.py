@@ -125,13 +125,14 @@ def corpus_waveforms(corpus_seed: int, **corpus_params) -> torch.Tensor:
     return torch.from_numpy(np.array(load_waveforms(utterances, clip_seconds=1.0)))  # in memory: read every step
 
 
-def pretrained_tiny(settings: PretrainSettings = PretrainSettings(), progress: bool = True, force: bool = False):
+def pretrained_tiny(settings: PretrainSettings | None = None, progress: bool = True, force: bool = False):
     """The SSL-pretrained tiny backbone from the cache, pretraining it first if absent.
 
     Cached per settings and per corpus: a different built-in corpus means a different backbone.
     """
     from testbed.data.synth import corpus_cache_path
 
+    settings = settings or PretrainSettings()
     corpus_params = settings.corpus_params()
     corpus = corpus_cache_path(settings.corpus_seed, **corpus_params).name
     target = cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"

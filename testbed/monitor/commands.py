@@ -18,7 +18,7 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number (expected an accuracy in (0, 1], e.g. 0.8)")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number (expected an accuracy in (0, 1], e.g. 0.8)") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{value} is not in (0, 1] (an accuracy, e.g. 0.8 for 80 %)")
     return value
@@ -28,7 +28,7 @@ def _speed(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number (expected a factor > 0, e.g. 10)")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number (expected a factor > 0, e.g. 10)") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value} must be > 0 (1 = as fast as the run went, 10 = ten times faster)")
     return value

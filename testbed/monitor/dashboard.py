@@ -8,7 +8,7 @@ centralized baseline), and it says which.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderResult

@@ -5,8 +5,8 @@ from __future__ import annotations
 import atexit
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 from rich.live import Live

@@ -112,8 +112,8 @@ def depths(view: RunView, path: Path) -> Path:
         if not points:
             continue
         drawn = True
-        line = ax.plot([i for i, _ in points], [p.depth + offsets[cid] for _, p in points], marker="o",
-                       markersize=4, linewidth=1, label=cid)[0]
+        ax.plot([i for i, _ in points], [p.depth + offsets[cid] for _, p in points], marker="o",
+                       markersize=4, linewidth=1, label=cid)
         missed = [(i, p.depth + offsets[cid]) for i, p in points if p.status in LATE]
         if missed:
             ax.scatter(*zip(*missed), marker="x", s=60, color="red", zorder=3)

@@ -71,7 +71,7 @@ def _summary_section(view: RunView, figures: dict) -> list[str]:
 def _accuracy_section(view: RunView, target: float | None, figure: Path) -> list[str]:
     lines = ["", "## Accuracy", ""]
     if not view.evaluations:
-        return lines + ["No evaluation yet.", "", f"![accuracy](plots/{figure.name})"]
+        return [*lines, "No evaluation yet.", "", f"![accuracy](plots/{figure.name})"]
     last = view.evaluations[max(view.evaluations)]
     layers = sorted({layer for by_exit in last.accuracy.values() for layer in by_exit})
     rows = [[task, *(_fmt(last.accuracy[task].get(layer), ".1%") for layer in layers)]
@@ -88,7 +88,7 @@ def _accuracy_section(view: RunView, target: float | None, figure: Path) -> list
                      if reached
                      else f"; has not reached {target:.0%}")
         lines.append(line)
-    return lines + ["", f"![accuracy](plots/{figure.name})"]
+    return [*lines, "", f"![accuracy](plots/{figure.name})"]
 
 
 def _rounds_section(view: RunView, figures: dict[str, Path]) -> list[str]:
@@ -154,7 +154,7 @@ def build_report_or_warn(run_dir: Path) -> Path | None:
     results are already on disk; `testbed report RUN_DIR` can try again)."""
     try:
         return build_report(run_dir)
-    except Exception as error:  # noqa: BLE001 - whatever breaks in plotting must not cost the run
+    except Exception as error:
         log.warning("could not write the report of %s (%s: %s); retry with `testbed report %s`",
                     run_dir, type(error).__name__, error, run_dir)
         return None

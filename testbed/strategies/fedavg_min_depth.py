@@ -9,7 +9,7 @@ global value. The depth is min over the fleet's depth caps, given once through `
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from testbed.strategies.base import Strategy
 

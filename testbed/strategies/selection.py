@@ -23,7 +23,8 @@ Contract for the aggregator's round loop (`round_rule` builds the scenario's rul
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 

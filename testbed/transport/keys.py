@@ -18,7 +18,6 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from testbed.errors import UserError
 
-
 PRIVATE_DIR = 0o700  # key folders: their owner alone may list or enter them
 PRIVATE_FILE = 0o600  # secret keys: their owner alone may read them
 
