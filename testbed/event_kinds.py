@@ -102,6 +102,7 @@ class RunStarted(Event, kind="run_started"):
     address: str | None = None  # the aggregator's router address
     max_message_bytes: int | None = None  # the largest message the router accepts
     backend: str | None = None  # how devices are emulated (emulation backend)
+    clock: str | None = None  # how emulated time passes: real or events (None: a run from before the choice, real)
     auth: str | None = None  # what binds a connection to a client id: tokens, curve or none
     # the centralized baseline only (its clock counts host seconds, undilated)
     strategy: str | None = None  # "centralized"

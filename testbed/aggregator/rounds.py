@@ -62,6 +62,10 @@ class Round:
     deadline_s: float | None  # None: the round waits for every selected client (fedavg_full)
     rows: dict[str, ClientRow] = field(default_factory=dict)
     updates: list[ClientUpdate] = field(default_factory=list)
+    # event clock (aggregator/timeline.py): the FETCH bytes of each client, and its UPDATE until the replay
+    # takes it, as (its emulated arrival, the message, its delivery)
+    fetch_bytes: dict[str, int] = field(default_factory=dict)
+    arrivals: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def deadline_t(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ from testbed.aggregator.refusals import Refusals
 from testbed.aggregator.rounds import ClientRow, Round, bookkeeping_fault
 from testbed.aggregator.sanity import UpdateScreen, check_of
 from testbed.aggregator.summary import untrained
+from testbed.aggregator.timeline import Arrival, arrival, link_phases, replay_round
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
 from testbed.emulation.dilation import fleet_dilation, raised
@@ -116,7 +118,8 @@ class Aggregator:
         self.publisher = self.context.socket(zmq.PUB) if publish else None
         if self.publisher is not None:
             self.publisher.bind(publish)
-        self.events = EventLog(events_path, self.publisher, **_continuing(previous))
+        self.events = EventLog(events_path, self.publisher, **_continuing(previous), clock=self.scenario.emulation.clock)
+        self.event_clock = self.events.ticks is not None  # emulated time jumps: rounds are replayed (timeline.py)
         self.refusals = Refusals(self.events)  # every refusal an event, a flood of them a count
         strategy = self.scenario.strategy
         self.strategy = make_strategy(strategy.name, strategy.weighting)
@@ -126,7 +129,7 @@ class Aggregator:
                                strategy.over_selection)
         self.dilation = fleet_dilation(self.scenario, list(plan.clients.values()))
         # a kernel CPU quota was sized for this factor: raising it would desynchronise the two
-        self.fixed_dilation = fixed_dilation or self.scenario.emulation.dilation is not None
+        self.fixed_dilation = fixed_dilation or self.scenario.emulation.dilation is not None or self.event_clock
         self.events.set_dilation(self.dilation.factor)
         self.preferred: dict[str, int] = {}  # task -> exit layer, for tasks whose preferred exit is "auto"
         evaluations = [e for e in previous if e["kind"] == "evaluated" and e["round"] < self.first_round]
@@ -144,6 +147,7 @@ class Aggregator:
         self.records = Records(self.run_dir, accuracy_columns(sorted(plan.classes), self.model.exits))
         self.test_sets = self._test_sets()
         self.round: Round | None = None
+        self.busy_until: dict[str, float] = {}  # event clock: when each client's last upload ended (run time)
         self.dropped = 0
         self.screen = UpdateScreen(_layer_group)  # non-finite values, wrong shapes, norms far beyond the fleet's
         # the reference norms accepted updates set so far: they decide what the screen accepts next
@@ -190,7 +194,7 @@ class Aggregator:
         self.events.emit(RunStarted(
             scenario=self.scenario.name, rounds=self.scenario.rounds, pid=os.getpid(), first_round=self.first_round,
             address=self.router.address, max_message_bytes=self.router.max_bytes, dilation=self.dilation.to_event(),
-            backend=self.scenario.emulation.backend, auth=self.credentials.mode,
+            backend=self.scenario.emulation.backend, clock=self.scenario.emulation.clock, auth=self.credentials.mode,
             clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits)))
         try:
             if self.restored_dilation not in (None, self.events.dilation):
@@ -215,7 +219,11 @@ class Aggregator:
                 # 1. announce the round to every live client (a strategy may impose the depth)
                 self.round = self._start_round(index)
                 # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
-                self._serve_until(self._round_done, self.round.deadline_t)
+                if self.event_clock:  # every selected client reports, then the round is replayed in emulated time
+                    self._serve_until(self._round_done)
+                    self._replay_round()
+                else:
+                    self._serve_until(self._round_done, self.round.deadline_t)
                 summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
                 self.events.emit(RoundClosed(**summary, clients=[RoundClientRow(**row)
                                                                  for row in self.round.client_rows()]))
@@ -256,7 +264,10 @@ class Aggregator:
     def _wait_for_clients(self) -> None:
         needed = self.scenario.min_clients or len(self.fleet.records)  # later joiners join between rounds
         enough = lambda: sum(r.ready for r in self.fleet.records.values()) >= needed  # noqa: E731
-        self._serve_until(enough, self.events.now() + self.join_timeout_s)
+        if self.event_clock:  # the run's time stands still until round 1: wait in host seconds
+            self._serve_until(enough, wall_s=self.join_timeout_s)
+        else:
+            self._serve_until(enough, self.events.now() + self.join_timeout_s)
         if not self.fleet.active():
             joined = [cid for cid, r in self.fleet.records.items() if r.joined]
             raise UserError(f"no client became ready within {self.join_timeout_s:.0f} s ({len(joined)} joined; "
@@ -271,19 +282,41 @@ class Aggregator:
             round_.rows[cid] = ClientRow(cid, spec.profile.name, spec.task)
             forced = self.strategy.client_depth(0, full_depth)  # 0 = the client's own choice
             body = {"deadline_s": self.scenario.deadline_s, "depth": forced, "dilation": self.events.dilation,
-                    "preferred": self.preferred}
+                    "preferred": self.preferred, "started_t": round_.started_t}
             self._send_to(cid, Message("ROUND", cid, index, body))
         self.events.emit(RoundStarted(round=index, selected=list(round_.rows), deadline_s=round_.deadline_s))
         return round_
 
     def _round_done(self) -> bool:
         round_ = self.round
+        if self.event_clock:  # done when no selected client is still to report: the replay decides the rest
+            return all(cid in round_.arrivals for cid in round_.waiting_for())
         arrived = [update.client for update in round_.updates]
         elapsed = self.events.now() - round_.started_t
         return not round_.waiting_for() or self.rule.complete(list(round_.rows), arrived, elapsed)
 
-    def _serve_until(self, done, deadline_t: float) -> None:
-        while not done() and (left := deadline_t - self.events.now()) > 0:
+    def _replay_round(self) -> None:
+        """Event clock: take the round's updates in emulated order (timeline.py), moving the run's time to each."""
+        round_ = self.round
+
+        def take(update: Arrival) -> None:
+            self.events.advance_to(update.t)
+            message, received = round_.arrivals[update.client][1:]
+            self._take_update(message, received, round_.rows[update.client], update)
+
+        def complete(elapsed_s: float) -> bool:
+            return self.rule.complete(list(round_.rows), [u.client for u in round_.updates], elapsed_s)
+
+        arrivals = [pending[0] for pending in round_.arrivals.values()]
+        replay = replay_round(round_.started_t, round_.deadline_s, arrivals, take, complete)
+        for update in arrivals:  # a straggler is still uploading when the next round is announced
+            self.busy_until[update.client] = update.t
+        self.events.advance_to(replay.close_t)
+
+    def _serve_until(self, done, deadline_t: float = math.inf, wall_s: float = math.inf) -> None:
+        """Serve messages until `done()`, the run's clock reaches `deadline_t`, or `wall_s` host seconds passed."""
+        wall_deadline = time.monotonic() + wall_s
+        while not done() and (left := min(deadline_t - self.events.now(), wall_deadline - time.monotonic())) > 0:
             received = self.router.poll(min(POLL_S, left))
             while received is not None:  # drain the queue first: heartbeats may have piled up
                 self._handle(received)
@@ -448,8 +481,14 @@ class Aggregator:
         self.router.send(received.identity, Message("WELCOME", message.client, 0, {"run": run}, self.model.frontend()))
         if record.joined and record.pid == message.body["pid"]:
             return None  # a repeated JOIN (sent before our WELCOME reached it): welcomed again, not news
+        rebooted = record.joined  # a new process of a client that was here: what the old one was doing is gone
         record.joined, record.ready, record.pid = True, False, message.body["pid"]  # ready again once it says so
         record.left = False
+        row = self.round.rows.get(message.client) if self.round is not None and rebooted else None
+        if row is not None and row.status in (ClientStatus.ASKED, ClientStatus.FETCHED) \
+                and message.client not in self.round.arrivals:
+            row.status = ClientStatus.LOST  # it crashed this round: its ROUND went to the process that died
+            self.events.emit(ClientLost(client=message.client))
         self.events.emit(ClientJoined(client=message.client, pid=record.pid, profile=spec.profile.name,
                                       task=spec.task, link=spec.link.name))
 
@@ -497,6 +536,7 @@ class Aggregator:
         depth = message.body["depth"]
         if depth not in self.model.exits:
             return f"FETCH depth {depth} is not an exit (allowed: {list(self.model.exits)})"
+        self.round.fetch_bytes[message.client] = received.nbytes  # its uplink time, on the event clock
         tensors = self.model.tensors_for(depth, row.task)
         row.bytes_down = self.router.send(received.identity,
                                           Message("MODEL", message.client, message.round, {"depth": depth}, tensors))
@@ -508,8 +548,30 @@ class Aggregator:
         if row is None:
             self.events.emit(LateUpdate(client=message.client, round=message.round))
             return f"UPDATE from {message.client} for round {message.round}, which is closed"
-        if row.status != ClientStatus.FETCHED:
+        if row.status != ClientStatus.FETCHED or message.client in self.round.arrivals:
             return f"UPDATE from {message.client} for round {message.round} without a FETCH it was sent (or twice)"
+        if self.event_clock:  # taken when the round is replayed, at the emulated time computed here
+            self.round.arrivals[message.client] = (self._arrival(row, message, received), message, received)
+            return None
+        self._take_update(message, received, row)
+        return None
+
+    def _arrival(self, row: ClientRow, message: Message, received: Received) -> Arrival:
+        """When this update reaches us on the emulated timeline: its client's start, then its link's draws for
+        the bytes that crossed (ours to compute), then the compute time it reports (checked when taken)."""
+        spec = self.fleet.records[row.client].spec
+        download_s, upload_s = link_phases(spec.link, client_seed(self.scenario.seed, row.client), message.round,
+                                           self.round.fetch_bytes.get(row.client, 0), row.bytes_down, received.nbytes)
+        compute_s = message.body["timings"].get("compute_s") if isinstance(message.body["timings"], dict) else None
+        if not (isinstance(compute_s, (int, float)) and math.isfinite(compute_s) and compute_s >= 0):
+            compute_s = 0.0  # a bad claim: the update is rejected when taken, at this time
+        start_t = max(self.round.started_t, self.busy_until.get(row.client, -math.inf))
+        return arrival(row.client, start_t, download_s, float(compute_s), upload_s)
+
+    def _take_update(self, message: Message, received: Received, row: ClientRow,
+                     emulated: Arrival | None = None) -> None:
+        """Check one UPDATE, then record it as rejected, discarded or received (at the run's time now).
+        `emulated`: its arrival on the event clock's timeline, whose link phases replace the client's own."""
         # Every check comes before anything is recorded: an update refused here must not shape the screen's
         # reference nor the round; each refusal is an update_rejected event and the row's status.
         training = self.scenario.training
@@ -528,20 +590,23 @@ class Aggregator:
             self.events.emit(UpdateRejected(client=message.client, round=message.round, depth=row.depth,
                                             check=check_of(reason), reason=reason))
             log.warning("rejected the update of %s in round %d: %s", message.client, message.round, reason)
-            return None  # handled here: not also counted as a dropped message
+            return  # handled here: not also counted as a dropped message
         if not self.rule.accept(len(self.round.updates), self.events.now() - self.round.started_t):
             row.status, row.bytes_up = ClientStatus.DISCARDED, received.nbytes
             self.events.emit(UpdateDiscarded(client=message.client, round=message.round,
                                              reason="the round already has the updates it needs"))
-            return None  # not admitted to the screen either: only updates that count shape its reference
-        self.round.accept_update(row, message.body, message.tensors, received.nbytes, self.events.now())
+            return  # not admitted to the screen either: only updates that count shape its reference
+        body = message.body
+        if emulated is not None:  # the client's start lag and our link draws: accept_update derives the upload
+            lead_s = emulated.start_t - self.round.started_t + emulated.download_s + emulated.compute_s
+            body = {**body, "timings": {**body["timings"], "download_s": emulated.download_s, "elapsed_s": lead_s}}
+        self.round.accept_update(row, body, message.tensors, received.nbytes, self.events.now())
         self.screen.admit(message.client, screening.norms)
         self.events.emit(UpdateReceived(client=message.client, round=message.round, depth=row.depth,
                                         bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
                                         download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
                                         upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
                                         overshoot=row.overshoot))
-        return None
 
 
 def _continuing(previous: list[dict]) -> dict:

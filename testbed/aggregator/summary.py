@@ -61,6 +61,10 @@ def _host_seconds(events: list[dict]) -> float:
     return round(sum(last - first for first, last in spans), 3)
 
 
+def _speedup(emulated_s: float, host_s: float) -> float | None:
+    return round(emulated_s / host_s, 3) if host_s > 0 else None
+
+
 def _rejected(events: list[dict]) -> dict:
     """Updates refused by the sanity screen, in total and per check (non_finite, shape, norm, ...)."""
     checks = Counter(e.get("check", "?") for e in events if e["kind"] == "update_rejected")
@@ -122,6 +126,9 @@ def summarize(events: list[dict]) -> dict:
         "rounds_emulated_s": round(sum(rounds_s), 3),  # what time_budget_s counts
         "run_emulated_s": events[-1]["t"] if events else 0.0,  # the event clock at the end (evaluation included)
         "run_host_s": _host_seconds(events),
+        "clock": started.get("clock") or "real",  # how emulated time passed (testbed/emulation/clock.py)
+        # emulated seconds of rounds per host second: > 1, the run went faster than the devices would
+        "speedup": _speedup(sum(rounds_s), _host_seconds(events)),
         "round_emulated_s": {"mean": round(mean(rounds_s), 3), "max": round(max(rounds_s), 3)} if rounds_s else None,
         "eval_host_s": round(sum(e["eval_s"] for e in evaluations.values()), 3),
         "aggregate_host_s": round(sum(e.get("aggregate_s", 0.0) for e in aggregated.values()), 4),

@@ -18,7 +18,7 @@ import zmq
 from testbed.client.heartbeat import Heartbeat
 from testbed.client.timing import RoundTiming
 from testbed.emulation.availability import CRASH_EXIT_CODE
-from testbed.emulation.clock import RealClock
+from testbed.emulation.clock import Clock, EventClock, RealClock
 from testbed.emulation.injection import control_path
 from testbed.emulation.link import LinkModel, LinkShaper
 from testbed.emulation.memory import OOM_EXIT_CODE, OutOfMemory, release_free_memory
@@ -58,7 +58,7 @@ class ClientWorker:
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
         self.heartbeat: Heartbeat | None = None  # started once joined
         self.connect, self.curve_dir = connect, curve_dir
-        self.clock = RealClock()  # the device's time, from boot; WELCOME and ROUND set its dilation
+        self.clock: Clock = RealClock()  # the device's time, from boot; WELCOME picks the run's clock, ROUND its dilation
         self.device: Device | None = None  # built from WELCOME
         self.idle_timeout_s = join_timeout_s  # host seconds; until WELCOME says the round deadline
 
@@ -134,6 +134,8 @@ class ClientWorker:
 
         run = welcome.body["run"]
         device = become_device(run, welcome.tensors, self.control_file)
+        if device.session.scenario.emulation.clock == "events":
+            self.clock = EventClock()  # the real one counted from boot; this one reads the run's time from ROUND
         self.clock.set_dilation(float(run.get("dilation", 1.0)))
         self.dealer.shaper = LinkShaper(device.link, self.clock)  # links are shaped here with either backend
         self.idle_timeout_s = max(60.0, self.clock.host_s(10 * device.session.scenario.deadline_s))
@@ -183,6 +185,7 @@ class ClientWorker:
         """Take up what changed since the last round; returns when ROUND arrived (emulated seconds since boot)."""
         self.heartbeat.round = start.round
         self.clock.set_dilation(float(start.body.get("dilation", self.clock.dilation)))  # the aggregator may raise it
+        self.clock.catch_up(float(start.body.get("started_t", 0.0)))
         received = self.clock.now()
         self._take_up_injection()
         # link draws (jitter, loss) from this round's own seed, as the batch order: a client restarted by a resume

@@ -19,6 +19,7 @@ EXIT_POLICIES = tuple(POLICIES)  # the exit policies' registry (testbed/client/p
 PREFERRED_EXIT_AUTO = "auto"  # preferred_exits value: let the policy pick from measurements
 
 BACKENDS = ("user", "kernel", "auto")  # device emulation: auto = kernel where permitted
+CLOCKS = ("real", "events")  # how emulated time passes (testbed/emulation/clock.py)
 
 DATA_SOURCES = ("builtin", "speech_commands", "manifest", "fsdd")
 PARTITIONS = ("speaker", "dirichlet", "iid")
@@ -32,6 +33,7 @@ ALLOWED = {
     "weighting": WEIGHTINGS,
     "exit_policy": EXIT_POLICIES,
     "backend": BACKENDS,
+    "clock": CLOCKS,
     "data_source": DATA_SOURCES,
     "partition": PARTITIONS,
     "family": FAMILIES,

@@ -201,6 +201,10 @@ class EmulationSpec:
     """How profiles are imposed on this host (testbed/emulation/) and how emulated time maps onto wall time."""
 
     backend: str = setting("user", choices=names.BACKENDS, what="emulation backend")
+    # How emulated time passes (testbed/emulation/clock.py): "real" waits, dilation host seconds per
+    # emulated second; "events" jumps from event to event, so no process sleeps and dilation does
+    # not apply (a round costs the host only its real work).
+    clock: str = setting("real", choices=names.CLOCKS, what="emulated clock")
     # Wall seconds per emulated second. None = automatic: the fleet's CPU demand (sum of speed x
     # threads) over the host cores x headroom, at least 1. A fixed value below that makes clients
     # CPU-starved; the run then reports how far they fell behind their targets.
@@ -212,6 +216,11 @@ class EmulationSpec:
     # Below 10 % the automatic factor grows tenfold and more for nothing.
     headroom: float = setting(0.75, ge=0.1, le=1)
     host_cores: int | None = setting(None, ge=1, le=4096)  # None = the cores this process may run on
+
+    def problems(self) -> Problems:
+        if self.clock == "events" and self.dilation is not None:
+            yield "dilation", ("only applies to clock: real (the event clock makes no process wait, so it has "
+                               "no host seconds per emulated second); remove it or set clock: real")
 
 
 @dataclass(frozen=True, kw_only=True)

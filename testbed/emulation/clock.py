@@ -2,16 +2,15 @@
 
 Emulated seconds are the device's time; host seconds are what passes on this machine. Compute
 pacing (`throttle.py`), link transfers (`link.py`), a frozen device and the client's round timings
-all read and advance the same clock, so how time passes is decided in one place.
+all read and advance the same clock, so how time passes is decided in one place. A scenario picks
+the implementation with `emulation.clock` (docs/architecture.md, "Emulated time"):
 
-`RealClock`, the only implementation, lets time pass by really waiting: one emulated second lasts
-`dilation` host seconds. An event-driven clock would implement the same interface without any
-process sleeping: `now()` would read a counter, `advance` and `advance_to` would move it forward
-at once (work done meanwhile costs no emulated time, so compute would be billed exactly its
-CPU seconds / throughput), and `host_s` would bound waits for messages by something other than
-the dilation, since the peer's replies would then arrive as events rather than after a delay.
+- `RealClock` ("real") lets time pass by really waiting: one emulated second lasts `dilation` host
+  seconds, and the aggregator sees each update arrive when it really arrives.
+- `EventClock` ("events") is a counter that jumps: no process sleeps to emulate anything. Compute
+  costs its own CPU seconds / throughput, a transfer its link model's draw, and the aggregator
+  orders the round's arrivals by the emulated times it computes (`aggregator/timeline.py`).
 """
-
 from __future__ import annotations
 
 import time
@@ -39,6 +38,10 @@ class Clock(Protocol):
 
     def set_dilation(self, factor: float) -> None:
         """A new factor from now on (the aggregator raises it when the host falls behind)."""
+
+    def catch_up(self, run_t: float) -> None:
+        """The aggregator announced a round at run time `run_t` (emulated seconds): an event clock jumps
+        there, unless the device is still busy past it; a real clock's time has passed by itself."""
 
 
 class RealClock:
@@ -72,3 +75,48 @@ class RealClock:
         ahead = emulated_t - self.now()  # emulated seconds still to pass
         if ahead > 0:
             self.advance(ahead)
+
+    def catch_up(self, run_t: float) -> None:
+        pass  # counted from this process's boot, on the host's clock: nothing to move
+
+
+# Host seconds a wait for a peer may last under the event clock: replies stand for no emulated time
+# there, so only liveness bounds them (a round of 256 clients on 2 cores takes minutes of host time).
+EVENT_WAIT_S = 1800.0
+
+
+class EventClock:
+    """Emulated time as a counter: `advance` and `advance_to` move it at once, nothing sleeps.
+
+    Work done between two readings costs no emulated time by itself: a client bills its compute
+    explicitly (`throttle.py` advances the clock by CPU seconds / throughput), its transfers by the
+    link model's draws, and a round's start by the aggregator's announcement (`advance_to`).
+    """
+
+    dilation = 1.0  # no host time stands for emulated time: kept for the `Clock` interface
+
+    def __init__(self, start_t: float = 0.0, *, wait_s: float = EVENT_WAIT_S):
+        self._now = float(start_t)  # emulated seconds
+        self.wait_s = wait_s  # host seconds any wait for a message may last (liveness only)
+
+    def set_dilation(self, factor: float) -> None:
+        if factor != 1.0:
+            raise ValueError(f"the event clock has no dilation (got {factor}; it is 1 by construction)")
+
+    def now(self) -> float:
+        return self._now
+
+    def host_s(self, emulated_s: float) -> float:
+        return self.wait_s
+
+    def advance(self, emulated_s: float) -> None:
+        if not emulated_s >= 0:
+            raise ValueError(f"emulated time only moves forward (asked to advance by {emulated_s} s)")
+        self._now += emulated_s
+
+    def advance_to(self, emulated_t: float) -> None:
+        self._now = max(self._now, float(emulated_t))
+
+    def catch_up(self, run_t: float) -> None:
+        self.advance_to(run_t)  # the client's clock reads the run's time: the aggregator computes with the same
+

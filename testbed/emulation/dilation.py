@@ -75,6 +75,11 @@ def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile], concurrent
 
 def fleet_dilation(scenario: Scenario, clients: list[ClientSpec]) -> Dilation:
     """The run's initial factor (the launcher and the aggregator must agree on it)."""
+    if scenario.emulation.clock == "events":  # no process waits: emulated time costs no host time
+        cores = host_cores(scenario.emulation)
+        demand = sum(demand_cores(client.profile) for client in clients)
+        return Dilation(1.0, demand, cores, "none: the event clock bills compute and transfers instead of "
+                                            "waiting for them")
     strategy = scenario.strategy
     concurrent = (math.ceil(strategy.clients_per_round * strategy.over_selection - 1e-9)
                   if strategy.clients_per_round else None)

@@ -55,14 +55,15 @@ class ComputeThrottle:
         self._started = self.clock.now()
         self._target_before = 0.0
 
-    def _target(self) -> float:
-        """Emulated seconds the work done since start() should take on the device."""
-        return self._target_before + (time.process_time() - self._cpu0) / self.throughput
+    def _target(self, cpu_now: float | None = None) -> float:
+        """Emulated seconds the work done since start() (until `cpu_now`, host CPU seconds) should take."""
+        cpu_now = time.process_time() if cpu_now is None else cpu_now
+        return self._target_before + (cpu_now - self._cpu0) / self.throughput
 
-    def pace(self) -> None:
+    def pace(self, cpu_now: float | None = None) -> None:
         """Let the clock catch up with the work done so far."""
         if self.paced:
-            self.clock.advance_to(self._started + self._target())
+            self.clock.advance_to(self._started + self._target(cpu_now))
 
     def retune(self, throughput: float) -> None:
         """A new pace from now on (an injected slowdown); the work done so far keeps its old pace."""
@@ -70,6 +71,7 @@ class ComputeThrottle:
         self.throughput = throughput
 
     def finish(self) -> ThrottleReport:
-        self.pace()
-        return ThrottleReport(time.process_time() - self._cpu_start, self._target(),
+        cpu_now = time.process_time()  # one reading: the report's CPU and target seconds describe the same work
+        self.pace(cpu_now)
+        return ThrottleReport(cpu_now - self._cpu_start, self._target(cpu_now),
                               self.clock.now() - self._started, self.clock.dilation)

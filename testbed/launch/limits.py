@@ -38,14 +38,19 @@ class KernelLimits:
             log.info("removed a leftover of a crashed run: %s", leftover)
         support = probe_kernel_backend()
         self.cpu, self.memory = support.cpu, support.memory
+        if scenario.emulation.clock == "events" and self.cpu:
+            # a CPU quota paces real time; under the event clock compute is billed, not waited for
+            self.cpu = False
+            self.notes.append("clock: events: the kernel backend applies the memory limit alone "
+                              "(a CPU quota only means something in real time)")
         self.notes.append(f"{support.describe()}; links shaped in the transport"
                           + ("" if support.cpu and support.memory else "; the user backend does the rest"))
-        if support.cpu or support.memory:
+        if self.cpu or self.memory:
             from testbed.emulation.kernel_cgroup import ClientCgroup
 
             tag = run_dir.name[-32:].replace(" ", "_")
             for spec in clients:
-                cgroup = ClientCgroup(spec.client_id, demand_cores(spec.profile) / dilation if support.cpu else None,
+                cgroup = ClientCgroup(spec.client_id, demand_cores(spec.profile) / dilation if self.cpu else None,
                                       spec.profile.memory_mb if support.memory else None, run_tag=tag)
                 cgroup.create()
                 self.cgroups[spec.client_id] = cgroup

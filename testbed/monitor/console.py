@@ -37,7 +37,9 @@ def _run_line(event: dict) -> str:
         line = (f"run started: {event.get('scenario', '?')}, {event.get('rounds', '?')} rounds, "
                 f"{len(event.get('clients') or [])} clients, exits {event.get('exits', '?')}")
         dilation = event.get("dilation")
-        if isinstance(dilation, dict) and dilation.get("factor") is not None:
+        if event.get("clock") == "events":
+            line += ", event clock (nothing waits: compute and transfers are billed in emulated seconds)"
+        elif isinstance(dilation, dict) and dilation.get("factor") is not None:
             line += f", time dilation ×{dilation['factor']} ({dilation.get('reason', 'no reason given')})"
         return line + (f", {event['backend']} backend" if event.get("backend") else "")
     if kind == "run_resumed":
@@ -117,7 +119,9 @@ def line_for(event: dict) -> str | None:
 def outcome_lines(run_dir: Path, summary: dict, exit_code: int | None) -> list[str]:
     """What `testbed run` says last: the outcome, the final accuracy, where the results are."""
     accuracy = summary.get("final_accuracy") or {}
-    took = f"{summary.get('rounds_emulated_s', 0.0):.1f} s emulated ({summary.get('run_host_s', 0.0):.1f} s host)"
+    took = f"{summary.get('rounds_emulated_s', 0.0):.1f} s emulated ({summary.get('run_host_s', 0.0):.1f} s host"
+    speedup = summary.get("speedup")
+    took += f", {speedup:.2f} emulated s per host s, {summary.get('clock', 'real')} clock)" if speedup else ")"
     lines = [f"run {summary.get('status')}: {summary.get('rounds_completed')}/{summary.get('rounds_planned')} rounds "
              f"in {took}; final accuracy {json.dumps(accuracy)}; results in {run_dir}"]
     if exit_code not in (0, None, 130, -15):

@@ -1,0 +1,153 @@
+"""The event clock (`emulation.clock: events`): emulated time that jumps, rounds replayed in emulated order.
+
+Unit tests give the round logic hand-computed timelines; one run of real processes checks that a
+freeze, a crash and an offline window land where the emulated timeline puts them.
+"""
+
+import json
+import time
+
+import pytest
+
+from runs import events, run
+from testbed.aggregator.timeline import arrival, link_phases, replay_round
+from testbed.config.schema import LinkSpec
+from testbed.emulation.clock import EventClock
+from testbed.emulation.link import LinkModel, LinkShaper
+from testbed.emulation.throttle import ComputeThrottle
+from testbed.strategies.selection import Deadline, OverSelection, WaitForAll
+
+
+def replayed(rule, selected, times, started_t=100.0, refused=()):
+    """Replay arrivals at `times` (client -> emulated seconds after the start) under `rule`;
+    returns (clients taken in order, clients counted, late clients, close time after the start)."""
+    taken, counted = [], []
+
+    def take(update):
+        taken.append(update.client)
+        if update.client not in refused and rule.accept(len(counted), update.t - started_t):
+            counted.append(update.client)
+
+    arrivals = [arrival(client, started_t, 0.0, t, 0.0) for client, t in times.items()]
+    replay = replay_round(started_t, rule.deadline_s, arrivals, take,
+                          lambda elapsed: rule.complete(selected, counted, elapsed))
+    return taken, counted, [a.client for a in replay.late], replay.close_t - started_t
+
+
+def test_the_deadline_cuts_what_arrives_after_it_and_the_round_closes_at_it():
+    taken, counted, late, close = replayed(Deadline(10.0), ["a", "b", "c"], {"a": 12.0, "b": 3.0, "c": 7.5})
+    assert (taken, counted, late, close) == (["b", "c"], ["b", "c"], ["a"], 10.0)
+
+
+def test_everyone_in_before_the_deadline_closes_the_round_with_the_last_arrival():
+    taken, counted, late, close = replayed(Deadline(10.0), ["a", "b"], {"a": 4.0, "b": 9.0})
+    assert (counted, late, close) == (["a", "b"], [], 9.0)
+
+
+def test_over_selection_keeps_the_first_k_by_emulated_arrival_not_by_host_arrival():
+    # the dict's order stands for the order updates reached the aggregator in host time
+    rule = OverSelection(Deadline(60.0), k=2, factor=2.0)
+    taken, counted, late, close = replayed(rule, ["a", "b", "c", "d"], {"d": 30.0, "a": 41.0, "c": 5.0, "b": 29.0})
+    assert (counted, late, close) == (["c", "b"], ["d", "a"], 29.0)
+
+
+def test_ties_go_by_client_id_so_a_replay_never_depends_on_host_order():
+    rule = OverSelection(WaitForAll(), k=1)
+    assert replayed(rule, ["b", "a"], {"b": 2.0, "a": 2.0})[1] == ["a"]
+
+
+def test_a_refused_update_does_not_count_and_the_round_ends_with_the_last_arrival():
+    taken, counted, late, close = replayed(WaitForAll(), ["a", "b"], {"a": 3.0, "b": 8.0}, refused=("b",))
+    assert (taken, counted, late, close) == (["a", "b"], ["a"], [], 8.0)
+
+
+def test_a_round_without_arrivals_closes_when_announced():
+    assert replayed(Deadline(10.0), ["a"], {})[3] == 0.0
+
+
+def test_the_aggregator_draws_the_same_link_times_as_the_clients_shaper():
+    link = LinkSpec(name="4g", latency_ms=60, jitter_ms=20, downlink_mbps=20, uplink_mbps=8, loss=0.01)
+    clock = EventClock(50.0)
+    shaper = LinkShaper(LinkModel(link, [7, 3]), clock)  # what a client does at round 3
+    shaper.wait(180, "up")  # FETCH
+    after_fetch = clock.now()
+    shaper.wait(14_000_000, "down")  # MODEL
+    downloaded = clock.now()
+    shaper.wait(14_000_500, "up")  # UPDATE
+    download_s, upload_s = link_phases(link, 7, 3, 180, 14_000_000, 14_000_500)
+    assert after_fetch > 50.0
+    assert download_s == pytest.approx(downloaded - 50.0, abs=1e-12)
+    assert upload_s == pytest.approx(clock.now() - downloaded, abs=1e-12)
+
+
+def test_the_event_clock_jumps_and_never_goes_back():
+    clock = EventClock()
+    clock.advance(2.5)
+    clock.advance_to(1.0)
+    assert clock.now() == 2.5
+    clock.catch_up(40.0)  # a round announced at run time 40 s
+    assert clock.now() == 40.0
+    with pytest.raises(ValueError, match="only moves forward"):
+        clock.advance(-1.0)
+    with pytest.raises(ValueError, match="no dilation"):
+        clock.set_dilation(3.0)
+
+
+def test_compute_is_billed_its_cpu_seconds_over_the_throughput_without_sleeping():
+    clock = EventClock()
+    throttle = ComputeThrottle(0.1, clock)  # a device a tenth of a host core
+    started = time.monotonic()
+    throttle.start()
+    spin_until = time.process_time() + 0.2
+    while time.process_time() < spin_until:
+        pass
+    report = throttle.finish()
+    assert time.monotonic() - started < 1.0  # no duty cycle: the 2 emulated seconds cost no waiting
+    assert report.elapsed_s == pytest.approx(report.cpu_s / 0.1, rel=1e-3) and report.elapsed_s >= 2.0
+    assert report.overshoot == pytest.approx(1.0)
+
+
+def _profile(tmp_path, name: str, extra: str) -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ncores: 1\nthreads: 1\nspeed: 1.0\nmemory_mb: 4096\nlink: wifi\n"
+                    f"availability: {{online_probability: 1.0}}\n{extra}")
+    return str(path)
+
+
+def test_faults_and_offline_windows_land_where_the_emulated_timeline_puts_them(write_scenario, tmp_path):
+    """A freeze of 100 s makes its client miss every 20 s deadline (and start late: it is still busy); a crash
+    loses its client at once (its process reboots and joins again: the round does not wait for the dead
+    one); a device online the first 30 s of every minute skips the round announced at 40 s, which only
+    the deadline cuts put there."""
+    steady = _profile(tmp_path, "steady", "")
+    frozen = _profile(tmp_path, "frozen", "failure: {freeze_rate: 1.0, freeze_s: 100.0}\n")
+    crashing = _profile(tmp_path, "crashing", "failure: {crash_rate: 1.0}\n")
+    windowed = tmp_path / "windowed.yaml"
+    windowed.write_text(f"name: windowed\ncores: 1\nthreads: 1\nspeed: 1.0\nmemory_mb: 4096\nlink: wifi\n"
+                        "availability: {online_probability: 1.0, online_s: 30, offline_s: 30}\n")
+    out = tmp_path / "run"
+    scenario = write_scenario(rounds=3, deadline_s=20, eval_every=3, emulation="{clock: events}",
+                              fleet=f"[{{profile: {steady}}}, {{profile: {frozen}}}, {{profile: {crashing}}}, "
+                                    f"{{profile: {windowed}}}]")
+    result = run("run", str(scenario), "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = events(out)
+    assert next(e for e in log if e["kind"] == "run_started")["clock"] == "events"
+    closed = {e["round"]: e for e in log if e["kind"] == "round_closed"}
+    status = {(r, row["client"]): row["status"] for r, e in closed.items() for row in e["clients"]}
+    assert [closed[r]["started_t"] for r in (1, 2, 3)] == [0.0, 20.0, 40.0]  # each cut at its deadline
+    assert [closed[r]["wall_s"] for r in (1, 2, 3)] == [20.0, 20.0, 20.0]
+    assert [status[r, "c01"] for r in (1, 2, 3)] == ["straggler"] * 3
+    # the crashing client reboots (a new process joins) and crashes again in every round it is ready for
+    assert status[1, "c02"] == "lost" and all(status.get((r, "c02"), "lost") == "lost" for r in (2, 3))
+    assert [status[r, "c03"] for r in (1, 2, 3)] == ["updated", "updated", "skipped"]
+    assert [status[r, "c00"] for r in (1, 2, 3)] == ["updated"] * 3
+    for received in (e for e in log if e["kind"] == "update_received"):
+        started = closed[received["round"]]["started_t"]
+        # it arrives when its phases say, on the run's clock (the steady clients start when the round does)
+        phases = received["download_s"] + received["compute_s"] + received["upload_s"]
+        assert received["t"] == pytest.approx(started + phases, abs=2e-3)
+        assert received["overshoot"] == pytest.approx(1.0, abs=1e-3)  # billed exactly, never starved
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clock"] == "events" and summary["rounds_emulated_s"] == 60.0
+    assert summary["speedup"] == pytest.approx(60.0 / summary["run_host_s"], rel=0.01)
