@@ -151,3 +151,28 @@ def test_faults_and_offline_windows_land_where_the_emulated_timeline_puts_them(w
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clock"] == "events" and summary["rounds_emulated_s"] == 60.0
     assert summary["speedup"] == pytest.approx(60.0 / summary["run_host_s"], rel=0.01)
+
+
+def test_the_dashboard_does_not_run_an_event_clock_on_between_events_and_shows_the_speed_up():
+    from testbed.monitor.dashboard import header
+    from testbed.monitor.state import RunView
+
+    view = RunView()
+    view.apply({"seq": 0, "t": 0.0, "wall": 1000.0, "kind": "run_started", "scenario": "s", "rounds": 2, "exits": [1],
+                "clients": [], "dilation": {"factor": 1.0, "reason": "none"}, "clock": "events"})
+    view.apply({"seq": 1, "t": 50.0, "wall": 1010.0, "kind": "round_started", "round": 1, "selected": [],
+                "deadline_s": 60.0})
+    assert view.run_seconds_at(1100.0) == 50.0  # a real clock would have run on by 90 s / its dilation
+    assert view.speedup() == pytest.approx(5.0)
+    assert "event clock, 5 s per host s" in header(view, view.t).plain
+
+
+def test_a_stress_test_under_the_event_clock_is_refused_with_one_line(tmp_path):
+    from testbed.errors import ConfigError
+    from testbed.stress.spec import load_stress
+
+    stress = tmp_path / "s.yaml"
+    stress.write_text("name: s\nscenario: {inline: {name: t, backbone: {name: debug}, fleet: [{profile: laptop}],\n"
+                      "  emulation: {clock: events}}}\nchecks: {completed: true}\n")
+    with pytest.raises(ConfigError, match="emulation.clock.*not supported by stress tests yet"):
+        load_stress(stress)

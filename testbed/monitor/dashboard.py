@@ -129,7 +129,10 @@ def header(view: RunView, now_t: float) -> Text:
         text.append(f"· round {view.current}/{view.rounds_planned or '?'} ")
     text.append(f"· {clock_time(now_t)} {view.clock} · ")
     text.append(view.status, style=STATUS_STYLES.get(view.status, "white"))
-    if view.dilation:
+    if view.event_clock:
+        speedup = view.speedup()
+        text.append(" · event clock" + (f", {speedup:.3g} s per host s" if speedup else ""), style="yellow")
+    elif view.dilation:
         text.append(f" · time ×{view.dilation['factor']:.3g}", style="yellow")
     if view.backend:
         text.append(f" · {view.backend} backend")

@@ -137,6 +137,8 @@ class RunView:
     dilation: dict | None = None  # {"factor": float, "reason": str} when the run stretches time
     dilations: list[tuple[float, float]] = field(default_factory=list)  # (event clock, factor) of every change
     backend: str | None = None  # emulation backend, when the run names it
+    # emulation.clock: events: emulated time jumps from event to event, so nothing runs between events
+    event_clock: bool = False
     clients: dict[str, ClientView] = field(default_factory=dict)
     rounds: dict[int, RoundView] = field(default_factory=dict)  # a resumed run's repeated round replaces the first
     current: int | None = None  # the latest round started
@@ -205,10 +207,14 @@ class RunView:
     def run_seconds_at(self, unix_time: float) -> float:
         """The event clock (emulated s) at `unix_time`, extrapolated from the latest event (a dilated clock runs
         slower)."""
-        if self.wall is None or self.ended:
+        if self.wall is None or self.ended or self.event_clock:
             return self.t
         factor = (self.dilation or {}).get("factor") or 1.0
         return self.t + max(0.0, unix_time - self.wall) / factor
+
+    def speedup(self) -> float | None:
+        """Emulated seconds per host second so far (> 1: faster than the devices would be); None before any."""
+        return self.t / self.host_s if self.host_s > 0 and self.clock == "emulated" else None
 
     def round_view(self) -> RoundView | None:
         return self.rounds.get(self.current) if self.current is not None else None
@@ -246,6 +252,7 @@ class RunView:
         self.rounds_planned = event.get("rounds", self.rounds_planned)
         self.exits = [int(layer) for layer in event.get("exits") or self.exits]
         self.backend = event.get("backend", self.backend)
+        self.event_clock = event.get("clock") == "events"
         if event.get("strategy") == "centralized":  # the baseline trains on this host, undilated, nothing emulated
             self.clock = "host"
         if isinstance(event.get("dilation"), dict):
