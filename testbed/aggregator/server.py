@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -61,7 +62,6 @@ from testbed.event_kinds import (
     RunResumed,
     RunStarted,
     UpdateDiscarded,
-    UpdateReceived,
     UpdateRejected,
 )
 from testbed.events import EventLog, read_events
@@ -113,8 +113,9 @@ class Aggregator:
         # what binds a connection to a client id: the launcher's tokens, the CURVE keys, or (loopback) nothing
         self.credentials = (Credentials.curve(curve_dir) if curve_dir is not None else
                             Credentials.tokens(tokens) if tokens is not None else Credentials.none())
-        self.publisher = self.context.socket(zmq.PUB) if publish else None
-        if self.publisher is not None:
+        self.publisher: zmq.Socket | None = None
+        if publish:
+            self.publisher = self.context.socket(zmq.PUB)
             self.publisher.bind(publish)
         self.events = EventLog(events_path, self.publisher, **_continuing(previous))
         self.refusals = Refusals(self.events)  # every refusal an event, a flood of them a count
@@ -215,13 +216,13 @@ class Aggregator:
                 # 1. announce the round to every live client (a strategy may impose the depth)
                 self.round = self._start_round(index)
                 # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
-                self._serve_until(self._round_done, self.round.deadline_t)
+                self._serve_until(functools.partial(self._round_done, self.round), self.round.deadline_t)
                 summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
                 self.events.emit(RoundClosed(**summary, clients=[RoundClientRow(**row)
                                                                  for row in self.round.client_rows()]))
                 self.rounds_s += summary["wall_s"]
                 ending = self.scenario.ending(index, self.rounds_s)
-                self._check_dilation()
+                self._check_dilation(self.round)
                 # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
                 started = time.perf_counter()
                 updates = sorted(self.round.updates, key=lambda u: u.client)  # arrival order must not matter
@@ -276,8 +277,7 @@ class Aggregator:
         self.events.emit(RoundStarted(round=index, selected=list(round_.rows), deadline_s=round_.deadline_s))
         return round_
 
-    def _round_done(self) -> bool:
-        round_ = self.round
+    def _round_done(self, round_: Round) -> bool:
         arrived = [update.client for update in round_.updates]
         elapsed = self.events.now() - round_.started_t
         return not round_.waiting_for() or self.rule.complete(list(round_.rows), arrived, elapsed)
@@ -295,9 +295,9 @@ class Aggregator:
                 if self.round is not None and cid in self.round.waiting_for():
                     self.round.rows[cid].status = ClientStatus.LOST
 
-    def _check_dilation(self) -> None:
-        """Raise an automatic dilation when a client fell behind its compute target (CPU-starved)."""
-        overshoots = [row.overshoot for row in self.round.rows.values() if row.overshoot is not None]
+    def _check_dilation(self, round_: Round) -> None:
+        """Raise an automatic dilation when a client of `round_` fell behind its compute target (CPU-starved)."""
+        overshoots = [row.overshoot for row in round_.rows.values() if row.overshoot is not None]
         if self.fixed_dilation or not overshoots:
             return
         factor = raised(self.events.dilation, max(overshoots))
@@ -305,7 +305,7 @@ class Aggregator:
             self.events.emit(DilationChanged(
                 factor=round(factor, 4), previous=round(self.events.dilation, 4),
                 reason=f"a client took {max(overshoots):.2f}x its compute target in round "
-                       f"{self.round.index}: the host could not give the fleet the CPU it asks for"))
+                       f"{round_.index}: the host could not give the fleet the CPU it asks for"))
             self.events.set_dilation(factor)
 
     def _evaluate(self, index: int) -> dict:
@@ -358,13 +358,13 @@ class Aggregator:
         identity = identity_text(received.identity)
         self.refusals.refuse("message_dropped", reason, identity, identity=identity, **self._parties(received))
 
-    def _refuse_join(self, received: Received, reason: str) -> None:
-        """A JOIN that proves nothing: a join_refused event; a new connection is told why (so a misconfigured
-        client stops at once), and is never welcomed."""
+    def _refuse_join(self, received: Received, join: Message, reason: str) -> None:
+        """A JOIN (`join`, the message `received`) that proves nothing: a join_refused event; a new connection is
+        told why (so a misconfigured client stops at once), and is never welcomed."""
         identity = identity_text(received.identity)
         self.refusals.refuse("join_refused", reason, identity, identity=identity, **self._parties(received))
         if received.identity not in self.fleet.bound:
-            claimed = received.message.client
+            claimed = join.client
             self.router.send(received.identity, Message("BYE", claimed, 0, {"reason": f"JOIN refused: {reason}"}),
                              wait=False)
 
@@ -379,12 +379,13 @@ class Aggregator:
 
     def _handle(self, received: Received) -> None:
         if received.message is None:
+            assert received.reason is not None  # a Received holds a message, or why it was rejected
             return self._drop(received, received.reason)
         message = received.message
         bound = self.fleet.bound.get(received.identity)  # (client id, channel) its JOIN proved, or None
         if bound is not None and message.client != bound[0]:
             reason = f"{message.type} claims {message.client!r}, but its connection joined as {bound[0]!r}"
-            return self._refuse_join(received, reason) if message.type == "JOIN" else self._drop(received, reason)
+            return self._refuse_join(received, message, reason) if message.type == "JOIN" else self._drop(received, reason)
         if not self.fleet.known(message.client):
             if message.type == "JOIN" and bound is None:  # tell a misconfigured client, once per JOIN
                 self.router.send(received.identity, Message("BYE", message.client, 0, {
@@ -393,7 +394,7 @@ class Aggregator:
         if message.type == "JOIN":
             refusal = self._admit(message, received)
             if refusal is not None:
-                return self._refuse_join(received, refusal)
+                return self._refuse_join(received, message, refusal)
         elif bound is None:
             return self._drop(received, f"{message.type} for {message.client!r} from a connection that has not joined "
                                         f"(or was replaced by a newer one)")
@@ -452,6 +453,7 @@ class Aggregator:
         record.left = False
         self.events.emit(ClientJoined(client=message.client, pid=record.pid, profile=spec.profile.name,
                                       task=spec.task, link=spec.link.name))
+        return None
 
     def _on_heartbeat(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
@@ -464,11 +466,13 @@ class Aggregator:
         if state != record.state:
             record.state = state
             self.events.emit(ClientState(client=message.client, state=record.state, round=message.round))
+        return None
 
     def _on_progress(self, message: Message, received: Received) -> str | None:
         body = message.body  # only the declared fields: a client's body must not shape our events
         self.events.emit(ClientProgress(client=message.client, round=message.round, step=body["step"],
                                         steps=body["steps"], layer=body["layer"]))
+        return None
 
     def _on_skip(self, message: Message, received: Received) -> str | None:
         row = self._row_of(message)
@@ -476,6 +480,7 @@ class Aggregator:
             row.status = ClientStatus.SKIPPED
             self.events.emit(ClientSkipped(client=message.client, round=message.round,
                                            reason=capped(message.body["reason"])))
+        return None
 
     def _on_bye(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
@@ -484,6 +489,7 @@ class Aggregator:
         row = self._row_of(message)
         if row is not None and row.status in (ClientStatus.ASKED, ClientStatus.FETCHED):
             row.status = ClientStatus.LOST
+        return None
 
     def _row_of(self, message: Message) -> ClientRow | None:
         if self.round is None or message.round != self.round.index:
@@ -502,10 +508,11 @@ class Aggregator:
                                           Message("MODEL", message.client, message.round, {"depth": depth}, tensors))
         row.status, row.depth = ClientStatus.FETCHED, depth
         self.events.emit(ModelSent(client=message.client, round=message.round, depth=depth, bytes=row.bytes_down))
+        return None
 
     def _on_update(self, message: Message, received: Received) -> str | None:
-        row = self._row_of(message)
-        if row is None:
+        round_, row = self.round, self._row_of(message)
+        if round_ is None or row is None:  # (no round on: no row either)
             self.events.emit(LateUpdate(client=message.client, round=message.round))
             return f"UPDATE from {message.client} for round {message.round}, which is closed"
         if row.status != ClientStatus.FETCHED:
@@ -521,7 +528,8 @@ class Aggregator:
             except MessageRejected as error:
                 reason = f"tensors: {str(error).removeprefix('UPDATE: ')}"
         screening = self.screen.screen(message.tensors, self.model.state) if reason is None else None  # as fetched
-        reason = reason or screening.reason
+        if screening is not None:  # (reason is None)
+            reason = screening.reason
         if reason is not None:
             self.screen.refuse(reason)
             row.status, row.bytes_up = ClientStatus.REJECTED, received.nbytes
@@ -529,18 +537,15 @@ class Aggregator:
                                             check=check_of(reason), reason=reason))
             log.warning("rejected the update of %s in round %d: %s", message.client, message.round, reason)
             return None  # handled here: not also counted as a dropped message
-        if not self.rule.accept(len(self.round.updates), self.events.now() - self.round.started_t):
+        assert screening is not None  # no fault found: the screen ran, and passed it
+        if not self.rule.accept(len(round_.updates), self.events.now() - round_.started_t):
             row.status, row.bytes_up = ClientStatus.DISCARDED, received.nbytes
             self.events.emit(UpdateDiscarded(client=message.client, round=message.round,
                                              reason="the round already has the updates it needs"))
             return None  # not admitted to the screen either: only updates that count shape its reference
-        self.round.accept_update(row, message.body, message.tensors, received.nbytes, self.events.now())
+        update_received = round_.accept_update(row, message.body, message.tensors, received.nbytes, self.events.now())
         self.screen.admit(message.client, screening.norms)
-        self.events.emit(UpdateReceived(client=message.client, round=message.round, depth=row.depth,
-                                        bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
-                                        download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
-                                        upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
-                                        overshoot=row.overshoot))
+        self.events.emit(update_received)
         return None
 
 
