@@ -21,11 +21,25 @@ A reader ignores fields it does not know: a newer writer may add some.
 from __future__ import annotations
 
 import functools
+import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
+from dataclasses import Field, dataclass, field, fields
+from enum import Enum
 from typing import Any, ClassVar
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # enum.StrEnum is new in 3.11 and we support 3.10 (requires-python): the same, as far as we use it
+    class StrEnum(str, Enum):
+        """Members are strs whose str() and format() are their value, as with enum.StrEnum."""
+
+        def __str__(self) -> str:
+            return str.__str__(self)
+
+        def __format__(self, format_spec: str) -> str:
+            return str.__format__(self, format_spec)
+
 
 KINDS: dict[str, type[Event]] = {}  # kind -> its declaration, every kind there is
 _REQUIRED = "required"  # field metadata key: an event without the field is malformed
@@ -38,6 +52,9 @@ def required():
 
 class Record:
     """Declared fields, written as a JSON object."""
+
+    # every subclass is a dataclass (this declares it for the type checker; dataclass() sets it)
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def fields(self) -> dict[str, Any]:
         """Its fields as written: an optional field (default None) left as None is left out."""

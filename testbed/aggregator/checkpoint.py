@@ -98,7 +98,9 @@ def save_checkpoint(run_dir: Path, round_index: int, state: dict[str, np.ndarray
     folder.mkdir(exist_ok=True)
     name = f"state-{round_index:05d}.npz"
     with open(folder / (name + ".tmp"), "wb") as file:
-        np.savez(file, **{key.replace(".", "/"): value for key, value in state.items()})
+        # allow_pickle: numpy's default, named so that mypy does not match the ** of arrays against that bool
+        # (the state is numeric arrays, and _read_state refuses pickles anyway)
+        np.savez(file, allow_pickle=True, **{key.replace(".", "/"): value for key, value in state.items()})
         file.flush()
         os.fsync(file.fileno())
     os.replace(folder / (name + ".tmp"), folder / name)
@@ -154,7 +156,7 @@ def _read_pointer(run_dir: Path) -> dict:
     for key, kind in (("round", int), ("state", str), ("sha256", str), ("digest", str), ("run_id", str),
                       ("scenario", str)):
         value = meta.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 1):
             expected = "a round number >= 1" if kind is int else "a string"
             raise CheckpointRefused(f"{POINTER}: {key} is {value!r}; expected {expected}")
     return meta

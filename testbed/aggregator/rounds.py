@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from testbed.event_kinds import FINISHED, ClientStatus
+from testbed.event_kinds import FINISHED, ClientStatus, UpdateReceived
 from testbed.strategies.base import ClientUpdate
 
 TIMING_KEYS = ("download_s", "compute_s", "elapsed_s")
@@ -74,20 +74,27 @@ class Round:
     def waiting_for(self) -> list[str]:
         return [cid for cid, row in self.rows.items() if row.status not in FINISHED]
 
-    def accept_update(self, row: ClientRow, body: dict, tensors: dict, nbytes: int, now: float) -> None:
-        """Record an UPDATE that passed every check (bookkeeping_fault, the screen, the round's accept rule)."""
+    def accept_update(self, row: ClientRow, body: dict, tensors: dict, nbytes: int, now: float) -> UpdateReceived:
+        """Record an UPDATE that passed every check (bookkeeping_fault, the screen, the round's accept rule);
+        returns its update_received event."""
         timings = body["timings"]
         row.status, row.finished_t, row.bytes_up = ClientStatus.UPDATED, now, nbytes
         peak = body.get("peak_mb")
-        row.samples, row.loss = body["samples"], float(body["loss"])
+        loss = float(body["loss"])
+        row.samples, row.loss = body["samples"], loss
         row.peak_mb = float(peak) if isinstance(peak, (int, float)) and math.isfinite(peak) else None
-        row.download_s, row.compute_s = timings["download_s"], timings["compute_s"]
+        download_s, compute_s = timings["download_s"], timings["compute_s"]
+        row.download_s, row.compute_s = download_s, compute_s
         for key in ("cpu_s", "overshoot"):  # optional: clients that emulate a device report them
             value = timings.get(key)
             setattr(row, key, float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None)
         # the client counts from the moment ROUND reached it; the rest of our clock is the upload
-        row.upload_s = max(0.0, (now - self.started_t) - timings["elapsed_s"])
+        upload_s = row.upload_s = max(0.0, (now - self.started_t) - timings["elapsed_s"])
         self.updates.append(ClientUpdate(row.client, row.samples, row.depth, row.task, tensors))
+        # from the values above, not the row's fields: those are None until a row has an update
+        return UpdateReceived(client=row.client, round=self.index, depth=row.depth, bytes=nbytes, samples=row.samples,
+                              loss=round(loss, 4), download_s=round(download_s, 4), compute_s=round(compute_s, 4),
+                              upload_s=round(upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s, overshoot=row.overshoot)
 
     def close(self, now: float) -> dict:
         """Mark stragglers, fill idle times; returns the round's summary (one event, one CSV row)."""
@@ -96,12 +103,14 @@ class Round:
             if row.status in (ClientStatus.ASKED, ClientStatus.FETCHED):
                 row.status = ClientStatus.STRAGGLER
             if row.status == ClientStatus.UPDATED:
+                assert row.finished_t is not None  # accept_update sets it with the status
                 row.idle_s = max(0.0, wall_s - (row.finished_t - self.started_t))
         statuses = [row.status for row in self.rows.values()]
         return {"round": self.index, "started_t": round(self.started_t, 3), "wall_s": round(wall_s, 3),
-                "deadline_s": self.deadline_s, "selected": len(self.rows), "updates": statuses.count("updated"),
-                "stragglers": statuses.count("straggler"), "lost": statuses.count("lost"),
-                "discarded": statuses.count("discarded"), "rejected": statuses.count("rejected"),
+                "deadline_s": self.deadline_s, "selected": len(self.rows), "updates": statuses.count(ClientStatus.UPDATED),
+                "stragglers": statuses.count(ClientStatus.STRAGGLER), "lost": statuses.count(ClientStatus.LOST),
+                "discarded": statuses.count(ClientStatus.DISCARDED),
+                "rejected": statuses.count(ClientStatus.REJECTED),
                 "bytes_down": sum(r.bytes_down for r in self.rows.values()),
                 "bytes_up": sum(r.bytes_up for r in self.rows.values())}
 

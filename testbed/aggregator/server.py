@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -63,7 +64,6 @@ from testbed.event_kinds import (
     RunResumed,
     RunStarted,
     UpdateDiscarded,
-    UpdateReceived,
     UpdateRejected,
 )
 from testbed.events import EventLog, read_events
@@ -115,8 +115,9 @@ class Aggregator:
         # what binds a connection to a client id: the launcher's tokens, the CURVE keys, or (loopback) nothing
         self.credentials = (Credentials.curve(curve_dir) if curve_dir is not None else
                             Credentials.tokens(tokens) if tokens is not None else Credentials.none())
-        self.publisher = self.context.socket(zmq.PUB) if publish else None
-        if self.publisher is not None:
+        self.publisher: zmq.Socket | None = None
+        if publish:
+            self.publisher = self.context.socket(zmq.PUB)
             self.publisher.bind(publish)
         self.events = EventLog(events_path, self.publisher, **_continuing(previous), clock=self.scenario.emulation.clock)
         self.event_clock = self.events.ticks is not None  # emulated time jumps: rounds are replayed (timeline.py)
@@ -220,16 +221,16 @@ class Aggregator:
                 self.round = self._start_round(index)
                 # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
                 if self.event_clock:  # every selected client reports, then the round is replayed in emulated time
-                    self._serve_until(self._round_done)
-                    self._replay_round()
+                    self._serve_until(functools.partial(self._round_done, self.round))
+                    self._replay_round(self.round)
                 else:
-                    self._serve_until(self._round_done, self.round.deadline_t)
+                    self._serve_until(functools.partial(self._round_done, self.round), self.round.deadline_t)
                 summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
                 self.events.emit(RoundClosed(**summary, clients=[RoundClientRow(**row)
                                                                  for row in self.round.client_rows()]))
                 self.rounds_s += summary["wall_s"]
                 ending = self.scenario.ending(index, self.rounds_s)
-                self._check_dilation()
+                self._check_dilation(self.round)
                 # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
                 started = time.perf_counter()
                 updates = sorted(self.round.updates, key=lambda u: u.client)  # arrival order must not matter
@@ -287,22 +288,19 @@ class Aggregator:
         self.events.emit(RoundStarted(round=index, selected=list(round_.rows), deadline_s=round_.deadline_s))
         return round_
 
-    def _round_done(self) -> bool:
-        round_ = self.round
+    def _round_done(self, round_: Round) -> bool:
         if self.event_clock:  # done when no selected client is still to report: the replay decides the rest
             return all(cid in round_.arrivals for cid in round_.waiting_for())
         arrived = [update.client for update in round_.updates]
         elapsed = self.events.now() - round_.started_t
         return not round_.waiting_for() or self.rule.complete(list(round_.rows), arrived, elapsed)
 
-    def _replay_round(self) -> None:
+    def _replay_round(self, round_: Round) -> None:
         """Event clock: take the round's updates in emulated order (timeline.py), moving the run's time to each."""
-        round_ = self.round
-
         def take(update: Arrival) -> None:
             self.events.advance_to(update.t)
             message, received = round_.arrivals[update.client][1:]
-            self._take_update(message, received, round_.rows[update.client], update)
+            self._take_update(message, received, round_, round_.rows[update.client], update)
 
         def complete(elapsed_s: float) -> bool:
             return self.rule.complete(list(round_.rows), [u.client for u in round_.updates], elapsed_s)
@@ -328,9 +326,9 @@ class Aggregator:
                 if self.round is not None and cid in self.round.waiting_for():
                     self.round.rows[cid].status = ClientStatus.LOST
 
-    def _check_dilation(self) -> None:
-        """Raise an automatic dilation when a client fell behind its compute target (CPU-starved)."""
-        overshoots = [row.overshoot for row in self.round.rows.values() if row.overshoot is not None]
+    def _check_dilation(self, round_: Round) -> None:
+        """Raise an automatic dilation when a client of `round_` fell behind its compute target (CPU-starved)."""
+        overshoots = [row.overshoot for row in round_.rows.values() if row.overshoot is not None]
         if self.fixed_dilation or not overshoots:
             return
         factor = raised(self.events.dilation, max(overshoots))
@@ -338,7 +336,7 @@ class Aggregator:
             self.events.emit(DilationChanged(
                 factor=round(factor, 4), previous=round(self.events.dilation, 4),
                 reason=f"a client took {max(overshoots):.2f}x its compute target in round "
-                       f"{self.round.index}: the host could not give the fleet the CPU it asks for"))
+                       f"{round_.index}: the host could not give the fleet the CPU it asks for"))
             self.events.set_dilation(factor)
 
     def _evaluate(self, index: int) -> dict:
@@ -391,13 +389,13 @@ class Aggregator:
         identity = identity_text(received.identity)
         self.refusals.refuse("message_dropped", reason, identity, identity=identity, **self._parties(received))
 
-    def _refuse_join(self, received: Received, reason: str) -> None:
-        """A JOIN that proves nothing: a join_refused event; a new connection is told why (so a misconfigured
-        client stops at once), and is never welcomed."""
+    def _refuse_join(self, received: Received, join: Message, reason: str) -> None:
+        """A JOIN (`join`, the message `received`) that proves nothing: a join_refused event; a new connection is
+        told why (so a misconfigured client stops at once), and is never welcomed."""
         identity = identity_text(received.identity)
         self.refusals.refuse("join_refused", reason, identity, identity=identity, **self._parties(received))
         if received.identity not in self.fleet.bound:
-            claimed = received.message.client
+            claimed = join.client
             self.router.send(received.identity, Message("BYE", claimed, 0, {"reason": f"JOIN refused: {reason}"}),
                              wait=False)
 
@@ -412,12 +410,13 @@ class Aggregator:
 
     def _handle(self, received: Received) -> None:
         if received.message is None:
+            assert received.reason is not None  # a Received holds a message, or why it was rejected
             return self._drop(received, received.reason)
         message = received.message
         bound = self.fleet.bound.get(received.identity)  # (client id, channel) its JOIN proved, or None
         if bound is not None and message.client != bound[0]:
             reason = f"{message.type} claims {message.client!r}, but its connection joined as {bound[0]!r}"
-            return self._refuse_join(received, reason) if message.type == "JOIN" else self._drop(received, reason)
+            return self._refuse_join(received, message, reason) if message.type == "JOIN" else self._drop(received, reason)
         if not self.fleet.known(message.client):
             if message.type == "JOIN" and bound is None:  # tell a misconfigured client, once per JOIN
                 self.router.send(received.identity, Message("BYE", message.client, 0, {
@@ -426,7 +425,7 @@ class Aggregator:
         if message.type == "JOIN":
             refusal = self._admit(message, received)
             if refusal is not None:
-                return self._refuse_join(received, refusal)
+                return self._refuse_join(received, message, refusal)
         elif bound is None:
             return self._drop(received, f"{message.type} for {message.client!r} from a connection that has not joined "
                                         f"(or was replaced by a newer one)")
@@ -484,13 +483,15 @@ class Aggregator:
         rebooted = record.joined  # a new process of a client that was here: what the old one was doing is gone
         record.joined, record.ready, record.pid = True, False, message.body["pid"]  # ready again once it says so
         record.left = False
-        row = self.round.rows.get(message.client) if self.round is not None and rebooted else None
-        if row is not None and row.status in (ClientStatus.ASKED, ClientStatus.FETCHED) \
-                and message.client not in self.round.arrivals:
+        round_ = self.round
+        row = round_.rows.get(message.client) if round_ is not None and rebooted else None
+        if round_ is not None and row is not None and row.status in (ClientStatus.ASKED, ClientStatus.FETCHED) \
+                and message.client not in round_.arrivals:
             row.status = ClientStatus.LOST  # it crashed this round: its ROUND went to the process that died
             self.events.emit(ClientLost(client=message.client))
         self.events.emit(ClientJoined(client=message.client, pid=record.pid, profile=spec.profile.name,
                                       task=spec.task, link=spec.link.name))
+        return None
 
     def _on_heartbeat(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
@@ -503,11 +504,13 @@ class Aggregator:
         if state != record.state:
             record.state = state
             self.events.emit(ClientState(client=message.client, state=record.state, round=message.round))
+        return None
 
     def _on_progress(self, message: Message, received: Received) -> str | None:
         body = message.body  # only the declared fields: a client's body must not shape our events
         self.events.emit(ClientProgress(client=message.client, round=message.round, step=body["step"],
                                         steps=body["steps"], layer=body["layer"]))
+        return None
 
     def _on_skip(self, message: Message, received: Received) -> str | None:
         row = self._row_of(message)
@@ -515,6 +518,7 @@ class Aggregator:
             row.status = ClientStatus.SKIPPED
             self.events.emit(ClientSkipped(client=message.client, round=message.round,
                                            reason=capped(message.body["reason"])))
+        return None
 
     def _on_bye(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
@@ -523,6 +527,7 @@ class Aggregator:
         row = self._row_of(message)
         if row is not None and row.status in (ClientStatus.ASKED, ClientStatus.FETCHED):
             row.status = ClientStatus.LOST
+        return None
 
     def _row_of(self, message: Message) -> ClientRow | None:
         if self.round is None or message.round != self.round.index:
@@ -530,45 +535,46 @@ class Aggregator:
         return self.round.rows.get(message.client)
 
     def _on_fetch(self, message: Message, received: Received) -> str | None:
-        row = self._row_of(message)
-        if row is None or row.status != ClientStatus.ASKED:
+        round_, row = self.round, self._row_of(message)
+        if round_ is None or row is None or row.status != ClientStatus.ASKED:
             return f"FETCH from {message.client} for round {message.round} it was not asked to (or twice)"
         depth = message.body["depth"]
         if depth not in self.model.exits:
             return f"FETCH depth {depth} is not an exit (allowed: {list(self.model.exits)})"
-        self.round.fetch_bytes[message.client] = received.nbytes  # its uplink time, on the event clock
+        round_.fetch_bytes[message.client] = received.nbytes  # its uplink time, on the event clock
         tensors = self.model.tensors_for(depth, row.task)
         row.bytes_down = self.router.send(received.identity,
                                           Message("MODEL", message.client, message.round, {"depth": depth}, tensors))
         row.status, row.depth = ClientStatus.FETCHED, depth
         self.events.emit(ModelSent(client=message.client, round=message.round, depth=depth, bytes=row.bytes_down))
-
-    def _on_update(self, message: Message, received: Received) -> str | None:
-        row = self._row_of(message)
-        if row is None:
-            self.events.emit(LateUpdate(client=message.client, round=message.round))
-            return f"UPDATE from {message.client} for round {message.round}, which is closed"
-        if row.status != ClientStatus.FETCHED or message.client in self.round.arrivals:
-            return f"UPDATE from {message.client} for round {message.round} without a FETCH it was sent (or twice)"
-        if self.event_clock:  # taken when the round is replayed, at the emulated time computed here
-            self.round.arrivals[message.client] = (self._arrival(row, message, received), message, received)
-            return None
-        self._take_update(message, received, row)
         return None
 
-    def _arrival(self, row: ClientRow, message: Message, received: Received) -> Arrival:
+    def _on_update(self, message: Message, received: Received) -> str | None:
+        round_, row = self.round, self._row_of(message)
+        if round_ is None or row is None:  # (no round on: no row either)
+            self.events.emit(LateUpdate(client=message.client, round=message.round))
+            return f"UPDATE from {message.client} for round {message.round}, which is closed"
+        if row.status != ClientStatus.FETCHED or message.client in round_.arrivals:
+            return f"UPDATE from {message.client} for round {message.round} without a FETCH it was sent (or twice)"
+        if self.event_clock:  # taken when the round is replayed, at the emulated time computed here
+            round_.arrivals[message.client] = (self._arrival(round_, row, message, received), message, received)
+            return None
+        self._take_update(message, received, round_, row)
+        return None
+
+    def _arrival(self, round_: Round, row: ClientRow, message: Message, received: Received) -> Arrival:
         """When this update reaches us on the emulated timeline: its client's start, then its link's draws for
         the bytes that crossed (ours to compute), then the compute time it reports (checked when taken)."""
         spec = self.fleet.records[row.client].spec
         download_s, upload_s = link_phases(spec.link, client_seed(self.scenario.seed, row.client), message.round,
-                                           self.round.fetch_bytes.get(row.client, 0), row.bytes_down, received.nbytes)
+                                           round_.fetch_bytes.get(row.client, 0), row.bytes_down, received.nbytes)
         compute_s = message.body["timings"].get("compute_s") if isinstance(message.body["timings"], dict) else None
         if not (isinstance(compute_s, (int, float)) and math.isfinite(compute_s) and compute_s >= 0):
             compute_s = 0.0  # a bad claim: the update is rejected when taken, at this time
-        start_t = max(self.round.started_t, self.busy_until.get(row.client, -math.inf))
+        start_t = max(round_.started_t, self.busy_until.get(row.client, -math.inf))
         return arrival(row.client, start_t, download_s, float(compute_s), upload_s)
 
-    def _take_update(self, message: Message, received: Received, row: ClientRow,
+    def _take_update(self, message: Message, received: Received, round_: Round, row: ClientRow,
                      emulated: Arrival | None = None) -> None:
         """Check one UPDATE, then record it as rejected, discarded or received (at the run's time now).
         `emulated`: its arrival on the event clock's timeline, whose link phases replace the client's own."""
@@ -583,7 +589,8 @@ class Aggregator:
             except MessageRejected as error:
                 reason = f"tensors: {str(error).removeprefix('UPDATE: ')}"
         screening = self.screen.screen(message.tensors, self.model.state) if reason is None else None  # as fetched
-        reason = reason or screening.reason
+        if screening is not None:  # (reason is None)
+            reason = screening.reason
         if reason is not None:
             self.screen.refuse(reason)
             row.status, row.bytes_up = ClientStatus.REJECTED, received.nbytes
@@ -591,22 +598,19 @@ class Aggregator:
                                             check=check_of(reason), reason=reason))
             log.warning("rejected the update of %s in round %d: %s", message.client, message.round, reason)
             return  # handled here: not also counted as a dropped message
-        if not self.rule.accept(len(self.round.updates), self.events.now() - self.round.started_t):
+        assert screening is not None  # no fault found: the screen ran, and passed it
+        if not self.rule.accept(len(round_.updates), self.events.now() - round_.started_t):
             row.status, row.bytes_up = ClientStatus.DISCARDED, received.nbytes
             self.events.emit(UpdateDiscarded(client=message.client, round=message.round,
                                              reason="the round already has the updates it needs"))
             return  # not admitted to the screen either: only updates that count shape its reference
         body = message.body
         if emulated is not None:  # the client's start lag and our link draws: accept_update derives the upload
-            lead_s = emulated.start_t - self.round.started_t + emulated.download_s + emulated.compute_s
+            lead_s = emulated.start_t - round_.started_t + emulated.download_s + emulated.compute_s
             body = {**body, "timings": {**body["timings"], "download_s": emulated.download_s, "elapsed_s": lead_s}}
-        self.round.accept_update(row, body, message.tensors, received.nbytes, self.events.now())
+        update_received = round_.accept_update(row, body, message.tensors, received.nbytes, self.events.now())
         self.screen.admit(message.client, screening.norms)
-        self.events.emit(UpdateReceived(client=message.client, round=message.round, depth=row.depth,
-                                        bytes=received.nbytes, samples=row.samples, loss=round(row.loss, 4),
-                                        download_s=round(row.download_s, 4), compute_s=round(row.compute_s, 4),
-                                        upload_s=round(row.upload_s, 4), peak_mb=row.peak_mb, cpu_s=row.cpu_s,
-                                        overshoot=row.overshoot))
+        self.events.emit(update_received)
 
 
 def _continuing(previous: list[dict]) -> dict:

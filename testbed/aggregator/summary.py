@@ -112,8 +112,8 @@ def summarize(events: list[dict]) -> dict:
     evaluations = _last_per_round(events, "evaluated")
     # a resumed run has one ending per launch, and the last launch's says where the run stands (a refused
     # resume of a finished run is failed); incomplete: killed mid-run, no ending recorded
-    end = next((e for e in reversed(events) if e["kind"] in ENDINGS), {})
-    status = ENDINGS.get(end.get("kind"), "incomplete")
+    end: dict = next((e for e in reversed(events) if e["kind"] in ENDINGS), {})
+    status = ENDINGS[end["kind"]] if end else "incomplete"
     rounds_s = [e["wall_s"] for e in closed.values()]  # emulated seconds of each round
     final = evaluations[max(evaluations)] if evaluations else None
     return {

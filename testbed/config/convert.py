@@ -38,7 +38,8 @@ class FrozenDict(dict):
 
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
 
-    def __hash__(self):
+    # dict declares __hash__ = None (unhashable); being hashable is the point of this subclass
+    def __hash__(self) -> int:  # type: ignore[override]
         return hash(frozenset(self.items()))
 
     def __reduce__(self):
@@ -133,7 +134,7 @@ def describe(tp: Any, rules: Mapping | None = None) -> str:
     rules = rules or {}
     if len(members(tp)) > 1:
         return " or ".join("null" if m is NoneType else describe(m, rules) for m in members(tp))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a type hint: a class, never an instance
         return f"a mapping (keys: {', '.join(fields_of(tp))})"
     origin, args = get_origin(tp), get_args(tp)
     if origin is tuple:
@@ -175,7 +176,7 @@ def from_data(tp: Any, value: Any, *, source: str, path: str = "", rules: Mappin
     tp = strip_none(tp)
     if hasattr(tp, "variant"):  # a family of dataclasses (stress steps): the value names its member
         tp, value = tp.variant(value, source=source, path=path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a type hint: a class, never an instance
         return _to_dataclass(tp, value, source, path)
     if get_origin(tp) is tuple:
         return _to_tuple(tp, value, source, path, rules)

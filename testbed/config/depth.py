@@ -25,7 +25,9 @@ _MAX_CONFIG_JSON_BYTES = 1 << 20  # a checkpoint's config.json is a few KB
 def known_depth(name: str) -> int | None:
     """Transformer layers of backbone `name` when known without loading or downloading it, else None."""
     if name in PRESET_GEOMETRY:
-        return PRESET_GEOMETRY[name]["num_hidden_layers"]
+        layers = PRESET_GEOMETRY[name]["num_hidden_layers"]  # typed object: the geometry mixes ints and tuples
+        assert isinstance(layers, int)  # every preset's is a literal int (testbed/model/architecture.py)
+        return layers
     local = Path(name).expanduser()
     if local.is_dir():
         return _layers_in(local / "config.json")

@@ -82,14 +82,15 @@ def trace_devices(trace: FedScaleTrace, base: Profile, base_link: LinkSpec, *, c
     behaviour = read_behaviour(Path(trace.behaviour)) if trace.behaviour is not None else None
     rng = random.Random(f"fedscale:{seed}")  # a str seed is hashed (SHA-512): same draw everywhere
     capacity_ids = _draw(rng, capacity, count, f"capacity trace {trace.capacity}", source, path)
-    behaviour_ids = (_draw(rng, behaviour, count, f"behaviour trace {trace.behaviour}", source, path)
-                     if behaviour is not None else [None] * count)
+    drawn: list[tuple[str | None, Behaviour | None]] = (  # (behaviour id, its behaviour) per device
+        [(bid, behaviour[bid]) for bid in _draw(rng, behaviour, count, f"behaviour trace {trace.behaviour}",
+                                                source, path)]
+        if behaviour is not None else [(None, None)] * count)
     reference = trace.reference_ms_per_sample
     if reference is None:  # the median device runs at the base profile's speed
         reference = base.speed * statistics.median(c.ms_per_sample for c in capacity.values())
-    return [_device(trace, base, base_link, reference, cid, capacity[cid], bid,
-                    None if behaviour is None else behaviour[bid])
-            for cid, bid in zip(capacity_ids, behaviour_ids)]
+    return [_device(trace, base, base_link, reference, cid, capacity[cid], bid, behaves)
+            for cid, (bid, behaves) in zip(capacity_ids, drawn)]
 
 
 def read_capacity(file: Path) -> dict[str, Capacity]:

@@ -63,7 +63,8 @@ def blame_overrides(error: ConfigError, source: str, overrides: Iterable[str]) -
 
 
 def _assign(raw: dict, keys: list[str | int], value: Any, schema: type) -> None:
-    node, field_type, path = raw, schema, ""
+    node: Any = raw  # then whatever the data holds at the path so far: _check_container checks it
+    field_type, path = schema, ""
     for position, key in enumerate(keys):
         field_type, child_path = _child_type(field_type, key, path)
         _check_container(node, key, path)
@@ -79,7 +80,7 @@ def _assign(raw: dict, keys: list[str | int], value: Any, schema: type) -> None:
 def _child_type(field_type: Any, key: str | int, path: str) -> tuple[Any, str]:
     """The type found at `key` inside `field_type`, or a ConfigError for a key the schema lacks."""
     field_type, child_path = strip_none(field_type), join_path(path, key)
-    if dataclasses.is_dataclass(field_type):
+    if isinstance(field_type, type) and dataclasses.is_dataclass(field_type):  # a type hint: a class, never an instance
         fields = fields_of(field_type)
         if key not in fields:
             raise ConfigError(SOURCE, child_path, f"unknown key {quote(key)} (allowed: {', '.join(fields)})")

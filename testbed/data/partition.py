@@ -66,7 +66,7 @@ def partition_by_speaker(speakers: Sequence[str], n_clients: int, seed: int) -> 
     return [sorted(shard) for shard in shards]
 
 
-def partition_dirichlet(labels: Sequence, n_clients: int, alpha: float,
+def partition_dirichlet(labels: Sequence | np.ndarray, n_clients: int, alpha: float,
                         seed: int, max_draws: int = 50) -> list[list[int]]:
     """Label skew (Hsu et al. 2019, arXiv:1909.06335): each class is split over the clients by
     proportions drawn from Dirichlet(alpha); small alpha = few classes per client. Draws are

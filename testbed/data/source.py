@@ -20,6 +20,7 @@ def corpus_utterances(spec: DataSpec) -> tuple[Utterance, ...]:
 
         utterances = load_speech_commands(builtin_corpus())
     else:
+        assert spec.path is not None  # DataSpec.problems() requires a path unless the source is builtin
         utterances = load_corpus(spec.path, LAYOUTS[spec.source])
     if spec.words:
         present = {u.word for u in utterances}

@@ -74,7 +74,8 @@ def draw_speakers(n_speakers: int, seed: int) -> list[Speaker]:
         raise UserError(f"speakers must be between 1 and {limit}, got {n_speakers}")
     rng = np.random.default_rng(seed)
     pairs = [pairs[i] for i in rng.permutation(len(pairs))]
-    taken, speakers = set(), []
+    taken: set[tuple[str, str, int, int]] = set()
+    speakers: list[Speaker] = []
     while len(speakers) < n_speakers:
         voice, variant = pairs[len(speakers) % len(pairs)]
         pitch, rate = int(rng.choice(BASE_PITCHES)), int(rng.choice(BASE_RATES))

@@ -37,7 +37,9 @@ OVER_SELECTION_FACTOR = 1.3  # ask 30 % more clients than needed (Bonawitz et al
 class RoundRule(Protocol):
     """What the aggregator consults each round (see the module docstring for when)."""
 
-    deadline_s: float | None  # seconds after the announcement; None: the round has no deadline
+    @property  # read-only: a wrapper passes on its inner rule's
+    def deadline_s(self) -> float | None:
+        """Seconds after the announcement; None: the round has no deadline."""
 
     def select(self, candidates: Sequence[str], rng: np.random.Generator) -> list[str]: ...
 
@@ -68,6 +70,8 @@ class WaitForAll:
 
 class Deadline(WaitForAll):
     """Close at the deadline with what arrived; an update after it is discarded (or everyone is in earlier)."""
+
+    deadline_s: float  # always a deadline
 
     def __init__(self, deadline_s: float):
         if not (math.isfinite(deadline_s) and deadline_s > 0):

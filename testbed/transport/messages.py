@@ -77,12 +77,13 @@ class Message:
 def encode(message: Message) -> list:
     """Frames for `socket.send_multipart(frames, copy=False)`: tensors go as buffers, never copied here."""
     # asarray(order="C") keeps a 0-d array 0-d (ascontiguousarray would send it as shape [1]); the
-    # buffer goes out flat, as memoryview cannot cast an empty multi-dimensional view to bytes
+    # buffer goes out flat, as memoryview cannot cast an empty multi-dimensional view to bytes; `.data` is
+    # memoryview(array) (numpy types its buffer protocol for Python >= 3.12 only)
     arrays = [np.asarray(array, order="C") for array in message.tensors.values()]
     specs = [[name, array.dtype.name, list(array.shape)] for name, array in zip(message.tensors, arrays)]
     envelope = {"v": PROTOCOL_VERSION, "type": message.type, "client": message.client,
                 "round": message.round, "body": message.body, "tensors": specs}
-    return [msgpack.packb(envelope, use_bin_type=True), *(memoryview(array.reshape(-1)).cast("B") for array in arrays)]
+    return [msgpack.packb(envelope, use_bin_type=True), *(array.reshape(-1).data.cast("B") for array in arrays)]
 
 
 def decode(frames: list, max_bytes: int) -> Message:
@@ -135,7 +136,7 @@ def _envelope(buffer) -> dict:
 
 def _check_nesting(envelope: dict) -> None:
     """Reject lists/maps nested deeper than MAX_NESTING; level by level, so nothing here recurses."""
-    level = [envelope]
+    level: list[dict | list] = [envelope]
     for _ in range(MAX_NESTING):
         level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
                  if isinstance(child, (dict, list))]
