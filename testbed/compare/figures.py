@@ -43,9 +43,10 @@ def strategy_figures(runs: list[dict], tasks: list[str], target_of: Mapping[str,
     """Mean ± std over one strategy's finished runs of every figure the tables show."""
     reach = {}
     for task in tasks:
-        if target_of.get(task) is None:
+        target = target_of.get(task)
+        if target is None:
             continue
-        times = [time_to_target(m["tasks"][task]["series"], target_of[task]) for m in runs]
+        times = [time_to_target(m["tasks"][task]["series"], target) for m in runs]
         reach[task] = {"seconds": _pair(mean_std(times)), "reached": sum(t is not None for t in times),
                        "runs": len(times)}
     return {"runs": len(runs),

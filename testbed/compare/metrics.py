@@ -56,8 +56,8 @@ def relative_depth_costs(totals: Mapping[int, DepthTotals], full: DepthTotals | 
     """Per depth: host CPU seconds per clip and mean peak memory, each relative to full depth's."""
     return {depth: {"updates": figures.updates, "cpu_s_per_sample": figures.cpu_per_sample,
                     "compute_s_per_sample": figures.compute_per_sample, "peak_mb": figures.mean_peak_mb,
-                    "compute_vs_full": _ratio(figures.cpu_per_sample, full and full.cpu_per_sample),
-                    "memory_vs_full": _ratio(figures.mean_peak_mb, full and full.mean_peak_mb)}
+                    "compute_vs_full": _ratio(figures.cpu_per_sample, full.cpu_per_sample if full else None),
+                    "memory_vs_full": _ratio(figures.mean_peak_mb, full.mean_peak_mb if full else None)}
             for depth, figures in totals.items()}
 
 
@@ -111,7 +111,7 @@ def targets(metrics: Mapping[str, list[dict]], tasks: list[str], explicit: float
         return {task: explicit for task in tasks}
     reference = metrics.get(TARGET_STRATEGY) or []
     finals = {task: mean_std(m["tasks"][task]["final"] for m in reference) for task in tasks}
-    derived = {task: finals[task][0] - TARGET_MARGIN if finals[task] else None for task in tasks}
+    derived = {task: stats[0] - TARGET_MARGIN if stats else None for task, stats in finals.items()}
     return {task: value if value is not None and value > 0 else None for task, value in derived.items()}
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from testbed.compare.figures import CENTRALIZED, FINISHED
 from testbed.compare.metrics import TARGET_STRATEGY
+
+# a table row's cell from one strategy's figures; `...`, not [dict]: mypy infers no lambda
+# that binds the loop's `task` as a default argument against a one-parameter signature
+CellOf = Callable[..., str]
 
 
 def cell(stats: list[float] | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -53,11 +58,12 @@ def _time_cell(reach: dict | None) -> str:
 
 def cost_lines(figures: dict) -> list[str]:
     strategies = figures["strategies"]
-    rows = [("mean round time, s", lambda s: cell(s["mean_round_s"], 1, 2)),
-            ("straggler wait share, %", lambda s: cell(s["wait_share"], 100)),
-            ("client compute vs full depth, %", lambda s: cell(s["compute_vs_full"], 100, 0)),
-            ("client peak memory vs full depth, %", lambda s: cell(s["memory_vs_full"], 100, 0)),
-            ("bytes moved, MB", lambda s: cell(s["bytes"], 1e-6))]
+    rows: list[tuple[str, CellOf]] = [
+        ("mean round time, s", lambda s: cell(s["mean_round_s"], 1, 2)),
+        ("straggler wait share, %", lambda s: cell(s["wait_share"], 100)),
+        ("client compute vs full depth, %", lambda s: cell(s["compute_vs_full"], 100, 0)),
+        ("client peak memory vs full depth, %", lambda s: cell(s["memory_vs_full"], 100, 0)),
+        ("bytes moved, MB", lambda s: cell(s["bytes"], 1e-6))]
     versus = lambda s: s["vs_" + TARGET_STRATEGY] or {}  # noqa: E731  (none for the baseline)
     if TARGET_STRATEGY in strategies:
         rows.append((f"mean round time vs {TARGET_STRATEGY}", lambda s: _times(versus(s).get("mean_round_s"))))

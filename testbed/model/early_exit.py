@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from testbed.model.geometry import default_exits, exit_depth  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from transformers import HubertModel, Wav2Vec2Model, WavLMModel
+
+    Backbone = Wav2Vec2Model | HubertModel | WavLMModel  # the families architecture.py builds or loads
 
 LOSS_MODES = ("all_exits", "deepest", "self_distill")
 
@@ -39,7 +46,7 @@ class ExitHead(nn.Module):
 class EarlyExitModel(nn.Module):
     """Backbone + one head per (task, exit). `forward(wave, depth, task)` never runs layers > depth."""
 
-    def __init__(self, backbone: nn.Module, tasks: dict[str, int], exits: tuple[int, ...] | None = None,
+    def __init__(self, backbone: Backbone, tasks: dict[str, int], exits: tuple[int, ...] | None = None,
                  freeze_feature_encoder: bool = True):
         super().__init__()
         self.backbone = backbone
@@ -121,7 +128,8 @@ def exit_loss(logits: list[torch.Tensor], labels: torch.Tensor, mode: str = "all
         raise ValueError(f"unknown loss mode '{mode}' (allowed: {', '.join(LOSS_MODES)})")
     if mode == "deepest":
         return F.cross_entropy(logits[-1], labels)
-    loss = sum(F.cross_entropy(out, labels) for out in logits)
+    losses = [F.cross_entropy(out, labels) for out in logits]
+    loss = sum(losses[1:], losses[0])
     if mode == "self_distill" and len(logits) > 1:
         for i, student in enumerate(logits):
             teachers = [t.detach() for j, t in enumerate(logits) if j != i]

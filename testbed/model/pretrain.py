@@ -71,7 +71,8 @@ def pretrain(waveforms: torch.Tensor, settings: PretrainSettings, progress: bool
         for step in range(settings.steps):
             batch = waveforms[torch.randint(len(waveforms), (settings.batch_size,), generator=generator)]
             targets = clusterer(batch)  # (batch, frames)
-            mask = span_mask(*targets.shape, settings.mask_prob, settings.mask_length, generator)
+            clips, frames = targets.shape
+            mask = span_mask(clips, frames, settings.mask_prob, settings.mask_length, generator)
             *_, (_, hidden) = model.hidden_states(batch, model.num_layers, mask=mask)  # last layer
             loss, accuracy = prediction_loss(predictor, hidden, targets, mask, settings.unmasked_weight)
             for group in optimizer.param_groups:
