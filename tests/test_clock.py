@@ -8,7 +8,7 @@ import pytest
 from testbed.client.injected import StressInjection
 from testbed.client.timing import RoundTiming
 from testbed.config.schema import LinkSpec
-from testbed.emulation.clock import Clock, RealClock
+from testbed.emulation.clock import Clock, EventClock, RealClock
 from testbed.emulation.link import LinkModel, LinkShaper
 from testbed.emulation.throttle import ComputeThrottle
 
@@ -25,28 +25,6 @@ class HostTime:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.t += seconds
-
-
-class JumpingClock:
-    """What an event-driven clock would do: no sleeping, time jumps; work costs nothing by itself."""
-
-    def __init__(self):
-        self.t, self.dilation = 0.0, 1.0
-
-    def now(self) -> float:
-        return self.t
-
-    def advance(self, emulated_s: float) -> None:
-        self.t += emulated_s
-
-    def advance_to(self, emulated_t: float) -> None:
-        self.t = max(self.t, emulated_t)
-
-    def host_s(self, emulated_s: float) -> float:
-        return emulated_s
-
-    def set_dilation(self, factor: float) -> None:
-        self.dilation = factor
 
 
 def real_clock(dilation: float) -> tuple[RealClock, HostTime]:
@@ -91,7 +69,7 @@ def test_a_dilation_below_one_is_refused(factor):
 
 
 def test_a_real_and_an_event_like_clock_both_satisfy_the_interface():
-    assert isinstance(RealClock(), Clock) and isinstance(JumpingClock(), Clock)
+    assert isinstance(RealClock(), Clock) and isinstance(EventClock(), Clock)
     assert not isinstance(object(), Clock)
 
 
@@ -104,7 +82,7 @@ class CpuTime:
 
 
 def test_the_throttle_paces_on_the_clock_cpu_seconds_over_throughput(monkeypatch):
-    cpu, clock = CpuTime(monkeypatch), JumpingClock()
+    cpu, clock = CpuTime(monkeypatch), EventClock()
     throttle = ComputeThrottle(0.5, clock)  # half a host core
     throttle.start()
     cpu.t += 1.0
@@ -129,7 +107,7 @@ def test_the_throttle_on_a_real_clock_sleeps_the_dilated_remainder(monkeypatch):
 
 
 def test_a_throttle_paced_by_the_kernel_only_measures(monkeypatch):
-    cpu, clock = CpuTime(monkeypatch), JumpingClock()
+    cpu, clock = CpuTime(monkeypatch), EventClock()
     throttle = ComputeThrottle(1.0, clock, paced=False)
     throttle.start()
     cpu.t += 3.0
@@ -139,7 +117,7 @@ def test_a_throttle_paced_by_the_kernel_only_measures(monkeypatch):
 
 def test_the_link_waits_its_transfer_time_on_the_clock():
     link = LinkSpec(name="test", downlink_mbps=8.0, uplink_mbps=8.0, latency_ms=0.0)
-    clock = JumpingClock()
+    clock = EventClock()
     shaper = LinkShaper(LinkModel(link, seed=1), clock)
     shaper.wait(1_000_000, "up")  # 8 Mbit at 8 Mbit/s
     assert clock.now() == pytest.approx(1.0) and shaper.emulated_s["up"] == pytest.approx(1.0)
@@ -148,7 +126,7 @@ def test_the_link_waits_its_transfer_time_on_the_clock():
 def test_outside_stress_runs_the_injection_changes_nothing():
     link = LinkSpec(name="test", downlink_mbps=8.0, uplink_mbps=8.0, latency_ms=10.0)
     injection = StressInjection(None, link, seed=0)
-    shaper = LinkShaper(LinkModel(link, seed=0), JumpingClock())
+    shaper = LinkShaper(LinkModel(link, seed=0), EventClock())
     model = shaper.model
     trained = {"w": np.ones(3, np.float32)}
     injection.keep_fetched(trained)
@@ -162,7 +140,7 @@ def test_an_injected_step_scale_uses_the_fetched_copy(tmp_path):
 
     link = LinkSpec(name="test", downlink_mbps=8.0, uplink_mbps=8.0, latency_ms=10.0)
     injection = StressInjection(control_path(tmp_path, "c01"), link, seed=0)
-    shaper = LinkShaper(LinkModel(link, seed=0), JumpingClock())
+    shaper = LinkShaper(LinkModel(link, seed=0), EventClock())
     write_injection(tmp_path, "c01", step_scale=0.5, slowdown=4, link={"uplink_mbps": 1.0})
     assert injection.take_up(shaper) and shaper.model.link.uplink_mbps == 1.0
     assert injection.slowed(2.0) == pytest.approx(0.5)

@@ -63,7 +63,7 @@ def _throttled_child(throughput, dilation, queue):
     torch.set_num_threads(1)
     throttle = ComputeThrottle(throughput, RealClock(dilation))
     throttle.start()
-    workload(12, after_step=throttle.pace)
+    workload(12, after_step=throttle.step)
     report = throttle.finish()
     queue.put((report.cpu_s, report.wall_s))
 

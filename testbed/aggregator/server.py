@@ -35,6 +35,7 @@ from testbed.aggregator.rounds import ClientRow, Round, bookkeeping_fault
 from testbed.aggregator.sanity import UpdateScreen, check_of
 from testbed.aggregator.summary import untrained
 from testbed.aggregator.timeline import Arrival, arrival, link_phases, replay_round
+from testbed.client.costs import COST_TABLE_FILE
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
 from testbed.emulation.dilation import fleet_dilation, raised
@@ -476,7 +477,7 @@ class Aggregator:
         run = {"scenario": scenario_to_dict(self.scenario), "client": to_data(spec),
                "shard": self.plan.shards[message.client], "seed": client_seed(self.scenario.seed, spec.client_id),
                "slot": list(self.plan.clients).index(message.client), "dilation": self.events.dilation,
-               "loss": self.strategy.client_loss or self.scenario.training.loss}
+               "loss": self.strategy.client_loss or self.scenario.training.loss, "costs": self._cost_table(spec.task)}
         self.router.send(received.identity, Message("WELCOME", message.client, 0, {"run": run}, self.model.frontend()))
         if record.joined and record.pid == message.body["pid"]:
             return None  # a repeated JOIN (sent before our WELCOME reached it): welcomed again, not news
@@ -492,6 +493,13 @@ class Aggregator:
         self.events.emit(ClientJoined(client=message.client, pid=record.pid, profile=spec.profile.name,
                                       task=spec.task, link=spec.link.name))
         return None
+
+    def _cost_table(self, task: str) -> dict[str, float] | None:
+        """`compute: modeled`: the run's CPU seconds per step by depth for `task` (client/costs.py), else None."""
+        if self.scenario.emulation.compute != "modeled":
+            return None
+        table = json.loads((self.run_dir / COST_TABLE_FILE).read_text())
+        return table[task]
 
     def _on_heartbeat(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]

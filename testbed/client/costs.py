@@ -15,15 +15,23 @@ training batch: time proportionally (measured on the tiny backbone: a step at ba
 
 from __future__ import annotations
 
+import hashlib
+import json
+import statistics
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from testbed.emulation.memory import peak_mb, reset_peak, resident_mb
 from testbed.model.early_exit import exit_loss
 from testbed.model.state import load_partial_state, partial_state, state_bytes
 from testbed.model.train import make_optimizer
+
+if TYPE_CHECKING:
+    from testbed.config.schema import Scenario
 
 PROBE_BATCH = 4  # clips per measured step
 
@@ -78,3 +86,57 @@ def _probe_step(model, waveforms: torch.Tensor, labels: torch.Tensor, *, task: s
     model.zero_grad(set_to_none=True)
     load_partial_state(model, saved)
     return cpu_s, peak
+
+
+COST_TABLE_FILE = "costs.json"  # in a run directory: the table its clients bill their steps by (compute: modeled)
+TABLE_PROBES = 3  # probes per depth: the table keeps their median (it is measured once and cached)
+
+
+def cost_table(scenario: Scenario, tasks: list[str], classes: dict[str, int], loss_mode: str) -> dict[str, dict[str, float]]:
+    """`emulation.compute: modeled`: host CPU seconds of one local step, per task and exit depth, on one thread.
+
+    Measured once per backbone, exits, batch, loss and task on this host (the median of TABLE_PROBES
+    probes of `measure_costs`), cached, and copied into each run directory that uses it: every client
+    of the run bills its steps by the same figures, so its emulated compute depends on the settings
+    alone. JSON-shaped: task -> str(depth) -> seconds.
+    """
+    from testbed.paths import cache_dir
+
+    spec, training = scenario.backbone, scenario.training
+    key_fields = {"backbone": [spec.name, spec.family, spec.pretrained, list(spec.exits or []),
+                               spec.freeze_feature_encoder], "batch": training.batch_size, "loss": loss_mode,
+                  "clip_s": scenario.data.clip_seconds, "torch": torch.__version__, "seed": scenario.seed}
+    table = {}
+    for task in tasks:
+        fields = {**key_fields, "task": task, "classes": classes[task]}
+        key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache_dir() / "costs" / f"{key}.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.write_text(json.dumps({"key": fields, "step_cpu_s": _probe_table(scenario, task, loss_mode)}))
+            partial.rename(path)  # atomic: runs started together never read half a table
+        table[task] = json.loads(path.read_text())["step_cpu_s"]
+    return table
+
+
+def _probe_table(scenario: Scenario, task: str, loss_mode: str) -> dict[str, float]:
+    """Median step CPU seconds per depth, on one thread, for a model of the scenario's backbone and `task`."""
+    from testbed.data.source import task_data
+    from testbed.model.backbone import build_backbone
+    from testbed.model.early_exit import EarlyExitModel
+
+    spec = scenario.backbone
+    data = task_data(scenario.data, task, scenario.seed)
+    clips = np.arange(min(len(data.train_labels), PROBE_BATCH))
+    waveforms, labels = torch.from_numpy(data.train_clips(clips)), torch.from_numpy(data.train_labels[clips])
+    backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=False)
+    model = EarlyExitModel(backbone, {task: len(data.classes)}, spec.exits, spec.freeze_feature_encoder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a device's throughput is per thread: bill one thread's CPU seconds
+    try:
+        probes = [measure_costs(model, waveforms, labels, task=task, batch_size=scenario.training.batch_size,
+                                loss_mode=loss_mode) for _ in range(TABLE_PROBES)]
+    finally:
+        torch.set_num_threads(threads)
+    return {str(depth): round(statistics.median(p[depth].step_cpu_s for p in probes), 6) for depth in model.exits}

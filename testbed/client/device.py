@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +44,8 @@ class Device:
     throughput: float  # host cores the profile is worth while it computes (speed x threads)
     injection: StressInjection  # what a stress test changes; inert otherwise
     lean: bool  # data and model are released between rounds (a large fleet of which a few train)
+    # compute: modeled: the run's host CPU seconds per step by depth, billed whatever a step takes here; None: measured
+    modeled: dict[int, float] | None
     info: dict  # the "device" field of the ready heartbeat: CPU placement, throughput, costs per depth
 
 
@@ -52,6 +55,9 @@ def become_device(run: dict, frontend: dict[str, np.ndarray], control: Path | No
     cpu = apply_cpu(spec.profile, run.get("slot", 0))
     session = LocalSession(run, frontend)
     costs = session.measure_costs()
+    modeled = {int(depth): float(seconds) for depth, seconds in run["costs"].items()} if run.get("costs") else None
+    if modeled is not None:  # the exit policy plans with what a round will be billed
+        costs = {d: dataclasses.replace(c, step_cpu_s=modeled[d]) for d, c in costs.items()}
     lean = session.scenario.strategy.clients_per_round is not None
     if lean:
         session.release()
@@ -63,7 +69,7 @@ def become_device(run: dict, frontend: dict[str, np.ndarray], control: Path | No
                                           session.scenario.training.local_steps))
     info = {**cpu.to_event(), "throughput_cores": round(throughput, 4), "costs": _costs_event(costs)}
     return Device(session, policy, DeviceSchedule(spec.profile.availability, spec.profile.failure, session.seed),
-                  memory, link, throughput, StressInjection(control, spec.link, session.seed), lean, info)
+                  memory, link, throughput, StressInjection(control, spec.link, session.seed), lean, modeled, info)
 
 
 def _policy(session: LocalSession, model: DeviceModel) -> ExitPolicy:

@@ -101,7 +101,7 @@ class LocalSession:
         torch.manual_seed(round_seed)  # dropout
 
         def step_done(step: int, loss: float) -> None:
-            throttle.pace()
+            throttle.step()
             memory.check()
             on_step(step, loss)
 

@@ -232,7 +232,8 @@ class ClientWorker:
     def _train(self, round_index: int, depth: int, timing: RoundTiming) -> RoundResult:
         """Local training at the device's pace (a fault may strike after one of its steps)."""
         device = self.device
-        throttle = ComputeThrottle(device.injection.slowed(device.throughput), self.clock, paced=not self.kernel_cpu)
+        throttle = ComputeThrottle(device.injection.slowed(device.throughput), self.clock, paced=not self.kernel_cpu,
+                                   step_cpu_s=device.modeled[depth] if device.modeled is not None else None)
         result = device.session.train_round(round_index, depth, self._on_step(round_index, depth, throttle),
                                             throttle, device.memory)
         device.memory.observe(depth, result.peak_mb)

@@ -20,6 +20,7 @@ PREFERRED_EXIT_AUTO = "auto"  # preferred_exits value: let the policy pick from 
 
 BACKENDS = ("user", "kernel", "auto")  # device emulation: auto = kernel where permitted
 CLOCKS = ("real", "events")  # how emulated time passes (testbed/emulation/clock.py)
+COMPUTE_MODES = ("measured", "modeled")  # what a step costs: its own CPU seconds, or the run's cost table
 
 DATA_SOURCES = ("builtin", "speech_commands", "manifest", "fsdd")
 PARTITIONS = ("speaker", "dirichlet", "iid")
@@ -34,6 +35,7 @@ ALLOWED = {
     "exit_policy": EXIT_POLICIES,
     "backend": BACKENDS,
     "clock": CLOCKS,
+    "compute": COMPUTE_MODES,
     "data_source": DATA_SOURCES,
     "partition": PARTITIONS,
     "family": FAMILIES,

@@ -205,6 +205,11 @@ class EmulationSpec:
     # emulated second; "events" jumps from event to event, so no process sleeps and dilation does
     # not apply (a round costs the host only its real work).
     clock: str = setting("real", choices=names.CLOCKS, what="emulated clock")
+    # What a local step costs in emulated time (event clock only): "measured", its own host CPU seconds /
+    # throughput; "modeled", the run's cost table (costs.json: CPU seconds per step and depth, measured
+    # once per backbone and batch on this host and cached), which makes a run's timeline and digests a
+    # function of its seed (client/costs.py).
+    compute: str = setting("measured", choices=names.COMPUTE_MODES, what="compute mode")
     # Wall seconds per emulated second. None = automatic: the fleet's CPU demand (sum of speed x
     # threads) over the host cores x headroom, at least 1. A fixed value below that makes clients
     # CPU-starved; the run then reports how far they fell behind their targets.
@@ -218,6 +223,9 @@ class EmulationSpec:
     host_cores: int | None = setting(None, ge=1, le=4096)  # None = the cores this process may run on
 
     def problems(self) -> Problems:
+        if self.compute == "modeled" and self.clock != "events":
+            yield "compute", ("'modeled' needs clock: events (the real clock paces what the work really costs); "
+                              "set clock: events or compute: measured")
         if self.clock == "events" and self.dilation is not None:
             yield "dilation", ("only applies to clock: real (the event clock makes no process wait, so it has "
                                "no host seconds per emulated second); remove it or set clock: real")

@@ -63,7 +63,7 @@ def _compute_child(profile: Profile, dilation: float, slot: int, queue, start=No
         start.wait()
     throttle = ComputeThrottle(demand_cores(profile), RealClock(dilation), paced=not kernel)
     throttle.start()
-    workload(WORK_STEPS, after_step=throttle.pace)
+    workload(WORK_STEPS, after_step=throttle.step)
     report = throttle.finish()
     queue.put({"cpus": list(cpu.cpus), "threads": cpu.threads, "cpu_s": report.cpu_s, "wall_s": report.wall_s})
 

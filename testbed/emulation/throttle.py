@@ -37,37 +37,53 @@ class ThrottleReport:
 
 
 class ComputeThrottle:
-    """Paces one phase of work: `start()`, `pace()` after each chunk, `finish()` for the report.
+    """Paces one phase of work: `start()`, `step()` after each chunk, `finish()` for the report.
 
     `paced=False`: something else paces the process (a cgroup CPU quota); the throttle only measures.
+    `step_cpu_s` (`emulation.compute: modeled`): each chunk is billed these host CPU seconds, whatever
+    it took here, so that its emulated time is a function of the run's settings alone.
     """
 
-    def __init__(self, throughput: float, clock: Clock, *, paced: bool = True):
+    def __init__(self, throughput: float, clock: Clock, *, paced: bool = True, step_cpu_s: float | None = None):
         if throughput <= 0:
             raise ValueError(f"throughput must be > 0 (got {throughput})")
         self.throughput, self.clock, self.paced = throughput, clock, paced
-        self._cpu0 = self._cpu_start = 0.0  # host CPU seconds
+        self.step_cpu_s = step_cpu_s
+        self._steps = 0  # chunks done since start()
+        self._cpu_start = 0.0  # host CPU seconds at start()
+        self._work0 = 0.0  # work (billed CPU seconds) at the latest rate change
         self._started = 0.0  # emulated seconds (clock.now() at start)
         self._target_before = 0.0  # emulated seconds of work done at earlier rates (see retune)
 
+    def _work(self, cpu_now: float) -> float:
+        """Billed CPU seconds of the work so far: measured (the process's CPU clock), or modeled per step."""
+        return cpu_now if self.step_cpu_s is None else self._steps * self.step_cpu_s
+
     def start(self) -> None:
-        self._cpu0 = self._cpu_start = time.process_time()
+        self._steps = 0
+        self._cpu_start = time.process_time()
+        self._work0 = self._work(self._cpu_start)
         self._started = self.clock.now()
         self._target_before = 0.0
 
-    def _target(self, cpu_now: float | None = None) -> float:
+    def _target(self, cpu_now: float) -> float:
         """Emulated seconds the work done since start() (until `cpu_now`, host CPU seconds) should take."""
-        cpu_now = time.process_time() if cpu_now is None else cpu_now
-        return self._target_before + (cpu_now - self._cpu0) / self.throughput
+        return self._target_before + (self._work(cpu_now) - self._work0) / self.throughput
 
     def pace(self, cpu_now: float | None = None) -> None:
         """Let the clock catch up with the work done so far."""
         if self.paced:
-            self.clock.advance_to(self._started + self._target(cpu_now))
+            self.clock.advance_to(self._started + self._target(time.process_time() if cpu_now is None else cpu_now))
+
+    def step(self) -> None:
+        """One chunk of work is done: count it, then pace."""
+        self._steps += 1
+        self.pace()
 
     def retune(self, throughput: float) -> None:
         """A new pace from now on (an injected slowdown); the work done so far keeps its old pace."""
-        self._target_before, self._cpu0 = self._target(), time.process_time()
+        cpu_now = time.process_time()
+        self._target_before, self._work0 = self._target(cpu_now), self._work(cpu_now)
         self.throughput = throughput
 
     def finish(self) -> ThrottleReport:

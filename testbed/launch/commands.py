@@ -62,7 +62,7 @@ def aggregator(args: argparse.Namespace) -> int:
     else:
         scenario = load_scenario(args.scenario, args.overrides)
         run_dir = new_run_dir(scenario, args.out)
-    prepare_assets(scenario)
+    prepare_assets(scenario, run_dir)
     if args.keys is None:  # allowed on loopback only (checked above), and said plainly: run_started says auth "none"
         print(f"warning: no --keys: any process that can reach {args.bind} may join as any client of the fleet "
               f"(use `testbed keys` and --keys to bind each client id to its own key)", flush=True)

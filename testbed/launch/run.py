@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from testbed.aggregator.checkpoint import write_run_identity
+from testbed.client.costs import COST_TABLE_FILE, cost_table
 from testbed.config.convert import to_data
 from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
@@ -22,6 +23,7 @@ from testbed.events import ENDINGS, EventLog, read_events
 from testbed.launch.limits import KernelLimits
 from testbed.launch.processes import ProcessGroup
 from testbed.monitor.console import EventPrinter
+from testbed.strategies import make_strategy
 
 PRELOAD = ["testbed.launch.entry"]
 
@@ -41,20 +43,25 @@ def new_run_dir(scenario: Scenario, out: str | None) -> Path:
     return run_dir
 
 
-def prepare_assets(scenario: Scenario) -> None:
-    """Build what every process will read from the cache (corpus, waveforms, pretrained backbone) once, here,
-    and check what the scenario asks of the host and the backbone: a one-line UserError before any process starts."""
+def prepare_assets(scenario: Scenario, run_dir: Path) -> None:
+    """Build what every process will read from the cache (corpus, waveforms, pretrained backbone, the cost table of
+    `compute: modeled`) once, here, and check what the scenario asks of the host and the backbone: a one-line
+    UserError before any process starts."""
     from testbed.aggregator.plan import make_plan
     from testbed.config.depth import check_depth
     from testbed.launch.capacity import check_host
     from testbed.model.backbone import build_backbone
 
     check_host(scenario, resolve_fleet(scenario))  # time dilation and memory the fleet needs
-    make_plan(scenario)  # the data of every task, and a partition that gives every client a shard (else one-line error)
+    plan = make_plan(scenario)  # the data of every task, and a partition that gives every client a shard (else one-line error)
     spec = scenario.backbone
     backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
     # exits against the loaded depth: load_scenario could check them only for a backbone known without loading it
     check_depth(scenario, backbone.config.num_hidden_layers, f"scenario {scenario.name!r}")
+    table = run_dir / COST_TABLE_FILE
+    if scenario.emulation.compute == "modeled" and not table.exists():  # a resumed run keeps the table it had
+        loss = make_strategy(scenario.strategy.name, scenario.strategy.weighting).client_loss or scenario.training.loss
+        table.write_text(json.dumps(cost_table(scenario, sorted(plan.classes), plan.classes, loss), indent=1))
 
 
 def run(scenario_path: str | None, overrides: list[str], out: str | None = None, resume: str | None = None,
@@ -71,7 +78,7 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
     else:
         scenario = load_scenario(scenario_path, overrides)
         run_dir = new_run_dir(scenario, out)
-    prepare_assets(scenario)
+    prepare_assets(scenario, run_dir)
     group = ProcessGroup(PRELOAD)
     printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
     try:
