@@ -36,6 +36,15 @@ def to_torch(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(array) for name, array in tensors.items()}
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What `LocalSession.release()` drops and `ensure_loaded()` builds again: the shard and the model."""
+
+    model: EarlyExitModel
+    waveforms: torch.Tensor  # this client's clips
+    labels: torch.Tensor
+
+
 class LocalSession:
     """A client's long-lived state, built from the aggregator's WELCOME.
 
@@ -51,41 +60,47 @@ class LocalSession:
         self.loss_mode: str = run.get("loss", self.scenario.training.loss)  # a strategy may impose its own
         self.exits: tuple[int, ...] = ()
         self._run, self._frontend = run, {name: np.array(value) for name, value in frontend.items()}
-        self.model: EarlyExitModel | None = None
+        self.loaded: Loaded | None = None  # None while released
         self.ensure_loaded()
 
     def ensure_loaded(self) -> None:
         """Load this client's shard and build its model (a no-op when loaded)."""
         from testbed.data.source import task_data
 
-        if self.model is not None:
+        if self.loaded is not None:
             return
         data = task_data(self.scenario.data, self.task, self.scenario.seed)
         shard = np.asarray(self._run["shard"], dtype=np.int64)
-        self.waveforms = torch.from_numpy(data.train_clips(shard))
-        self.labels = torch.from_numpy(data.train_labels[shard])
+        waveforms = torch.from_numpy(data.train_clips(shard))
+        labels = torch.from_numpy(data.train_labels[shard])
         classes = len(data.classes)
         del data
         task_data.cache_clear()  # unmap the corpus-wide clip file: this client keeps only its shard (~60 MB)
         spec = self.scenario.backbone
         backbone = build_backbone(spec.name, spec.family, spec.pretrained, self.scenario.seed, progress=False)
-        self.model = EarlyExitModel(backbone, {self.task: classes}, spec.exits,
-                                    spec.freeze_feature_encoder)
-        load_partial_state(self.model, to_torch(self._frontend))  # the aggregator's frozen front end
-        self.exits = self.model.exits
+        model = EarlyExitModel(backbone, {self.task: classes}, spec.exits, spec.freeze_feature_encoder)
+        load_partial_state(model, to_torch(self._frontend))  # the aggregator's frozen front end
+        self.exits = model.exits
+        self.loaded = Loaded(model, waveforms, labels)
+
+    def _ready(self) -> Loaded:
+        """Shard and model, for the work that needs them: its caller has loaded them (the session loads at once,
+        and the worker's round calls ensure_loaded() before its work)."""
+        assert self.loaded is not None, "released: ensure_loaded() first"
+        return self.loaded
 
     def release(self) -> None:
         """Drop data and model until the next round that needs them (the global layers come with it)."""
-        self.model = self.waveforms = self.labels = None
+        self.loaded = None
 
     def measure_costs(self) -> dict[int, DepthCost]:
-        training = self.scenario.training
-        return measure_costs(self.model, self.waveforms, self.labels, task=self.task,
+        training, loaded = self.scenario.training, self._ready()
+        return measure_costs(loaded.model, loaded.waveforms, loaded.labels, task=self.task,
                              batch_size=training.batch_size, loss_mode=self.loss_mode)
 
     def load(self, tensors: dict[str, np.ndarray]) -> None:
         """Copy the received layers into the model (the received frames can then be let go)."""
-        load_partial_state(self.model, to_torch(tensors))
+        load_partial_state(self._ready().model, to_torch(tensors))
 
     def train_round(self, round_index: int, depth: int, on_step,
                     throttle: ComputeThrottle, memory: MemoryBudget) -> RoundResult:
@@ -105,13 +120,14 @@ class LocalSession:
             memory.check()
             on_step(step, loss)
 
+        loaded = self._ready()
         throttle.start()
-        optimizer = make_optimizer(self.model, training.learning_rate, training.head_learning_rate)
-        stats = train_steps(self.model, optimizer, self.waveforms,
-                            self.labels, task=self.task, depth=depth, steps=training.local_steps,
-                            batch_size=min(training.batch_size, len(self.waveforms)), loss_mode=self.loss_mode,
+        optimizer = make_optimizer(loaded.model, training.learning_rate, training.head_learning_rate)
+        stats = train_steps(loaded.model, optimizer, loaded.waveforms,
+                            loaded.labels, task=self.task, depth=depth, steps=training.local_steps,
+                            batch_size=min(training.batch_size, len(loaded.waveforms)), loss_mode=self.loss_mode,
                             generator=generator, on_step=step_done)
         report = throttle.finish()
-        state = partial_state(self.model, depth, {self.task})
+        state = partial_state(loaded.model, depth, {self.task})
         return RoundResult({name: value.numpy() for name, value in state.items()}, stats["samples"],
                            stats["loss"], report, peak_mb())

@@ -33,10 +33,16 @@ DEFAULT_EMA = 0.5  # weight of the newest timing in the adaptive moving average 
 # What a policy reads of its device, declared here rather than imported: this module stays free of torch and of
 # the emulation (the config's allowed policy names come from its registry, so testbed.config imports it).
 class StepCost(Protocol):
-    """One depth's measured cost (testbed/client/costs.py DepthCost)."""
+    """One depth's measured cost (testbed/client/costs.py DepthCost). Read-only properties: a frozen dataclass's
+    fields are, and a plain attribute here would ask for settable ones."""
 
-    step_cpu_s: float  # host CPU seconds of one local step, all threads
-    state_bytes: int  # bytes of the layers and heads trained, each way per round
+    @property
+    def step_cpu_s(self) -> float:
+        """Host CPU seconds of one local step, all threads."""
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the layers and heads trained, each way per round."""
 
 
 class LinkTimes(Protocol):

@@ -56,11 +56,28 @@ class ClientWorker:
         self.control_file = control_path(run_dir, client_id) if run_dir else None
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
-        self.heartbeat: Heartbeat | None = None  # started once joined
+        self._heartbeat: Heartbeat | None = None  # started once joined
         self.connect, self.curve_dir = connect, curve_dir
         self.clock: Clock = RealClock()  # the device's time, from boot; WELCOME picks the run's clock, ROUND its dilation
-        self.device: Device | None = None  # built from WELCOME
+        self._device: Device | None = None  # built from WELCOME
+        self._link: LinkShaper | None = None  # the dealer's shaper, made with the device
         self.idle_timeout_s = join_timeout_s  # host seconds; until WELCOME says the round deadline
+
+    # Set by _join (WELCOME): all that reads them belongs to a round, and rounds come after it.
+    @property
+    def heartbeat(self) -> Heartbeat:
+        assert self._heartbeat is not None, "not joined"
+        return self._heartbeat
+
+    @property
+    def device(self) -> Device:
+        assert self._device is not None, "not joined"
+        return self._device
+
+    @property
+    def link(self) -> LinkShaper:
+        assert self._link is not None, "not joined"
+        return self._link
 
     def run(self) -> int:
         try:
@@ -77,8 +94,8 @@ class ClientWorker:
             self.dealer.send(Message("BYE", self.client_id, 0, {"reason": f"out of memory: {error}"}), shaped=False)
             return OOM_EXIT_CODE
         finally:
-            if self.heartbeat is not None:
-                self.heartbeat.stop()
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
             self.dealer.close()
             self.context.term()
 
@@ -104,9 +121,9 @@ class ClientWorker:
             except Stop as refused:  # a BYE before any WELCOME: the JOIN was refused, and we are told why
                 raise JoinFailed(f"the aggregator at {self.connect} did not let {self.client_id} join: "
                                  f"{str(refused).removeprefix('JOIN refused: ')}") from None
-            self.heartbeat = Heartbeat(self.context, self.connect, self.client_id, self.curve_dir, self._join_body())
+            self._heartbeat = Heartbeat(self.context, self.connect, self.client_id, self.curve_dir, self._join_body())
             self.heartbeat.state = "loading"
-            self.device = self._become_device(welcome)
+            self._device = self._become_device(welcome)
             self.dealer.send(Message("HEARTBEAT", self.client_id, 0, {"state": "ready", "device": self.device.info}),
                              shaped=False)
             self.heartbeat.state = "idle"
@@ -137,7 +154,8 @@ class ClientWorker:
         if device.session.scenario.emulation.clock == "events":
             self.clock = EventClock()  # the real one counted from boot; this one reads the run's time from ROUND
         self.clock.set_dilation(float(run.get("dilation", 1.0)))
-        self.dealer.shaper = LinkShaper(device.link, self.clock)  # links are shaped here with either backend
+        # links are shaped here with either backend
+        self.dealer.shaper = self._link = LinkShaper(device.link, self.clock)
         self.idle_timeout_s = max(60.0, self.clock.host_s(10 * device.session.scenario.deadline_s))
         return device
 
@@ -190,7 +208,7 @@ class ClientWorker:
         self._take_up_injection()
         # link draws (jitter, loss) from this round's own seed, as the batch order: a client restarted by a resume
         # draws in round r what the uninterrupted run's client drew there
-        shaper = self.dealer.shaper
+        shaper = self.link
         shaper.model = LinkModel(shaper.model.link, [self.device.session.seed, start.round])
         return received
 
@@ -205,7 +223,7 @@ class ClientWorker:
     def _wake(self, received: float) -> float:
         """When the round's work starts (emulated seconds): as ROUND arrived, or once a lean client reloaded
         its data and model, which takes host time that is no phase of the device."""
-        if self.device.session.model is not None:
+        if self.device.session.loaded is not None:
             return received
         self.device.session.ensure_loaded()
         return self.clock.now()
@@ -275,7 +293,7 @@ class ClientWorker:
 
     def _take_up_injection(self) -> bool:
         """A changed control file (slowdown, link, lies) taken up; True when something changed."""
-        return self.device.injection.take_up(self.dealer.shaper)
+        return self.device.injection.take_up(self.link)
 
     def _suffer(self, fault: str) -> None:
         """An injected fault, mid-training: a crash (abrupt exit, no goodbye) or a freeze (total silence)."""

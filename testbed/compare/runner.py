@@ -40,6 +40,9 @@ class QuietPrinter:
     def poll(self) -> None:
         pass
 
+    def stop(self) -> None:
+        """Nothing to leave (run() calls it when the run raises: without it, an AttributeError hid that error)."""
+
     def finish(self, run_dir: Path, summary: dict, exit_code: int | None) -> None:
         print(f"  {summary.get('status')}: {summary.get('rounds_completed')}/{summary.get('rounds_planned')} rounds, "
               f"{summary.get('rounds_emulated_s', 0.0):.1f} emulated s of rounds ({summary.get('reason')})", flush=True)

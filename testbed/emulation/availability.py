@@ -33,9 +33,10 @@ class DeviceSchedule:
             t = emulated_s % availability.period_s if availability.period_s else emulated_s
             if not any(start <= t < end for start, end in availability.intervals):
                 return False
-        if availability.online_s is not None:
-            cycle = availability.online_s + availability.offline_s
-            if emulated_s % cycle >= availability.online_s:
+        online_s, offline_s = availability.online_s, availability.offline_s
+        if online_s is not None and offline_s is not None:  # the two go together (Availability.problems)
+            cycle = online_s + offline_s
+            if emulated_s % cycle >= online_s:
                 return False
         return bool(self._rng(round_index, 0).random() < availability.online_probability)
 

@@ -116,6 +116,7 @@ def _in_cgroup(profile: Profile, dilation: float) -> dict:
     process = context.Process(target=_compute_child, args=(profile, dilation, 0, queue, start, True), daemon=True)
     process.start()
     try:
+        assert process.pid is not None  # start() set it
         cgroup.add(process.pid)
         start.wait(timeout=300)
         return queue.get(timeout=600)
@@ -135,7 +136,8 @@ def calibrate_compute(profiles: list[Profile], emulation: EmulationSpec, repeats
     results = []
     for profile in profiles:
         dilation = choose_dilation(emulation, [profile]).factor  # alone on the host
-        speeds, run = [], {}
+        speeds: list[float] = []
+        run: dict = {}  # the last repeat's measurement
         for _ in range(repeats):
             work_s = _in_child(_reference_child)
             run = _in_cgroup(profile, dilation) if kernel else _in_child(_compute_child, profile, dilation, 0)

@@ -67,9 +67,9 @@ def calibrate(args: argparse.Namespace) -> int:
                        "up Mbit/s", "achieved", "error"):
             table.add_column(header, justify="left" if header == "link" else "right")
         for name in names:
-            result = calibrate_link(load_link(name))
-            cells = [result.link]
-            for expected, achieved in (result.rtt_ms, result.down_mbps, result.up_mbps):
+            measured = calibrate_link(load_link(name))
+            cells = [measured.link]
+            for expected, achieved in (measured.rtt_ms, measured.down_mbps, measured.up_mbps):
                 cells += [f"{expected:.2f}", f"{achieved:.2f}", f"{achieved / expected - 1:+.1%}"]
             table.add_row(*cells)
         console.print(table)

@@ -64,7 +64,8 @@ def choose_dilation(spec: EmulationSpec, profiles: Iterable[Profile], concurrent
     if needed == 1.0:
         return Dilation(1.0, demand, cores, f"none needed: fleet demand {demand:.2f} cores fits "
                                             f"{usable:.2f} of {cores} host cores ({spec.headroom:.0%} headroom)")
-    if single > demand / usable:
+    # (fastest is None only without profiles, whose factor of 1.0 was returned above)
+    if fastest is not None and single > demand / usable:
         return Dilation(needed, demand, cores,
                         f"automatic: profile {fastest.name} alone is worth {demand_cores(fastest):.2f} cores but "
                         f"runs {min(fastest.threads, fastest.cores, cores)} thread(s) here")

@@ -50,7 +50,9 @@ class InjectedState:
     def __init__(self, path: Path | None, base_link: LinkSpec):
         self.path, self.base_link = path, base_link
         self.slowdown, self.link, self.scale = 1.0, base_link, 1.0
-        self.step_scale, self.samples, self.impersonate = 1.0, None, None
+        self.step_scale = 1.0
+        self.samples: int | None = None
+        self.impersonate: str | None = None
         self._seen: float | None = None
 
     def changed(self) -> bool:
@@ -85,7 +87,14 @@ class InjectedState:
             unknown = set(link_fields) - set(LINK_FIELDS)
             if unknown:
                 raise ValueError(f"unknown link fields {sorted(unknown)} (allowed: {', '.join(LINK_FIELDS)})")
-            link = dataclasses.replace(self.base_link, **{k: float(v) for k, v in link_fields.items()})
+            overrides = {k: float(v) for k, v in link_fields.items()}
+            # named one by one: replace()'s keywords are checked against LinkSpec, whose str fields no float fits
+            base = self.base_link
+            link = dataclasses.replace(
+                base, downlink_mbps=overrides.get("downlink_mbps", base.downlink_mbps),
+                uplink_mbps=overrides.get("uplink_mbps", base.uplink_mbps),
+                latency_ms=overrides.get("latency_ms", base.latency_ms),
+                jitter_ms=overrides.get("jitter_ms", base.jitter_ms), loss=overrides.get("loss", base.loss))
             if link.downlink_mbps <= 0 or link.uplink_mbps <= 0 or link.latency_ms < 0 or not 0 <= link.loss < 1:
                 raise ValueError("bandwidths must be > 0, latency >= 0, 0 <= loss < 1")
         except (OSError, ValueError, TypeError, AttributeError) as error:

@@ -123,7 +123,8 @@ def _v2_layout(mount: Path, home: Path) -> CgroupLayout:
         elif base is None or controller not in enabled[base]:
             problems[controller] = (f"no {controller} controller in cgroup v2 subtree_control of {home} or its "
                                     f"parents (enable it: echo +{controller} > <parent>/cgroup.subtree_control)")
-    bases = {controller: base for controller in CONTROLLERS if controller not in problems}
+    # without a base every controller has its problem: no bases then
+    bases = {} if base is None else {controller: base for controller in CONTROLLERS if controller not in problems}
     return CgroupLayout(2, bases, {controller: home for controller in CONTROLLERS}, problems)
 
 
@@ -319,9 +320,10 @@ class ClientCgroup:
 
     def oom_killed(self) -> bool:
         """Whether the kernel killed a task of this group for exceeding memory_mb (remembered past remove())."""
-        directory = self.directories.get("memory")
-        if directory is not None and directory.is_dir():
-            self._oom_seen = self._oom_seen or _oom_kills(directory, self.layout.version) > 0
+        # a layout without a version (no cgroup filesystem) has no bases, so no directory either
+        directory, version = self.directories.get("memory"), self.layout.version
+        if directory is not None and version is not None and directory.is_dir():
+            self._oom_seen = self._oom_seen or _oom_kills(directory, version) > 0
         return self._oom_seen
 
     def remove(self) -> None:

@@ -308,7 +308,7 @@ def remove_stale_networks() -> list[str]:
     """Delete namespaces and veth pairs whose launcher is gone; what was removed ("netns X", "link Y")."""
     if shutil.which("ip") is None:
         return []
-    removed = []
+    removed: list[str] = []
     if NETNS_DIR.is_dir():
         for entry in sorted(NETNS_DIR.iterdir()):
             match = NETNS_NAME.fullmatch(entry.name)

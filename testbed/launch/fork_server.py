@@ -62,9 +62,10 @@ def serve(channel: socket.socket) -> None:
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    watched: list[socket.socket | int] = [channel, wake_read]  # a socket and an fd: select() needs the type
     try:
         while True:
-            readable, _, _ = select.select([channel, wake_read], [], [])
+            readable, _, _ = select.select(watched, [], [])
             if wake_read in readable:
                 os.read(wake_read, 4096)
                 _report_ended(channel)

@@ -104,10 +104,10 @@ class ProcessGroup:
         call starts the server and waits for its imports (seconds), later ones take milliseconds."""
         if self.server is None:
             self._start_server()
-        if not self.serving:
+        if self.channel is None:  # not serving (spelled out, as below: the type checker then narrows the channel)
             raise RuntimeError(f"cannot start {name}: the fork server has ended")
         send(self.channel, (name, target, args))
-        while self.serving:
+        while self.channel is not None:
             started = self._handle(receive(self.channel))
             if started is not None:
                 self.processes[name] = started
@@ -127,15 +127,14 @@ class ProcessGroup:
 
     def poll(self, timeout: float | None = 0.0) -> None:
         """Read the server's reports of ended children: those already there, else wait up to `timeout` s for one."""
-        while self.serving and select.select([self.channel], [], [], timeout)[0]:
+        while self.channel is not None and select.select([self.channel], [], [], timeout)[0]:
             self._handle(receive(self.channel))
             timeout = 0.0
 
     def _handle(self, message: tuple | None) -> Child | None:
         """Apply one report of the server; the child it started, for a "started" one."""
         if message is None:  # the server ended: it takes the group with it (see fork_server.py)
-            self.channel.close()
-            self.channel = None
+            self._close_channel()
             for child in self._running.values():
                 child.exitcode = -signal.SIGKILL
             self._running.clear()
@@ -145,9 +144,14 @@ class ProcessGroup:
             child = self._running[pid] = Child(self, name, pid)
             return child
         _, pid, code = message
-        if (child := self._running.pop(pid, None)) is not None:
-            child.exitcode = code
+        if (ended := self._running.pop(pid, None)) is not None:
+            ended.exitcode = code
         return None
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
     def pids(self) -> dict[str, int]:
         """Every process started, by name, plus the fork server they were forked from."""
@@ -177,26 +181,26 @@ class ProcessGroup:
     def stop(self, grace_s: float = 2.0) -> None:
         """SIGTERM the group, wait up to `grace_s` for every child to end, then SIGKILL the group (the fork
         server included) and reap the server. Safe to call again."""
-        if self.server is None:
+        server = self.server
+        if server is None:
             return
-        self._signal_group(signal.SIGTERM)  # the children end; the server ignores it and reports them
+        _signal_group(server, signal.SIGTERM)  # the children end; the server ignores it and reports them
         deadline = time.monotonic() + grace_s
         while self._running and self.serving and (left := deadline - time.monotonic()) > 0:
             self.poll(left)
-        self._signal_group(signal.SIGKILL)
-        self.server.wait()
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
+        _signal_group(server, signal.SIGKILL)
+        server.wait()
+        self._close_channel()
         for child in self._running.values():
             child.exitcode = -signal.SIGKILL
         self._running.clear()
         self.server = None
 
-    def _signal_group(self, signum: int) -> None:
-        # The server is our child and not yet reaped (wait() comes after), so its pid, the group's id, cannot
-        # have been reused by another group.
-        try:
-            os.killpg(self.server.pid, signum)
-        except ProcessLookupError:  # no process left in the group
-            pass
+
+def _signal_group(server: subprocess.Popen, signum: int) -> None:
+    # The server is our child and not yet reaped (wait() comes after), so its pid, the group's id, cannot
+    # have been reused by another group.
+    try:
+        os.killpg(server.pid, signum)
+    except ProcessLookupError:  # no process left in the group
+        pass

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from testbed.aggregator.checkpoint import write_run_identity
 from testbed.client.costs import COST_TABLE_FILE, cost_table
@@ -18,7 +19,7 @@ from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
 from testbed.emulation.dilation import fleet_dilation
 from testbed.errors import UserError
-from testbed.event_kinds import RunFailed, RunInterrupted
+from testbed.event_kinds import RunEnded, RunFailed, RunInterrupted
 from testbed.events import ENDINGS, EventLog, read_events
 from testbed.launch.limits import KernelLimits
 from testbed.launch.processes import ProcessGroup
@@ -26,6 +27,19 @@ from testbed.monitor.console import EventPrinter
 from testbed.strategies import make_strategy
 
 PRELOAD = ["testbed.launch.entry"]
+
+
+class Printer(Protocol):
+    """What shows a run (EventPrinter; testbed.monitor.live's RunDashboard on a terminal)."""
+
+    def poll(self) -> None:
+        """Show what the run did since the last poll."""
+
+    def stop(self) -> None:
+        """The run failed: leave the screen as it was, so that the error is seen."""
+
+    def finish(self, run_dir: Path, summary: dict, exit_code: int | None) -> None:
+        """Show how the run ended."""
 
 
 def new_run_dir(scenario: Scenario, out: str | None) -> Path:
@@ -65,7 +79,7 @@ def prepare_assets(scenario: Scenario, run_dir: Path) -> None:
 
 
 def run(scenario_path: str | None, overrides: list[str], out: str | None = None, resume: str | None = None,
-        make_printer: Callable[[Path], EventPrinter] | None = None) -> Path:
+        make_printer: Callable[[Path], Printer] | None = None) -> Path:
     """Run a scenario to the end (or Ctrl-C) and return its run directory.
 
     `make_printer(events_path)` gives what shows the run (poll() while it goes, finish() at the end):
@@ -76,6 +90,7 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
             raise UserError(f"--resume {run_dir}: not a run directory (no scenario.yaml)")
         scenario = load_scenario(run_dir / "scenario.yaml")
     else:
+        assert scenario_path is not None, "a scenario, or resume"  # as `testbed run` checks (launch/commands.py)
         scenario = load_scenario(scenario_path, overrides)
         run_dir = new_run_dir(scenario, out)
     prepare_assets(scenario, run_dir)
@@ -88,7 +103,7 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         raise
 
 
-def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup, printer: EventPrinter) -> Path:
+def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup, printer: Printer) -> Path:
     """Start the aggregator and the fleet, show the run until the aggregator ends, then record and tell how it ended."""
     sockets = Path(tempfile.mkdtemp(prefix="testbed-"))  # short path: ipc names are limited to ~100 bytes
     router, events = f"ipc://{sockets}/router", f"ipc://{sockets}/events"
@@ -164,6 +179,7 @@ def record_unrecorded_end(run_dir: Path, recorded: int, exit_code: int | None, i
     if any(event.get("kind") in ENDINGS for event in events[recorded:]):
         return  # the aggregator recorded its end itself
     log_file = run_dir / "logs" / "aggregator.log"
+    ending: type[RunEnded]
     if interrupted:
         ending, reason = RunInterrupted, "interrupted before the aggregator recorded its end"
     elif exit_code is not None and exit_code < 0:
@@ -190,7 +206,8 @@ class StaggeredStart:
     def __init__(self, client_ids: list[str], events_path: Path):
         from testbed.monitor.sources import FileTail
 
-        self.pending, self.loading = list(client_ids), set()
+        self.pending = list(client_ids)
+        self.loading: set[str] = set()
         self.events = FileTail(events_path)
 
     def due(self) -> list[str]:

@@ -102,7 +102,7 @@ def print_lines(source, view: RunView, done: Callable[[], bool], stream) -> None
         time.sleep(REFRESH_S)
 
 
-def choose_printer(no_dashboard: bool) -> Callable[[Path], object] | None:
+def choose_printer(no_dashboard: bool) -> Callable[[Path], RunDashboard] | None:
     """What `testbed run` shows: the dashboard when stdout is a terminal (and it is wanted), else None
     (the run's default: plain timestamped lines)."""
     if no_dashboard or not sys.stdout.isatty():
