@@ -198,3 +198,25 @@ def test_modeled_compute_makes_two_runs_of_one_seed_identical(write_scenario, tm
         first, second = emulated(runs[0] / name), emulated(runs[1] / name)
         assert first == second and len(first) >= 3, name
     assert len({row["digest"] for row in emulated(runs[0] / "rounds.csv")}) == 3
+
+
+def test_compute_slots_let_at_most_n_processes_hold_one(tmp_path):
+    """Two slots, three processes: the third gets one only when a holder lets go (or dies)."""
+    import subprocess
+    import sys
+
+    holder = ("import sys, time; from pathlib import Path; from testbed.emulation.slots import ComputeSlots\n"
+              "with ComputeSlots(Path(sys.argv[1]), 2):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
+    first = [subprocess.Popen([sys.executable, "-c", holder, str(tmp_path), "30"], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        assert [p.stdout.readline().strip() for p in first] == ["held", "held"]
+        third = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path), "0"], stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        assert third.poll() is None  # still waiting: both slots are taken
+        first[0].kill()  # a dead holder's lock goes with it
+        assert third.stdout.readline().strip() == "held" and third.wait(timeout=30) == 0
+    finally:
+        for process in first:
+            process.kill()
+            process.wait()

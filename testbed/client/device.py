@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,7 @@ from testbed.emulation.device import apply_cpu
 from testbed.emulation.dilation import demand_cores
 from testbed.emulation.link import LinkModel
 from testbed.emulation.memory import MemoryBudget, release_free_memory
+from testbed.emulation.slots import compute_slots
 from testbed.model.early_exit import exit_depth
 
 
@@ -46,15 +48,18 @@ class Device:
     lean: bool  # data and model are released between rounds (a large fleet of which a few train)
     # compute: modeled: the run's host CPU seconds per step by depth, billed whatever a step takes here; None: measured
     modeled: dict[int, float] | None
+    slots: AbstractContextManager  # held while computing (event clock: emulation/slots.py); else a no-op
     info: dict  # the "device" field of the ready heartbeat: CPU placement, throughput, costs per depth
 
 
-def become_device(run: dict, frontend: dict[str, np.ndarray], control: Path | None) -> Device:
+def become_device(run: dict, frontend: dict[str, np.ndarray], control: Path | None, run_dir: Path | None) -> Device:
     """Apply the profile (CPU first, before any work), load data and model, measure what depths cost."""
     spec = from_data(ClientSpec, run["client"], source="aggregator WELCOME")
     cpu = apply_cpu(spec.profile, run.get("slot", 0))
     session = LocalSession(run, frontend)
-    costs = session.measure_costs()
+    slots = compute_slots(session.scenario.emulation, run_dir)
+    with slots:
+        costs = session.measure_costs()
     modeled = {int(depth): float(seconds) for depth, seconds in run["costs"].items()} if run.get("costs") else None
     if modeled is not None:  # the exit policy plans with what a round will be billed
         costs = {d: dataclasses.replace(c, step_cpu_s=modeled[d]) for d, c in costs.items()}
@@ -69,7 +74,8 @@ def become_device(run: dict, frontend: dict[str, np.ndarray], control: Path | No
                                           session.scenario.training.local_steps))
     info = {**cpu.to_event(), "throughput_cores": round(throughput, 4), "costs": _costs_event(costs)}
     return Device(session, policy, DeviceSchedule(spec.profile.availability, spec.profile.failure, session.seed),
-                  memory, link, throughput, StressInjection(control, spec.link, session.seed), lean, modeled, info)
+                  memory, link, throughput, StressInjection(control, spec.link, session.seed), lean, modeled, slots,
+                  info)
 
 
 def _policy(session: LocalSession, model: DeviceModel) -> ExitPolicy:

@@ -54,6 +54,7 @@ class ClientWorker:
         self.kernel_cpu = kernel_cpu  # a cgroup CPU quota paces this process: measure, do not sleep
         # where stress tests inject changes (RUN_DIR/control/<id>.json); None = never
         self.control_file = control_path(run_dir, client_id) if run_dir else None
+        self.run_dir = run_dir  # where compute slots are shared with the run's other clients (event clock)
         self.context = zmq.Context()
         self.dealer = Dealer(self.context, connect, client_id, max_bytes=MAX_MESSAGE_BYTES, curve_dir=curve_dir)
         self._heartbeat: Heartbeat | None = None  # started once joined
@@ -150,7 +151,7 @@ class ClientWorker:
         from testbed.client.device import become_device
 
         run = welcome.body["run"]
-        device = become_device(run, welcome.tensors, self.control_file)
+        device = become_device(run, welcome.tensors, self.control_file, self.run_dir)
         if device.session.scenario.emulation.clock == "events":
             self.clock = EventClock()  # the real one counted from boot; this one reads the run's time from ROUND
         self.clock.set_dilation(float(run.get("dilation", 1.0)))
@@ -252,8 +253,9 @@ class ClientWorker:
         device = self.device
         throttle = ComputeThrottle(device.injection.slowed(device.throughput), self.clock, paced=not self.kernel_cpu,
                                    step_cpu_s=device.modeled[depth] if device.modeled is not None else None)
-        result = device.session.train_round(round_index, depth, self._on_step(round_index, depth, throttle),
-                                            throttle, device.memory)
+        with device.slots:  # waiting for one takes host time only: the throttle starts once it is held
+            result = device.session.train_round(round_index, depth, self._on_step(round_index, depth, throttle),
+                                                throttle, device.memory)
         device.memory.observe(depth, result.peak_mb)
         timing.compute_s, timing.cpu_s = result.throttle.elapsed_s, result.throttle.cpu_s
         timing.overshoot = result.throttle.overshoot

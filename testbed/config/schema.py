@@ -210,6 +210,9 @@ class EmulationSpec:
     # once per backbone and batch on this host and cached), which makes a run's timeline and digests a
     # function of its seed (client/costs.py).
     compute: str = setting("measured", choices=names.COMPUTE_MODES, what="compute mode")
+    # Event clock: clients of this host that compute (probe or train) at once; the others wait, which costs
+    # them no emulated time (emulation/slots.py). None = the host's cores.
+    max_computing: int | None = setting(None, ge=1, le=4096)
     # Wall seconds per emulated second. None = automatic: the fleet's CPU demand (sum of speed x
     # threads) over the host cores x headroom, at least 1. A fixed value below that makes clients
     # CPU-starved; the run then reports how far they fell behind their targets.
@@ -226,6 +229,9 @@ class EmulationSpec:
         if self.compute == "modeled" and self.clock != "events":
             yield "compute", ("'modeled' needs clock: events (the real clock paces what the work really costs); "
                               "set clock: events or compute: measured")
+        if self.clock != "events" and self.max_computing is not None:
+            yield "max_computing", ("only applies to clock: events (under the real clock every client computes "
+                                    "when its device would); remove it or set clock: events")
         if self.clock == "events" and self.dilation is not None:
             yield "dilation", ("only applies to clock: real (the event clock makes no process wait, so it has "
                                "no host seconds per emulated second); remove it or set clock: real")
