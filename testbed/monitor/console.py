@@ -55,7 +55,7 @@ def _round_line(event: dict) -> str:
         return (f"round {index} started: {len(event.get('selected') or [])} clients, "
                 + (f"deadline {_seconds(deadline)}" if deadline is not None else "no deadline (waits for all)"))
     if kind == "round_closed":
-        depths = sorted({row.get("depth") for row in event.get("clients") or []
+        depths = sorted({row["depth"] for row in event.get("clients") or []
                          if isinstance(row, dict) and row.get("status") == "updated" and row.get("depth")})
         return (f"round {index}: {_seconds(event.get('wall_s'))} emulated, "
                 f"{event.get('updates', '?')}/{event.get('selected', '?')} updates, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich import box
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderResult
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -232,14 +232,15 @@ def fleet_table(view: RunView, now_t: float, width: int, rows: int, compact: boo
         table.add_column(name, width=column_width, no_wrap=True, overflow="ellipsis",
                          justify="right" if name in NUMERIC else "left")
     gantt_width = width - sum(w for _, w in columns) - len(columns)  # one space after each column
-    with_gantt = compact and round_ is not None and gantt_width >= 6
-    if with_gantt:
-        table.add_column(f"r{round_.index} {seconds(round_.emulated_s(now_t))}s", width=gantt_width, no_wrap=True,
-                         overflow="crop")
+    gantt_round = round_ if compact and gantt_width >= 6 else None  # the round the timeline column shows
+    if gantt_round is not None:
+        table.add_column(f"r{gantt_round.index} {seconds(gantt_round.emulated_s(now_t))}s", width=gantt_width,
+                         no_wrap=True, overflow="crop")
     for client in shown:
         part = round_.clients.get(client.client) if round_ is not None else None
         cells = fleet_row(client, part, compact)
-        table.add_row(*cells, *([gantt_bar(round_, client.client, now_t, gantt_width)] if with_gantt else []))
+        table.add_row(*cells, *([gantt_bar(gantt_round, client.client, now_t, gantt_width)]
+                                if gantt_round is not None else []))
     if hidden:
         table.add_row(Text(f"+{hidden}", style="bright_black"), Text("more", style="bright_black"))
     return table
@@ -273,8 +274,9 @@ def accuracy_table(view: RunView, width: int, target: float | None) -> Table:
     table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold", show_edge=False)
     spark = max(6, min(40, width - 40))
     when = f"≥{target:.0%} at" if target is not None else "first best at"
-    for name, justify in (("task", "left"), ("exit", "left"), ("over rounds", "left"), ("now", "right"),
-                          ("best", "right"), (when, "right")):
+    columns: list[tuple[str, JustifyMethod]] = [("task", "left"), ("exit", "left"), ("over rounds", "left"),
+                                                ("now", "right"), ("best", "right"), (when, "right")]
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)
     for task in view.tasks():
         layers = view.exit_layers(task)
@@ -318,7 +320,7 @@ def timeline(view: RunView, now_t: float, width: int, rows: int) -> Table:
 
 
 def recent_lines(view: RunView, count: int, width: int) -> list[Text]:
-    lines = []
+    lines: list[Text] = []
     for event in reversed(view.recent):
         if len(lines) >= count:
             break

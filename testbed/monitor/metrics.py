@@ -34,6 +34,7 @@ def round_rows(view: RunView) -> list[dict]:
     for round_ in closed_rounds(view):
         statuses = [p.status for p in round_.clients.values()]
         closed, evaluation = round_.closed, view.evaluations.get(round_.index)
+        assert closed is not None  # closed_rounds gives closed rounds only
         rows.append({"round": round_.index, "started_emulated_s": round_.started_t,
                      "round_emulated_s": round_.emulated_s(view.t), "deadline_emulated_s": round_.deadline_s,
                      "eval_host_s": evaluation.host_s if evaluation is not None else None, "selected": len(statuses),
@@ -155,7 +156,7 @@ def run_figures(view: RunView) -> dict:
             "wait_share": wait_share(all_parts), "updates": sum(p.status == "updated" for p in all_parts),
             "late": sum(p.status in LATE for p in all_parts),
             "bytes": sum((number(r.closed.get("bytes_down")) or 0) + (number(r.closed.get("bytes_up")) or 0)
-                         for r in closed),
+                         for r in closed if r.closed is not None),
             "dilation": view.dilation, "dilations": [factor for _, factor in view.dilations],
             "backend": view.backend, "lost_events": view.lost_events,
             "dropped_messages": view.dropped_messages, "malformed_events": view.malformed,

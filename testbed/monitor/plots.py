@@ -107,16 +107,17 @@ def depths(view: RunView, path: Path) -> Path:
                for i, cid in enumerate(clients)}  # layers apart: clients at one depth stay visible
     drawn = False
     for cid in clients:
-        points = [(i, r.clients[cid]) for i, r in sorted(view.rounds.items())
-                  if cid in r.clients and r.clients[cid].depth]
+        # (round, plotted depth, status) of the rounds it was asked to and chose an exit in
+        points = [(i, depth + offsets[cid], r.clients[cid].status) for i, r in sorted(view.rounds.items())
+                  if cid in r.clients and (depth := r.clients[cid].depth)]
         if not points:
             continue
         drawn = True
-        ax.plot([i for i, _ in points], [p.depth + offsets[cid] for _, p in points], marker="o",
+        ax.plot([i for i, _, _ in points], [y for _, y, _ in points], marker="o",
                        markersize=4, linewidth=1, label=cid)
-        missed = [(i, p.depth + offsets[cid]) for i, p in points if p.status in LATE]
+        missed = [(i, y) for i, y, status in points if status in LATE]
         if missed:
-            ax.scatter(*zip(*missed), marker="x", s=60, color="red", zorder=3)
+            ax.scatter([i for i, _ in missed], [y for _, y in missed], marker="x", s=60, color="red", zorder=3)
     if not drawn:
         _empty(ax, "depth choice")
     else:

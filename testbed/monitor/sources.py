@@ -63,7 +63,7 @@ class Subscription:
         self.socket.connect(address)
 
     def read(self, limit: int = 10_000) -> list[dict]:
-        events = []
+        events: list[dict] = []
         while len(events) < limit:
             try:
                 frames = self.socket.recv_multipart(self.zmq.NOBLOCK)

@@ -92,7 +92,7 @@ class RoundView:
             return []
         end = self.emulated_s(now_t)
         download, compute, upload = (part.timings.get(k) for k in TIMINGS[:3])
-        if part.status == "updated" and None not in (download, compute, upload):
+        if part.status == "updated" and download is not None and compute is not None and upload is not None:
             finish = download + compute + upload
             return [Segment("download", 0.0, download), Segment("compute", download, download + compute),
                     Segment("upload", download + compute, finish), Segment("idle", finish, max(finish, end))]
@@ -229,7 +229,7 @@ class RunView:
     def _part(self, event: dict) -> tuple[ClientView, ClientRound | None]:
         """The client of an event and its part in the event's round (None when that round is unknown)."""
         view = self._client(event["client"])
-        round_ = self.rounds.get(event.get("round"))
+        round_ = self.rounds.get(event["round"]) if "round" in event else None  # client_state's may lack it
         if round_ is None:
             return view, None
         return view, round_.clients.setdefault(view.client, ClientRound())
@@ -371,7 +371,7 @@ class RunView:
             part.step = part.steps or part.step
             if event.get("depth") is not None:
                 part.depth = int(event["depth"])
-            part.timings.update({k: number(event.get(k)) for k in TIMINGS[:3] if number(event.get(k)) is not None})
+            part.timings.update({k: v for k in TIMINGS[:3] if (v := number(event.get(k))) is not None})
         self._advance(view, part, "updated", t)
 
     def _on_update_discarded(self, event: dict, t: float) -> None:
@@ -404,7 +404,7 @@ class RunView:
             part.status = str(row.get("status", part.status))
             if row.get("depth"):
                 part.depth = int(row["depth"])
-            part.timings.update({k: number(row.get(k)) for k in TIMINGS if number(row.get(k)) is not None})
+            part.timings.update({k: v for k in TIMINGS if (v := number(row.get(k))) is not None})
             view = self._client(cid)
             view.last = part
             if part.status == ClientStatus.STRAGGLER and view.state not in FINISHED:
@@ -413,7 +413,7 @@ class RunView:
     def _on_round_aggregated(self, event: dict, t: float) -> None:
         self.aggregate_host_s += number(event.get("aggregate_s")) or 0.0
         self.aggregated.add(int(event["round"]))
-        round_ = self.rounds.get(event.get("round"))
+        round_ = self.rounds.get(event["round"])
         if round_ is not None:
             round_.aggregated_t = t
 

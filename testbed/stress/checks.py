@@ -10,7 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from testbed.events import ENDINGS
 from testbed.stress import spec
@@ -82,7 +82,9 @@ IGNORED = frozenset({"dilation_changed", "client_joined", "client_state", "clien
 def waited_s(events: list[dict]) -> dict[int, tuple[float, float]]:
     """Round -> (its wall_s, how long it waited for its clients): the same, except when it closed after its
     deadline, where the time after the last update the aggregator handled past the deadline is the wait."""
-    waits, started, handled = {}, {}, {}
+    waits: dict[int, tuple[float, float]] = {}
+    started: dict[int, dict] = {}  # round -> its round_started
+    handled: dict[int, dict | None] = {}  # round -> the last update handled in it
     for event in events:
         kind = event["kind"]
         if kind == "round_started":
@@ -406,7 +408,8 @@ def impersonation(settings: spec.Impersonation, events: list[dict], facts: Facts
                    and not locked_out and not forged, figure)
 
 
-CheckFunction = Callable[[object, list[dict], Facts], Verdict]
+# Any: each check takes its own settings class, the field of spec.Checks of the same name
+CheckFunction = Callable[[Any, list[dict], Facts], Verdict]
 CHECKS: dict[str, CheckFunction] = {
     "completed": completed, "round_time": round_time, "round_time_recovered": round_time_recovered,
     "no_round_lost": no_round_lost, "state_preserved": state_preserved, "no_orphans": no_orphans,

@@ -13,7 +13,19 @@ from testbed.emulation.injection import write_injection
 from testbed.monitor.sources import FileTail
 from testbed.stress.flood import ATTACKS, flood
 from testbed.stress.spec import StressTest
-from testbed.stress.steps import Step
+from testbed.stress.steps import (
+    ContStep,
+    CorruptStep,
+    FloodStep,
+    ImpersonateStep,
+    KillAggregatorStep,
+    KillStep,
+    LieStep,
+    LinkStep,
+    SlowStep,
+    Step,
+    StopStep,
+)
 
 
 class InjectionError(Exception):
@@ -180,15 +192,15 @@ class Injector:
             pids[cid] = pid
         return {"pids": pids}
 
-    def _kill(self, step: Step, clients: list[str]) -> dict:
+    def _kill(self, step: KillStep, clients: list[str]) -> dict:
         return self._signal(clients, signal.SIGKILL)
 
-    def _stop(self, step: Step, clients: list[str]) -> dict:
+    def _stop(self, step: StopStep, clients: list[str]) -> dict:
         done = self._signal(clients, signal.SIGSTOP)
         self.stopped.update(done["pids"].values())
         return done
 
-    def _cont(self, step: Step, clients: list[str]) -> dict:
+    def _cont(self, step: ContStep, clients: list[str]) -> dict:
         done = self._signal(clients, signal.SIGCONT)
         self.stopped.difference_update(done["pids"].values())
         return done
@@ -203,23 +215,23 @@ class Injector:
             write_injection(self.run.run_dir, cid, **state)
         return {"injected": {cid: self.injected[cid] for cid in clients}}
 
-    def _slow(self, step: Step, clients: list[str]) -> dict:
+    def _slow(self, step: SlowStep, clients: list[str]) -> dict:
         return self._control(clients, slowdown=step.slowdown)
 
-    def _link(self, step: Step, clients: list[str]) -> dict:
+    def _link(self, step: LinkStep, clients: list[str]) -> dict:
         return self._control(clients, link=dict(step.link))
 
-    def _corrupt(self, step: Step, clients: list[str]) -> dict:
+    def _corrupt(self, step: CorruptStep, clients: list[str]) -> dict:
         return self._control(clients, scale=step.scale)
 
-    def _lie(self, step: Step, clients: list[str]) -> dict:
+    def _lie(self, step: LieStep, clients: list[str]) -> dict:
         lies = {"samples": step.samples, "step_scale": step.step_scale}
         return self._control(clients, **{key: value for key, value in lies.items() if value is not None})
 
-    def _impersonate(self, step: Step, clients: list[str]) -> dict:
+    def _impersonate(self, step: ImpersonateStep, clients: list[str]) -> dict:
         return self._control(clients, impersonate=step.victim)
 
-    def _flood(self, step: Step, clients: list[str]) -> dict:
+    def _flood(self, step: FloodStep, clients: list[str]) -> dict:
         started = next((e for e in self.run.events if e["kind"] == "run_started"), None)
         try:
             router = json.loads((self.run.run_dir / "endpoints.json").read_text())["router"]
@@ -230,7 +242,7 @@ class Injector:
         sent = flood(router, list(step.attacks or ATTACKS), step.repeat, started["max_message_bytes"])
         return {"sent": [asdict(item) for item in sent]}
 
-    def _kill_aggregator(self, step: Step, clients: list[str]) -> dict:
+    def _kill_aggregator(self, step: KillAggregatorStep, clients: list[str]) -> dict:
         pid = self.run.pids.get("aggregator")
         if pid is None or not self.run.alive(pid):
             raise InjectionError("the aggregator has no running process")

@@ -324,17 +324,21 @@ def _base_scenario(path: Path, spec: StressFile, inline, quick: bool) -> Scenari
     layers = [("scenario.set", list(spec.scenario.set))] + ([("quick.set", list(spec.quick.set))] if quick else [])
     if inline is not None and not isinstance(inline, Mapping):
         raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
-    file = None if inline is not None else _find(spec.scenario.path, path.parent, source)
+    base: Mapping | Path  # the scenario inline, or its file
+    if inline is not None:
+        base = inline
+    else:
+        assert spec.scenario.path is not None  # load_stress: exactly one of scenario.path and scenario.inline
+        base = _find(spec.scenario.path, path.parent, source)
     inline_source = f"{source}: scenario.inline"  # what the loader names; rewritten below as a field of this file
     overrides: list[str] = []
-    scenario = None
     for field, extra in layers:  # one layer at a time, so that an error names the layer it is in
         overrides += extra
         try:
-            if file is None:  # inline: relative paths are tried next to the stress file, as for a scenario file there
-                scenario = load_scenario(inline, overrides, source=inline_source, base_dir=path.parent)
+            if isinstance(base, Mapping):  # inline: relative paths are tried next to the stress file, as in a file
+                scenario = load_scenario(base, overrides, source=inline_source, base_dir=path.parent)
             else:
-                scenario = load_scenario(file, overrides)
+                scenario = load_scenario(base, overrides)
         except ConfigError as error:
             if error.source == OVERRIDE_SOURCE:
                 raise ConfigError(source, field, f"{error.path}: {error.problem}") from None
@@ -357,7 +361,7 @@ def _find(ref: str, base_dir: Path, source: str) -> Path:
 def _check_client_ids(test: StressTest, source: str) -> None:
     """Every client a step, trigger or check names is in the (variant's) fleet."""
     allowed = f"allowed: {', '.join(test.clients)}" + (" in the quick variant" if test.quick else "")
-    named = []
+    named: list[tuple[str, object]] = []  # (where, client id)
     for index, step in enumerate(test.steps):
         if isinstance(step, TargetedStep):
             named += [(f"script[{index}].clients[{i}]", cid) for i, cid in enumerate(step.clients or ())]

@@ -67,10 +67,11 @@ class Step:
         do = from_data(str, value["do"], source=source, path=join_path(path, "do"),
                        rules={"choices": tuple(STEPS), "what": "action"})
         action, rest = STEPS[do], {key: item for key, item in value.items() if key != "do"}
-        fields = fields_of(action)
+        fields = fields_of(action)  # type: ignore[arg-type]  # mypy#11470: a type[X] is not seen as Hashable
         for key in rest:
             if key not in fields:
-                owners = [name for name, other in STEPS.items() if key in fields_of(other)]
+                owners = [name for name, other in STEPS.items()
+                          if key in fields_of(other)]  # type: ignore[arg-type]  # mypy#11470, as above
                 problem = (f"only goes with do: {', '.join(owners)}" if owners
                            else f"unknown key {quote(key)} (allowed: do, {', '.join(fields)})")
                 raise ConfigError(source, join_path(path, key_text(key)), problem)
@@ -79,7 +80,7 @@ class Step:
         if missing:
             field_type, rules = fields[missing[0]]
             raise ConfigError(source, join_path(path, missing[0]), f"is required with do: {do} "
-                              f"({action.__doc__.rstrip('.')}; expected {describe(field_type, rules)})")
+                              f"({(action.__doc__ or '').rstrip('.')}; expected {describe(field_type, rules)})")
         return action, rest
 
 
