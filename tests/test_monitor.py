@@ -242,3 +242,13 @@ def test_phases_and_wait_share_come_from_the_events(events):
     idle = sum(r["idle_s"] for r in rows)
     busy = sum(r[k] for r in rows for k in ("download_s", "compute_s", "upload_s"))
     assert round_rows(view)[0]["wait_share"] == pytest.approx(idle / (idle + busy))
+
+
+def test_a_task_evaluated_without_a_number_is_reported_as_such(tmp_path):
+    lines = SAMPLE.read_text().splitlines()
+    last = json.loads(lines[-1])
+    odd = {"seq": last["seq"] + 1, "t": last["t"], "wall": last.get("wall", 0.0), "kind": "evaluated", "round": 4,
+           "accuracy": {"speech": {}}, "eval_s": 0.1}  # valid by its declaration, yet no accuracy
+    (tmp_path / "events.jsonl").write_text("\n".join([*lines, json.dumps(odd)]) + "\n")
+    assert main(["report", str(tmp_path)]) == 0
+    assert "- speech: no accuracy recorded" in (tmp_path / "report.md").read_text()
