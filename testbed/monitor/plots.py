@@ -61,7 +61,8 @@ def accuracy(view: RunView, path: Path, target: float | None = None) -> Path:
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a task evaluated without numbers has no line to name
+            ax.legend(fontsize=8)
     return _save(figure, path)
 
 
@@ -218,6 +219,7 @@ def accuracy_comparison(runs: list[tuple[str, list[dict]]], path: Path, exit_lay
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a task evaluated without numbers has no line to name
+            ax.legend(fontsize=8)
     return _save(figure, path)
 
