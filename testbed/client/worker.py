@@ -201,7 +201,8 @@ class ClientWorker:
         self.heartbeat.state = "idle"
 
     def _begin_round(self, start: Message) -> float:
-        """Take up what changed since the last round; returns when ROUND arrived (emulated seconds since boot)."""
+        """Take up what changed since the last round; returns when ROUND arrived (emulated seconds: since boot on
+        the real clock; the run's time, or later if this device is still busy, on the event clock)."""
         self.heartbeat.round = start.round
         self.clock.set_dilation(float(start.body.get("dilation", self.clock.dilation)))  # the aggregator may raise it
         self.clock.catch_up(float(start.body.get("started_t", 0.0)))

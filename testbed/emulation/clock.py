@@ -11,6 +11,7 @@ the implementation with `emulation.clock` (docs/architecture.md, "Emulated time"
   costs its own CPU seconds / throughput, a transfer its link model's draw, and the aggregator
   orders the round's arrivals by the emulated times it computes (`aggregator/timeline.py`).
 """
+
 from __future__ import annotations
 
 import time
