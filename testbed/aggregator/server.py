@@ -199,53 +199,14 @@ class Aggregator:
             backend=self.scenario.emulation.backend, clock=self.scenario.emulation.clock, auth=self.credentials.mode,
             clients=[to_data(c) for c in self.plan.clients.values()], exits=list(self.model.exits)))
         try:
-            if self.restored_dilation not in (None, self.events.dilation):
-                self.events.emit(DilationChanged(
-                    factor=round(self.restored_dilation, 4), previous=round(self.events.dilation, 4),
-                    reason=f"restored: the factor the run had reached by round {self.first_round - 1}"))
-                self.events.set_dilation(self.restored_dilation)
             index = self.first_round - 1
             ending = self.scenario.ending(index, self.rounds_s)  # a resumed run may be done already
-            if self.unevaluated is not None and (index % self.scenario.eval_every == 0 or ending):
-                # before clients are waited for: its auto exits decide the next round
-                evaluation = self._evaluate(index)
-                if self.unrecorded is not None:
-                    self.unrecorded[0].update(evaluation)
-            if self.unrecorded is not None:
-                self.records.add(*self.unrecorded)
-                self.unrecorded = None
+            self._pick_up(index, ending)
             self._wait_for_clients()  # the fleet (or min_clients of it) is ready, or the join timeout passed
             trained = False  # did a round of this launch aggregate an update?
             while ending is None:
                 index += 1
-                # 1. announce the round to every live client (a strategy may impose the depth)
-                self.round = self._start_round(index)
-                # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
-                if self.event_clock:  # every selected client reports, then the round is replayed in emulated time
-                    self._serve_until(functools.partial(self._round_done, self.round))
-                    self._replay_round(self.round)
-                else:
-                    self._serve_until(functools.partial(self._round_done, self.round), self.round.deadline_t)
-                summary = {**self.round.close(self.events.now()), "dilation": self.events.dilation}
-                self.events.emit(RoundClosed(**summary, clients=[RoundClientRow(**row)
-                                                                 for row in self.round.client_rows()]))
-                self.rounds_s += summary["wall_s"]
-                ending = self.scenario.ending(index, self.rounds_s)
-                self._check_dilation(self.round)
-                # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
-                started = time.perf_counter()
-                updates = sorted(self.round.updates, key=lambda u: u.client)  # arrival order must not matter
-                self.model.load(self.strategy.aggregate(self.model.state, updates))
-                summary.update(aggregate_s=round(time.perf_counter() - started, 4), digest=self.model.digest())
-                save_checkpoint(self.run_dir, index, self.model.state,
-                                {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
-                                {"dilation": self.events.dilation, "screen": self.screen.references})
-                self.events.emit(RoundAggregated(round=index, digest=summary["digest"],
-                                                 aggregate_s=summary["aggregate_s"]))
-                # 4. evaluate every eval_every rounds and at the end (timed apart from the round)
-                if index % self.scenario.eval_every == 0 or ending:
-                    summary.update(self._evaluate(index))
-                self.records.add(summary, self.round.client_rows())
+                summary, ending = self._play_round(index)
                 trained = trained or summary["updates"] > 0
             # a run that trained nothing has not done its job, whatever ended it (earlier launches count)
             failure = None if trained else untrained(read_events(self.run_dir / "events.jsonl"))
@@ -263,6 +224,53 @@ class Aggregator:
             raise
 
     # ---------------------------------------------------------------- phases
+    def _pick_up(self, index: int, ending: str | None) -> None:
+        """A resumed run: the dilation it had reached, and the evaluation and CSV rows of its last completed
+        round (`index`) when the interruption came before them."""
+        if self.restored_dilation not in (None, self.events.dilation):
+            self.events.emit(DilationChanged(
+                factor=round(self.restored_dilation, 4), previous=round(self.events.dilation, 4),
+                reason=f"restored: the factor the run had reached by round {self.first_round - 1}"))
+            self.events.set_dilation(self.restored_dilation)
+        if self.unevaluated is not None and (index % self.scenario.eval_every == 0 or ending):
+            # before clients are waited for: its auto exits decide the next round
+            evaluation = self._evaluate(index)
+            if self.unrecorded is not None:
+                self.unrecorded[0].update(evaluation)
+        if self.unrecorded is not None:
+            self.records.add(*self.unrecorded)
+            self.unrecorded = None
+
+    def _play_round(self, index: int) -> tuple[dict, str | None]:
+        """Round `index` from announcement to records; (its summary, why the run ends after it or None)."""
+        # 1. announce the round to every live client (a strategy may impose the depth)
+        round_ = self.round = self._start_round(index)
+        # 2. serve FETCH / PROGRESS / UPDATE until all answered or the deadline passed
+        if self.event_clock:  # every selected client reports, then the round is replayed in emulated time
+            self._serve_until(functools.partial(self._round_done, round_))
+            self._replay_round(round_)
+        else:
+            self._serve_until(functools.partial(self._round_done, round_), round_.deadline_t)
+        summary = {**round_.close(self.events.now()), "dilation": self.events.dilation}
+        self.events.emit(RoundClosed(**summary, clients=[RoundClientRow(**row) for row in round_.client_rows()]))
+        self.rounds_s += summary["wall_s"]
+        ending = self.scenario.ending(index, self.rounds_s)
+        self._check_dilation(round_)
+        # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
+        started = time.perf_counter()
+        updates = sorted(round_.updates, key=lambda u: u.client)  # arrival order must not matter
+        self.model.load(self.strategy.aggregate(self.model.state, updates))
+        summary.update(aggregate_s=round(time.perf_counter() - started, 4), digest=self.model.digest())
+        save_checkpoint(self.run_dir, index, self.model.state,
+                        {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
+                        {"dilation": self.events.dilation, "screen": self.screen.references})
+        self.events.emit(RoundAggregated(round=index, digest=summary["digest"], aggregate_s=summary["aggregate_s"]))
+        # 4. evaluate every eval_every rounds and at the end (timed apart from the round)
+        if index % self.scenario.eval_every == 0 or ending:
+            summary.update(self._evaluate(index))
+        self.records.add(summary, round_.client_rows())
+        return summary, ending
+
     def _wait_for_clients(self) -> None:
         needed = self.scenario.min_clients or len(self.fleet.records)  # later joiners join between rounds
         enough = lambda: sum(r.ready for r in self.fleet.records.values()) >= needed  # noqa: E731
