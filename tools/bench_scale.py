@@ -1,4 +1,4 @@
-"""Scale: many client processes with the tiny backbone on this host, time dilation on.
+"""Scale: many client processes with the tiny backbone on this host, on either clock.
 
 Two fleets, each a real `testbed run` of 3 rounds:
   --clients 64:                   every client trains every round;
@@ -10,6 +10,7 @@ The clients are light devices (speed 1.0, 1 thread, Wi-Fi, the first exit only) 
 
     python tools/bench_scale.py --clients 64
     python tools/bench_scale.py --clients 256 --per-round 16
+    python tools/bench_scale.py --clients 256 --per-round 16 --clock events
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ training: {{local_steps: 2, batch_size: 8}}
 strategy: {{name: depth_aware, clients_per_round: {per_round}}}
 exit_policy: {{name: static}}
 fleet: [{{profile: {profile}, count: {clients}}}]
+emulation: {{clock: {clock}}}
 """
 
 
@@ -61,12 +63,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--per-round", type=int, default=None, help="updates kept per round (over-selection)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped")
+    parser.add_argument("--clock", choices=("real", "events"), default="real", help="emulation.clock of the run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     profile = work / "scale_device.yaml"
     profile.write_text(PROFILE)
     scenario = work / "scenario.yaml"
-    scenario.write_text(SCENARIO.format(clients=args.clients, profile=profile,
+    scenario.write_text(SCENARIO.format(clients=args.clients, profile=profile, clock=args.clock,
                                         per_round="null" if args.per_round is None else args.per_round))
     run_dir = work / "run"
     before = used_mb()
@@ -88,7 +91,7 @@ def main() -> None:
     dilation = next(e["dilation"] for e in events if e["kind"] == "run_started")
     closed = [e for e in events if e["kind"] == "round_closed"]
     print(f"{args.clients} clients" + (f", {args.per_round} per round (over-selection)" if args.per_round else "")
-          + f": {summary['status']}, {summary['rounds_completed']}/3 rounds in {wall:.0f} s wall; "
+          + f", {args.clock} clock: {summary['status']}, {summary['rounds_completed']}/3 rounds in {wall:.0f} s wall; "
           f"dilation {dilation['factor']:.1f} ({dilation['reason']})")
     print("per round: " + "; ".join(f"round {e['round']} {e['updates']} updates of {e['selected']} asked, "
                                    f"{e.get('discarded', 0)} discarded, {e['wall_s']:.1f} emulated s" for e in closed))
