@@ -220,3 +220,44 @@ def test_compute_slots_let_at_most_n_processes_hold_one(tmp_path):
         for process in first:
             process.kill()
             process.wait()
+
+
+def test_a_compute_time_too_short_for_the_work_is_refused_and_wins_no_place(write_scenario, tmp_path):
+    """Under the event clock an update's arrival rests on the compute time its client claims: a claim below half
+    what the run's cost table says the work takes is refused (it would otherwise be first of the round)."""
+    import numpy as np
+    import zmq
+
+    from testbed.aggregator.plan import make_plan
+    from testbed.aggregator.rounds import ClientRow, Round
+    from testbed.aggregator.server import Aggregator
+    from testbed.config.loader import load_scenario
+    from testbed.event_kinds import RunFinished
+    from testbed.launch.run import prepare_assets
+    from testbed.transport.messages import Message, encode
+
+    scenario = load_scenario(write_scenario(fleet="[{profile: laptop, count: 2}]", emulation="{clock: events}"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    prepare_assets(scenario, run_dir)  # the cost table the aggregator judges claims by
+    aggregator = Aggregator(make_plan(scenario), run_dir, bind="tcp://127.0.0.1:*")
+    try:
+        round_ = aggregator.round = Round(1, aggregator.events.now(), aggregator.rule.deadline_s)
+        dealer = aggregator.context.socket(zmq.DEALER)
+        dealer.connect(aggregator.router.address)
+        for cid, compute_s in (("c00", 1e-6), ("c01", 5.0)):
+            round_.rows[cid] = ClientRow(cid, "laptop", "keyword", status="fetched", depth=1)
+            tensors = {k: v + np.float32(1e-3) for k, v in aggregator.model.tensors_for(1, "keyword").items()}
+            body = {"depth": 1, "samples": 24, "loss": 0.7,
+                    "timings": {"download_s": 0.1, "compute_s": compute_s, "elapsed_s": compute_s + 0.1}}
+            dealer.send_multipart(encode(Message("UPDATE", cid, 1, body, tensors)))
+            received = aggregator.router.poll(10.0)
+            assert received is not None and aggregator._on_update(received.message, received) is None
+        dealer.close(linger=0)
+        aggregator._replay_round(round_)
+        rejected = [e for e in events(run_dir) if e["kind"] == "update_rejected"]
+        assert [(e["client"], e["check"]) for e in rejected] == [("c00", "timings")]
+        assert "compute_s 1e-06 s for 3 steps to depth 1 on laptop, allowed >= " in rejected[0]["reason"]
+        assert [u.client for u in round_.updates] == ["c01"]
+    finally:
+        aggregator._finish(RunFinished, "test over")

@@ -38,7 +38,7 @@ from testbed.aggregator.timeline import Arrival, arrival, link_phases, replay_ro
 from testbed.client.costs import COST_TABLE_FILE
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
-from testbed.emulation.dilation import fleet_dilation, raised
+from testbed.emulation.dilation import demand_cores, fleet_dilation, raised
 from testbed.errors import UserError
 from testbed.event_kinds import (
     ClientJoined,
@@ -86,6 +86,9 @@ from testbed.transport.messages import (
 log = logging.getLogger("testbed.aggregator")
 POLL_S = 0.2  # seconds: how often the serve loop checks liveness and deadlines
 PREFER_WITHIN = 0.01  # accuracy: an exit this close to the best is as good, and cheaper
+# Event clock: a claimed compute time below this share of what the run's cost table says the work takes is
+# refused (measured: clients' steps took 0.97-1.11x the table's figures, docs/benchmarks.md "Event clock")
+COMPUTE_FLOOR = 0.5
 MAX_DEVICE_CHARS = 8192  # JSON characters of a client's device description (a real one: ~1-2 KB)
 
 
@@ -122,6 +125,9 @@ class Aggregator:
             self.publisher.bind(publish)
         self.events = EventLog(events_path, self.publisher, **_continuing(previous), clock=self.scenario.emulation.clock)
         self.event_clock = self.events.ticks is not None  # emulated time jumps: rounds are replayed (timeline.py)
+        # event clock: CPU seconds per step, task -> depth (client/costs.py), written by the launcher
+        self.cost_table: dict[str, dict[str, float]] | None = (
+            json.loads((self.run_dir / COST_TABLE_FILE).read_text()) if self.event_clock else None)
         self.refusals = Refusals(self.events)  # every refusal an event, a flood of them a count
         strategy = self.scenario.strategy
         self.strategy = make_strategy(strategy.name, strategy.weighting)
@@ -504,10 +510,24 @@ class Aggregator:
 
     def _cost_table(self, task: str) -> dict[str, float] | None:
         """`compute: modeled`: the run's CPU seconds per step by depth for `task` (client/costs.py), else None."""
-        if self.scenario.emulation.compute != "modeled":
+        return self.cost_table[task] if self.cost_table is not None and self.scenario.emulation.compute == "modeled" \
+            else None
+
+    def _compute_fault(self, row: ClientRow, body: dict) -> str | None:
+        """Event clock: why the compute time an update claims is less than its work can take, else None. Its
+        arrival, hence its place among the round's updates, rests on that claim."""
+        if self.cost_table is None:
             return None
-        table = json.loads((self.run_dir / COST_TABLE_FILE).read_text())
-        return table[task]
+        training, spec = self.scenario.training, self.fleet.records[row.client].spec
+        # what its steps cost at the run's one-thread figures, on its profile's cores; half of it is the floor
+        steps = round_samples(training.local_steps, training.batch_size, len(self.plan.shards[row.client])) \
+            / training.batch_size
+        floor = COMPUTE_FLOOR * steps * self.cost_table[row.task][str(row.depth)] / demand_cores(spec.profile)
+        claimed = body["timings"]["compute_s"]
+        if claimed >= floor:
+            return None
+        return (f"timings: compute_s {claimed:.4g} s for {steps:g} steps to depth {row.depth} on {spec.profile.name}, "
+                f"allowed >= {floor:.4g} s (half what the run's cost table says they take)")
 
     def _on_heartbeat(self, message: Message, received: Received) -> str | None:
         record = self.fleet.records[message.client]
@@ -599,6 +619,8 @@ class Aggregator:
         training = self.scenario.training
         most_samples = round_samples(training.local_steps, training.batch_size, len(self.plan.shards[row.client]))
         reason = bookkeeping_fault(message.body, row.depth, most_samples)
+        if reason is None and emulated is not None:
+            reason = self._compute_fault(row, message.body)
         if reason is None:
             try:
                 check_tensors(message, self.model.expected(row.depth, row.task))

@@ -16,7 +16,9 @@ training batch: time proportionally (measured on the tiny backbone: a step at ba
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -89,23 +91,24 @@ def _probe_step(model, waveforms: torch.Tensor, labels: torch.Tensor, *, task: s
 
 
 COST_TABLE_FILE = "costs.json"  # in a run directory: the table its clients bill their steps by (compute: modeled)
-TABLE_PROBES = 3  # probes per depth: the table keeps their median (it is measured once and cached)
+TABLE_STEPS = 4  # real steps per depth measured for the cost table; the first is left out
 
 
 def cost_table(scenario: Scenario, tasks: list[str], classes: dict[str, int], loss_mode: str) -> dict[str, dict[str, float]]:
-    """`emulation.compute: modeled`: host CPU seconds of one local step, per task and exit depth, on one thread.
+    """Host CPU seconds of one local step, per task and exit depth, on one thread: what `emulation.compute:
+    modeled` bills, and the event clock's reference for the compute time a client claims.
 
-    Measured once per backbone, exits, batch, loss and task on this host (the median of TABLE_PROBES
-    probes of `measure_costs`), cached, and copied into each run directory that uses it: every client
-    of the run bills its steps by the same figures, so its emulated compute depends on the settings
-    alone. JSON-shaped: task -> str(depth) -> seconds.
+    Measured once per backbone, exits, batch, loss and task on this host (`_step_table`), cached, and
+    copied into each event-clock run directory: every client of the run is judged (and, when modeled,
+    billed) by the same figures. JSON-shaped: task -> str(depth) -> seconds.
     """
     from testbed.paths import cache_dir
 
     spec, training = scenario.backbone, scenario.training
     key_fields = {"backbone": [spec.name, spec.family, spec.pretrained, list(spec.exits or []),
                                spec.freeze_feature_encoder], "batch": training.batch_size, "loss": loss_mode,
-                  "clip_s": scenario.data.clip_seconds, "torch": torch.__version__, "seed": scenario.seed}
+                  "clip_s": scenario.data.clip_seconds, "torch": torch.__version__, "seed": scenario.seed,
+                  "version": 3}  # of the way the table is measured: a new one is measured afresh
     table = {}
     for task in tasks:
         fields = {**key_fields, "task": task, "classes": classes[task]}
@@ -113,30 +116,45 @@ def cost_table(scenario: Scenario, tasks: list[str], classes: dict[str, int], lo
         path = cache_dir() / "costs" / f"{key}.json"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            partial.write_text(json.dumps({"key": fields, "step_cpu_s": _probe_table(scenario, task, loss_mode)}))
+            partial = path.with_suffix(f".partial-{os.getpid()}")
+            partial.write_text(json.dumps({"key": fields, "step_cpu_s": _step_table(scenario, task, loss_mode)}))
             partial.rename(path)  # atomic: runs started together never read half a table
         table[task] = json.loads(path.read_text())["step_cpu_s"]
     return table
 
 
-def _probe_table(scenario: Scenario, task: str, loss_mode: str) -> dict[str, float]:
-    """Median step CPU seconds per depth, on one thread, for a model of the scenario's backbone and `task`."""
+def _step_table(scenario: Scenario, task: str, loss_mode: str) -> dict[str, float]:
+    """CPU seconds per training step by depth, on one thread: TABLE_STEPS real steps (as a round runs them: one
+    batch, a fresh AdamW) at the shallowest and the deepest exit, the first of each left out (it pays the
+    optimizer's allocations); the median step of each, the exits between on their line."""
     from testbed.data.source import task_data
     from testbed.model.backbone import build_backbone
     from testbed.model.early_exit import EarlyExitModel
+    from testbed.model.train import train_steps
 
-    spec = scenario.backbone
+    spec, training = scenario.backbone, scenario.training
     data = task_data(scenario.data, task, scenario.seed)
-    clips = np.arange(min(len(data.train_labels), PROBE_BATCH))
+    clips = np.arange(min(len(data.train_labels), training.batch_size))
     waveforms, labels = torch.from_numpy(data.train_clips(clips)), torch.from_numpy(data.train_labels[clips])
     backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=False)
     model = EarlyExitModel(backbone, {task: len(data.classes)}, spec.exits, spec.freeze_feature_encoder)
+    shallow, deep = model.exits[0], model.exits[-1]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a device's throughput is per thread: bill one thread's CPU seconds
     try:
-        probes = [measure_costs(model, waveforms, labels, task=task, batch_size=scenario.training.batch_size,
-                                loss_mode=loss_mode) for _ in range(TABLE_PROBES)]
+        measured = {}
+        for depth in (shallow, deep):
+            marks: list[float] = []  # CPU clock after each step
+
+            def mark(step: int, loss: float, marks: list[float] = marks) -> None:
+                marks.append(time.process_time())
+
+            train_steps(model, make_optimizer(model, training.learning_rate), waveforms, labels, task=task,
+                        depth=depth, steps=TABLE_STEPS, batch_size=len(clips), loss_mode=loss_mode,
+                        generator=torch.Generator().manual_seed(0), on_step=mark)
+            measured[depth] = statistics.median(b - a for a, b in itertools.pairwise(marks))  # steps 2..n
     finally:
         torch.set_num_threads(threads)
-    return {str(depth): round(statistics.median(p[depth].step_cpu_s for p in probes), 6) for depth in model.exits}
+    line = {depth: measured[shallow] + ((depth - shallow) / (deep - shallow) if deep > shallow else 0.0)
+            * (measured[deep] - measured[shallow]) for depth in model.exits}
+    return {str(depth): round(seconds, 6) for depth, seconds in line.items()}

@@ -206,9 +206,9 @@ class EmulationSpec:
     # not apply (a round costs the host only its real work).
     clock: str = setting("real", choices=names.CLOCKS, what="emulated clock")
     # What a local step costs in emulated time (event clock only): "measured", its own host CPU seconds /
-    # throughput; "modeled", the run's cost table (costs.json: CPU seconds per step and depth, measured
-    # once per backbone and batch on this host and cached), which makes a run's timeline and digests a
-    # function of its seed (client/costs.py).
+    # throughput; "modeled", the run's cost table (costs.json: one-thread CPU seconds of a training step per
+    # depth, measured once per backbone and batch on this host and cached), which makes a run's timeline
+    # and digests a function of its seed (client/costs.py).
     compute: str = setting("measured", choices=names.COMPUTE_MODES, what="compute mode")
     # Event clock: clients of this host that compute (probe or train) at once; the others wait, which costs
     # them no emulated time (emulation/slots.py). None = the host's cores.

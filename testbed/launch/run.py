@@ -73,7 +73,7 @@ def prepare_assets(scenario: Scenario, run_dir: Path) -> None:
     # exits against the loaded depth: load_scenario could check them only for a backbone known without loading it
     check_depth(scenario, backbone.config.num_hidden_layers, f"scenario {scenario.name!r}")
     table = run_dir / COST_TABLE_FILE
-    if scenario.emulation.compute == "modeled" and not table.exists():  # a resumed run keeps the table it had
+    if scenario.emulation.clock == "events" and not table.exists():  # a resumed run keeps the table it had
         loss = make_strategy(scenario.strategy.name, scenario.strategy.weighting).client_loss or scenario.training.loss
         table.write_text(json.dumps(cost_table(scenario, sorted(plan.classes), plan.classes, loss), indent=1))
 
