@@ -86,7 +86,7 @@ class ClientWorker:
             while True:
                 message = self._receive(self.idle_timeout_s)
                 if message.type == "ROUND":
-                    self._round(message)
+                    self._round(self._newest_round(message))
         except Stop as stop:
             log.info("%s: stopping (%s)", self.client_id, stop)
             return 0
@@ -179,6 +179,15 @@ class ClientWorker:
         if wanted is None:
             raise Stop(f"the aggregator was silent for {timeout_s:.0f} s")
         raise TimeoutError(wanted)
+
+    def _newest_round(self, start: Message) -> Message:
+        """The newest ROUND already delivered: a device still busy when later rounds were announced takes up the
+        last one, not the closed ones before it (each would cost it a deadline's wait for layers never sent)."""
+        while True:
+            try:
+                start = self._receive(0.001, wanted="ROUND")
+            except TimeoutError:
+                return start
 
     # ------------------------------------------------------------------ one round
     def _round(self, start: Message) -> None:
