@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from testbed.aggregator.timeline import Arrival
 from testbed.event_kinds import FINISHED, ClientStatus, UpdateReceived
 from testbed.strategies.base import ClientUpdate
+from testbed.transport.endpoint import Received
+from testbed.transport.messages import Message
 
 TIMING_KEYS = ("download_s", "compute_s", "elapsed_s")
 
@@ -55,6 +59,14 @@ class ClientRow:
     finished_t: float | None = None  # event clock when its update arrived
 
 
+class PendingUpdate(NamedTuple):
+    """Event clock: an UPDATE held until the round is replayed."""
+
+    arrival: Arrival  # when it reaches the aggregator on the emulated timeline
+    message: Message
+    received: Received  # its delivery (connection, wire bytes)
+
+
 @dataclass
 class Round:
     index: int
@@ -62,10 +74,9 @@ class Round:
     deadline_s: float | None  # None: the round waits for every selected client (fedavg_full)
     rows: dict[str, ClientRow] = field(default_factory=dict)
     updates: list[ClientUpdate] = field(default_factory=list)
-    # event clock (aggregator/timeline.py): the FETCH bytes of each client, and its UPDATE until the replay
-    # takes it, as (its emulated arrival, the message, its delivery)
+    # event clock (aggregator/timeline.py): the FETCH bytes of each client, and its UPDATE until the replay takes it
     fetch_bytes: dict[str, int] = field(default_factory=dict)
-    arrivals: dict[str, tuple] = field(default_factory=dict)
+    arrivals: dict[str, PendingUpdate] = field(default_factory=dict)
 
     @property
     def deadline_t(self) -> float:

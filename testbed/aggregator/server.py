@@ -31,7 +31,7 @@ from testbed.aggregator.global_model import GlobalModel
 from testbed.aggregator.plan import RunPlan, client_seed
 from testbed.aggregator.records import Records, accuracy_columns
 from testbed.aggregator.refusals import Refusals
-from testbed.aggregator.rounds import ClientRow, Round, bookkeeping_fault
+from testbed.aggregator.rounds import ClientRow, PendingUpdate, Round, bookkeeping_fault
 from testbed.aggregator.sanity import UpdateScreen, check_of
 from testbed.aggregator.summary import untrained
 from testbed.aggregator.timeline import Arrival, arrival, link_phases, replay_round
@@ -314,13 +314,13 @@ class Aggregator:
         """Event clock: take the round's updates in emulated order (timeline.py), moving the run's time to each."""
         def take(update: Arrival) -> None:
             self.events.advance_to(update.t)
-            message, received = round_.arrivals[update.client][1:]
-            self._take_update(message, received, round_, round_.rows[update.client], update)
+            pending = round_.arrivals[update.client]
+            self._take_update(pending.message, pending.received, round_, round_.rows[update.client], update)
 
         def complete(elapsed_s: float) -> bool:
             return self.rule.complete(list(round_.rows), [u.client for u in round_.updates], elapsed_s)
 
-        arrivals = [pending[0] for pending in round_.arrivals.values()]
+        arrivals = [pending.arrival for pending in round_.arrivals.values()]
         replay = replay_round(round_.started_t, round_.deadline_s, arrivals, take, complete)
         for update in arrivals:  # a straggler is still uploading when the next round is announced
             self.busy_until[update.client] = update.t
@@ -593,7 +593,8 @@ class Aggregator:
         if row.status != ClientStatus.FETCHED or message.client in round_.arrivals:
             return f"UPDATE from {message.client} for round {message.round} without a FETCH it was sent (or twice)"
         if self.event_clock:  # taken when the round is replayed, at the emulated time computed here
-            round_.arrivals[message.client] = (self._arrival(round_, row, message, received), message, received)
+            round_.arrivals[message.client] = PendingUpdate(self._arrival(round_, row, message, received), message,
+                                                            received)
             return None
         self._take_update(message, received, round_, row)
         return None

@@ -116,6 +116,7 @@ def summarize(events: list[dict]) -> dict:
     status = ENDINGS[end["kind"]] if end else "incomplete"
     rounds_s = [e["wall_s"] for e in closed.values()]  # emulated seconds of each round
     final = evaluations[max(evaluations)] if evaluations else None
+    host_s = _host_seconds(events)
     return {
         "scenario": started.get("scenario"),
         "status": status,
@@ -125,10 +126,10 @@ def summarize(events: list[dict]) -> dict:
         "last_digest": aggregated[max(aggregated)]["digest"] if aggregated else None,
         "rounds_emulated_s": round(sum(rounds_s), 3),  # what time_budget_s counts
         "run_emulated_s": events[-1]["t"] if events else 0.0,  # the event clock at the end (evaluation included)
-        "run_host_s": _host_seconds(events),
+        "run_host_s": host_s,
         "clock": started.get("clock") or "real",  # how emulated time passed (testbed/emulation/clock.py)
         # emulated seconds of rounds per host second: > 1, the run went faster than the devices would
-        "speedup": _speedup(sum(rounds_s), _host_seconds(events)),
+        "speedup": _speedup(sum(rounds_s), host_s),
         "round_emulated_s": {"mean": round(mean(rounds_s), 3), "max": round(max(rounds_s), 3)} if rounds_s else None,
         "eval_host_s": round(sum(e["eval_s"] for e in evaluations.values()), 3),
         "aggregate_host_s": round(sum(e.get("aggregate_s", 0.0) for e in aggregated.values()), 4),
