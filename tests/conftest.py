@@ -1,6 +1,7 @@
 """Shared fixtures: a private cache (corpus synthesised once per session) and real `testbed` runs."""
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,12 @@ def write_scenario(tmp_path, cache):
         path.write_text("".join(f"{key}: {value}\n" for key, value in text.items()))
         return path
     return write
+
+
+@pytest.fixture(autouse=True)
+def signal_dispositions_restored():
+    """An aggregator finished in-process ignores SIGTERM and SIGINT from then on: not the test process's after it."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)

@@ -97,3 +97,17 @@ def test_a_killed_launcher_leaves_no_process_behind():
     launcher.kill()
     launcher.wait()
     assert wait_until(lambda: not any(alive(pid) for pid in pids), 5), [pid for pid in pids if alive(pid)]
+
+
+def test_children_end_on_sigterm_even_when_the_launcher_ignores_it():
+    """The launcher's ignored signals (an aggregator finishing ignores SIGTERM) must not reach the children."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    group = ProcessGroup([])
+    try:
+        sleeper = group.start("sleeper", time.sleep, 30)
+        sleeper.terminate()
+        sleeper.join(10)
+        assert sleeper.exitcode == -signal.SIGTERM
+    finally:
+        group.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -125,6 +125,10 @@ def _run_child(channel: socket.socket, wake: tuple[int, int], target, args) -> N
 
 def main(argv: list[str]) -> None:
     channel = socket.socket(fileno=int(argv[0]))
+    # A process inherits ignored signals from whoever started it (a launcher that was finishing ignores
+    # SIGTERM and SIGINT): the children must end on them as processes do by default.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
     # The group's SIGTERM is for the children; the server stays to report how they ended, and goes with the
     # group's SIGKILL (or when the launcher's end closes). Blocked, not ignored: a child forked from here
     # inherits the block and lifts it, so that a SIGTERM that reaches it before it does is not lost.
