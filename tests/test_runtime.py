@@ -175,3 +175,24 @@ def test_a_frozen_client_is_marked_lost_and_rejoins_when_it_thaws(write_scenario
     assert process.returncode == 0 and back["seq"] > lost["seq"]
     closed = [e for e in events(out) if e["kind"] == "round_closed" and e["t"] > back["t"]]
     assert any(row["client"] == "c01" and row["status"] == "updated" for e in closed for row in e["clients"])
+
+
+def test_a_client_gives_up_a_round_announced_closed_and_trains_the_open_one(write_scenario, tmp_path):
+    # a device far too slow for the deadline: under plain deadlines it finished every round late (a late update
+    # the aggregator drops) and started each next round late; told of the next round, it gives the old one up
+    (tmp_path / "crawler.yaml").write_text("name: crawler\ncores: 1\nthreads: 1\nspeed: 0.01\nmemory_mb: 4096\n"
+                                           "link: wifi\n")
+    scenario = write_scenario(rounds=3, deadline_s=3, eval_every=3, exit_policy="{name: static}",
+                              fleet="[{profile: laptop}, {profile: crawler.yaml}]")
+    out = tmp_path / "run"
+    finished(run("run", str(scenario), "--out", str(out)))
+    log = events(out)
+    crawler = "c01"
+    closed = [e for e in log if e["kind"] == "round_closed"]
+    assert [row["status"] for e in closed for row in e["clients"] if row["client"] == crawler] == ["straggler"] * 3
+    assert not [e for e in log if e["kind"] == "late_update"]
+    progress = [e for e in log if e["kind"] == "client_progress" and e["client"] == crawler]
+    assert {e["round"] for e in progress} >= {1, 2}  # round 2's work began on its announcement, not round 1's end
+    text = (out / "logs" / f"{crawler}.log").read_text()
+    for index in (1, 2):  # round 3 is the last: BYE, not a later ROUND, ends its work
+        assert f"gave up round {index} at depth" in text and f"round {index + 1} was announced" in text, text

@@ -41,6 +41,15 @@ class Stop(Exception):
     """The aggregator said BYE, or went silent for too long."""
 
 
+class RoundClosed(Exception):
+    """A later ROUND came while this device still worked on an earlier one: that round has closed, and whatever
+    it would still send is a late update the aggregator drops. Raised after `steps_done` local steps."""
+
+    def __init__(self, newer: Message, steps_done: int = 0):
+        super().__init__(f"round {newer.round} was announced")
+        self.newer, self.steps_done = newer, steps_done
+
+
 class JoinFailed(UserError):
     """No WELCOME within the join timeout, or the aggregator refused the JOIN: one line says which and why."""
 
@@ -63,6 +72,7 @@ class ClientWorker:
         self._device: Device | None = None  # built from WELCOME
         self._link: LinkShaper | None = None  # the dealer's shaper, made with the device
         self.idle_timeout_s = join_timeout_s  # host seconds; until WELCOME says the round deadline
+        self._announced: Message | None = None  # a ROUND that came while an earlier round's work was going on
 
     # Set by _join (WELCOME): all that reads them belongs to a round, and rounds come after it.
     @property
@@ -84,7 +94,7 @@ class ClientWorker:
         try:
             self._join()
             while True:
-                message = self._receive(self.idle_timeout_s)
+                message, self._announced = self._announced or self._receive(self.idle_timeout_s), None
                 if message.type == "ROUND":
                     self._round(self._newest_round(message))
         except Stop as stop:
@@ -162,7 +172,8 @@ class ClientWorker:
 
     # ------------------------------------------------------------------ messages
     def _receive(self, timeout_s: float, wanted: str | None = None, round_index: int | None = None) -> Message:
-        """Next message (of type `wanted` for `round_index`, others are skipped); BYE raises Stop."""
+        """Next message (of type `wanted` for `round_index`, others are skipped); BYE raises Stop, and a ROUND later
+        than `round_index` RoundClosed."""
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -174,11 +185,23 @@ class ClientWorker:
                 break
             if message.type == "BYE":
                 raise Stop(message.body["reason"])
+            if round_index is not None and message.type == "ROUND" and message.round > round_index:
+                self._announced = message  # taken up once this round's work is given up
+                raise RoundClosed(message)
             if (wanted is None or message.type == wanted) and (round_index is None or message.round == round_index):
                 return message
         if wanted is None:
             raise Stop(f"the aggregator was silent for {timeout_s:.0f} s")
         raise TimeoutError(wanted)
+
+    def _check_open(self, round_index: int, steps_done: int) -> None:
+        """Raise RoundClosed if a later round was announced (or Stop on BYE); returns at once either way."""
+        try:
+            self._receive(0.0005, wanted="ROUND", round_index=round_index)  # only a later round: the current is in hand
+        except TimeoutError:
+            return
+        except RoundClosed as closed:
+            raise RoundClosed(closed.newer, steps_done) from None
 
     def _newest_round(self, start: Message) -> Message:
         """The newest ROUND already delivered: a device still busy when later rounds were announced takes up the
@@ -197,13 +220,33 @@ class ClientWorker:
             return
         timing = RoundTiming(self._wake(received))
         depth = self._choose_depth(start)
-        if not self._fetch(start.round, depth, start.body["deadline_s"], timing):
-            self.heartbeat.state = "idle"
-            return  # the round closed before our layers came
-        result = self._train(start.round, depth, timing)
+        try:
+            if not self._fetch(start.round, depth, start.body["deadline_s"], timing):
+                self.heartbeat.state = "idle"
+                return  # the round closed before our layers came
+            result = self._train(start.round, depth, timing)
+        except RoundClosed as closed:
+            self._give_up(start.round, depth, timing, closed)
+            return
         self._upload(start.round, depth, result, timing)
         self.device.policy.observe(depth, timing.observed())
         del result
+        self._rest()
+
+    def _give_up(self, round_index: int, depth: int, timing: RoundTiming, closed: RoundClosed) -> None:
+        """A later round was announced mid-work: drop this one (its update would only be late, and the device's
+        time is better spent on the round that is open). The steps done still tell the exit policy this
+        depth's pace, scaled to the full round."""
+        steps = self.device.session.scenario.training.local_steps
+        log.info("%s: gave up round %d at depth %d after %d of %d steps: %s", self.client_id, round_index, depth,
+                 closed.steps_done, steps, closed)
+        if closed.steps_done:
+            self.device.policy.observe(depth, {"download_s": timing.download_s,
+                                               "compute_s": timing.compute_s * steps / closed.steps_done})
+        self._rest()
+
+    def _rest(self) -> None:
+        """Between rounds: a lean client lets its data and model go; the device is idle."""
         if self.device.lean:
             self.device.session.release()
         release_free_memory()
@@ -261,18 +304,24 @@ class ClientWorker:
     def _train(self, round_index: int, depth: int, timing: RoundTiming) -> RoundResult:
         """Local training at the device's pace (a fault may strike after one of its steps)."""
         device = self.device
+        self._take_up_injection()  # a slowdown set while the layers came paces the first step too
         throttle = ComputeThrottle(device.injection.slowed(device.throughput), self.clock, paced=not self.kernel_cpu,
                                    step_cpu_s=device.modeled[depth] if device.modeled is not None else None)
-        with device.slots:  # waiting for one takes host time only: the throttle starts once it is held
-            result = device.session.train_round(round_index, depth, self._on_step(round_index, depth, throttle),
-                                                throttle, device.memory)
+        try:
+            with device.slots:  # waiting for one takes host time only: the throttle starts once it is held
+                result = device.session.train_round(round_index, depth, self._on_step(round_index, depth, throttle),
+                                                    throttle, device.memory)
+        except RoundClosed:
+            timing.compute_s = throttle.finish().elapsed_s  # the steps done, at the device's pace
+            raise
         device.memory.observe(depth, result.peak_mb)
         timing.compute_s, timing.cpu_s = result.throttle.elapsed_s, result.throttle.cpu_s
         timing.overshoot = result.throttle.overshoot
         return result
 
     def _on_step(self, round_index: int, depth: int, throttle: ComputeThrottle):
-        """After each local step: report progress, suffer this round's fault at its step, take up injections."""
+        """After each local step: report progress, suffer this round's fault at its step, take up injections, give
+        the round up if a later one was announced."""
         steps = self.device.session.scenario.training.local_steps
         fault = self.device.schedule.fault(round_index)
         fault_step = self.device.schedule.fault_step(round_index, steps)
@@ -284,6 +333,7 @@ class ClientWorker:
                 self._suffer(fault)
             if self._take_up_injection():
                 throttle.retune(self.device.injection.slowed(self.device.throughput))
+            self._check_open(round_index, step + 1)
 
         return progress
 
