@@ -80,7 +80,7 @@ def test_the_checkpoint_carries_the_aggregators_round_state_and_refuses_it_alter
     scenario = load_scenario(write_scenario())
     run_dir = new_run_dir(scenario, str(tmp_path / "run"))
     state = {"w": np.arange(4, dtype=np.float32)}
-    carried = {"dilation": 2.5, "screen": {"layer 0": {"c01": 0.5, "c00": 0.25}}}
+    carried = {"dilation": 2.5, "screen": {"layer 0": {"c01": 0.5, "c00": 0.25}}, "busy_until": {"c01": 61.5}}
     save_checkpoint(run_dir, 1, state, {"digest": "d1", "seq": 9, "t": 1.0}, carried)
     log = [{"kind": "round_aggregated", "round": 1, "digest": "d1"}]
     loaded = load_checkpoint(run_dir, scenario, log)
@@ -90,6 +90,9 @@ def test_the_checkpoint_carries_the_aggregators_round_state_and_refuses_it_alter
     meta["carried"]["screen"]["layer 0"]["c00"] = 99.0  # a hand-edited reference norm
     pointer.write_text(json.dumps(meta))
     with pytest.raises(CheckpointRefused, match="carried state .* altered"):
+        load_checkpoint(run_dir, scenario, log)
+    save_checkpoint(run_dir, 1, state, {"digest": "d1", "seq": 9, "t": 1.0}, {**carried, "busy_until": {"c01": -1}})
+    with pytest.raises(CheckpointRefused, match="busy_until must map each client to a run time >= 0"):
         load_checkpoint(run_dir, scenario, log)
 
 
@@ -133,3 +136,45 @@ def test_a_failing_aggregator_leaves_its_reason_on_the_console_and_exit_code_1(
     after = result.stdout.rsplit("\x1b[?1049l", 1)[-1]  # what stays on the console once the dashboard has gone
     assert said in after, after
     assert events(out)[-1]["kind"] == "run_failed"
+
+
+def test_a_resumed_event_clock_run_starts_the_last_rounds_straggler_as_late_as_the_uninterrupted_run(
+        write_scenario, tmp_path):
+    """Event clock, modeled compute: a client frozen 50 s in round 1 (20 s deadlines) is still busy when round 2 is
+    announced, so it misses round 2 too, and starts round 3 late. A run interrupted after round 1 or 2 and resumed
+    must know that (the checkpoint carries when each client's last upload ended): same timeline, same statuses,
+    same digests."""
+    from testbed.aggregator.plan import client_seed
+    from testbed.config.schema import Failure
+    from testbed.emulation.availability import DeviceSchedule
+
+    failure = Failure(freeze_rate=0.3, freeze_s=50.0)
+    seed = next(s for s in range(200) if [DeviceSchedule(None, failure, client_seed(s, "c01")).fault(r)
+                                          for r in (1, 2, 3)] == ["freeze", None, None])
+    frozen = tmp_path / "frozen.yaml"
+    frozen.write_text("name: frozen\ncores: 1\nthreads: 1\nspeed: 1.0\nmemory_mb: 4096\nlink: wifi\n"
+                      "failure: {freeze_rate: 0.3, freeze_s: 50.0}\n")
+    scenario = write_scenario(rounds=3, deadline_s=20, eval_every=3, seed=seed,
+                              emulation="{clock: events, compute: modeled}",
+                              fleet=f"[{{profile: laptop}}, {{profile: {frozen}}}]")
+    reference = tmp_path / "reference"
+    finished(run("run", str(scenario), "--out", str(reference)))
+    out = tmp_path / "run"
+    process = start("run", str(scenario), "--out", str(out))
+    wait_for_event(out, lambda e: e["kind"] == "round_aggregated" and e["round"] == 1)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    finished(run("run", "--resume", str(out)))
+
+    def timeline(run_dir):
+        with open(run_dir / "rounds.csv", newline="") as file:
+            return [{k: v for k, v in row.items() if not k.endswith("_host_s") and k != "peak_mb"}
+                    for row in csv.DictReader(file)]
+
+    statuses = {(e["round"], row["client"]): row["status"] for e in events(reference)
+                if e["kind"] == "round_closed" for row in e["clients"]}
+    assert [statuses[r, "c01"] for r in (1, 2, 3)] == ["straggler", "straggler", "updated"]
+    # the event clock runs ahead of the SIGINT: resumed after round 1 or 2, the straggler is busy into the next round
+    assert [e["from_round"] for e in events(out) if e["kind"] == "run_resumed"] in ([1], [2])
+    assert timeline(out) == timeline(reference)
+    assert csv_rounds(out, "clients.csv") == csv_rounds(reference, "clients.csv")

@@ -5,12 +5,13 @@ with the run directory), the scenario's digest, the round, the global state's di
 and a resume checks each against this run directory, its events and the file before it loads any state.
 
 checkpoint.json also carries the aggregator's round state that is not in the weights but decides later rounds
-(`carried`: the current time dilation and the update screen's reference norms), with its own SHA-256, so that a
-resumed run continues as the uninterrupted one would have. What the events already record is not repeated here:
-the `auto` preferred exits follow from the `evaluated` events, and selection and every client's draws are seeded
-per round. The clients' own measurements (step costs, memory peaks, the adaptive policy's moving averages of
-measured times) are host measurements, not state: a resumed client measures afresh, as every client of a fresh
-run does, so the adaptive policy's depths are reproduced only as far as the host's timings are.
+(`carried`: the current time dilation, the update screen's reference norms and, on the event clock, when each
+client's last upload ended), with its own SHA-256, so that a resumed run continues as the uninterrupted one would
+have. What the events already record is not repeated here: the `auto` preferred exits follow from the `evaluated`
+events, and selection and every client's draws are seeded per round. The clients' own measurements (step costs,
+memory peaks, the adaptive policy's moving averages of measured times) are host measurements, not state: a resumed
+client measures afresh, as every client of a fresh run does, so the adaptive policy's depths are reproduced only as
+far as the host's timings are.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def _check_identity(run_dir: Path, meta: dict, scenario: Scenario) -> None:
 
 def _read_carried(meta: dict) -> dict:
     """The carried round state, checked against its digest and for its kinds (dilation: a number > 0; screen:
-    {group: {client: norm >= 0}}); {} for a checkpoint written before round state was carried."""
+    {group: {client: norm >= 0}}; busy_until: {client: run time >= 0}); {} for a checkpoint written before round
+    state was carried."""
     if "carried" not in meta:
         return {}
     carried = meta["carried"]
@@ -199,6 +201,10 @@ def _read_carried(meta: dict) -> dict:
             isinstance(client, str) and _number(norm) and norm >= 0 for client, norm in norms.items())
             for norms in screen.values())):
         raise CheckpointRefused(f"{POINTER}: carried screen must map each group to {{client: norm >= 0}}")
+    busy = carried.get("busy_until", {})
+    if not (isinstance(busy, dict) and all(isinstance(client, str) and _number(t) and t >= 0
+                                           for client, t in busy.items())):
+        raise CheckpointRefused(f"{POINTER}: carried busy_until must map each client to a run time >= 0 (seconds)")
     return carried
 
 

@@ -155,7 +155,9 @@ class Aggregator:
         self.records = Records(self.run_dir, accuracy_columns(sorted(plan.classes), self.model.exits))
         self.test_sets = self._test_sets()
         self.round: Round | None = None
-        self.busy_until: dict[str, float] = {}  # event clock: when each client's last upload ended (run time)
+        # event clock: when each client's last upload ended (run time); a straggler of the round before the
+        # interruption starts the next one as late as it would have in the uninterrupted run
+        self.busy_until: dict[str, float] = dict(carried.get("busy_until", {}))
         self.dropped = 0
         self.screen = UpdateScreen(_layer_group)  # non-finite values, wrong shapes, norms far beyond the fleet's
         # the reference norms accepted updates set so far: they decide what the screen accepts next
@@ -269,7 +271,8 @@ class Aggregator:
         summary.update(aggregate_s=round(time.perf_counter() - started, 4), digest=self.model.digest())
         save_checkpoint(self.run_dir, index, self.model.state,
                         {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
-                        {"dilation": self.events.dilation, "screen": self.screen.references})
+                        {"dilation": self.events.dilation, "screen": self.screen.references,
+                         "busy_until": self.busy_until})
         self.events.emit(RoundAggregated(round=index, digest=summary["digest"], aggregate_s=summary["aggregate_s"]))
         # 4. evaluate every eval_every rounds and at the end (timed apart from the round)
         if index % self.scenario.eval_every == 0 or ending:
