@@ -111,3 +111,28 @@ def test_children_end_on_sigterm_even_when_the_launcher_ignores_it():
     finally:
         group.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_fork_server_started_early_does_not_outlive_a_scenario_refused_while_assets_are_prepared(
+        monkeypatch, write_scenario, tmp_path):
+    import pytest
+
+    import testbed.launch.run as launch
+    from testbed.errors import UserError
+
+    servers = []
+    warm_up = ProcessGroup.warm_up
+
+    def watched(group):
+        warm_up(group)
+        servers.append(group.server.pid)
+
+    def refuse(scenario, run_dir):
+        time.sleep(0.5)  # the server is importing meanwhile
+        raise UserError("the host cannot carry this fleet")
+
+    monkeypatch.setattr(ProcessGroup, "warm_up", watched)
+    monkeypatch.setattr(launch, "prepare_assets", refuse)
+    with pytest.raises(UserError, match="cannot carry"):
+        launch.run(str(write_scenario()), [], out=str(tmp_path / "run"))
+    assert len(servers) == 1 and not alive(servers[0]) and not members(servers[0])

@@ -99,6 +99,12 @@ class ProcessGroup:
     def serving(self) -> bool:
         return self.channel is not None
 
+    def warm_up(self) -> None:
+        """Start the fork server now, without waiting: its imports (~5 s of torch and model code) then overlap the
+        launcher's own work before the first `start`."""
+        if self.server is None:
+            self._start_server()
+
     def start(self, name: str, target, *args) -> Child:
         """Fork `target(*args)` (a module-level function of a preloaded module) from the fork server; the first
         call starts the server and waits for its imports (seconds), later ones take milliseconds."""

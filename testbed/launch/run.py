@@ -93,8 +93,13 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
         assert scenario_path is not None, "a scenario, or resume"  # as `testbed run` checks (launch/commands.py)
         scenario = load_scenario(scenario_path, overrides)
         run_dir = new_run_dir(scenario, out)
-    prepare_assets(scenario, run_dir)
     group = ProcessGroup(PRELOAD)
+    group.warm_up()  # the fork server imports while the assets are prepared here (both take seconds)
+    try:
+        prepare_assets(scenario, run_dir)
+    except BaseException:  # a scenario the host or the backbone cannot carry: no process outlives the refusal
+        group.stop()
+        raise
     printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
     try:
         return _launch(scenario, run_dir, bool(resume), group, printer)
