@@ -43,15 +43,29 @@ def _run_events(accuracies, rows_per_round=None, exits=(2, 4), ending="run_finis
 
 
 def test_a_task_is_judged_at_its_preferred_exit_or_the_deepest():
-    assert task_exit(1, (2, 4, 6, 8)) == 2 and task_exit("auto", (2, 4, 6, 8)) == 8
+    assert task_exit(1, (2, 4, 6, 8)) == 2 and task_exit("auto", (2, 4, 6, 8)) == "auto"
     assert task_exit(None, (3, 6)) == 6 and task_exit(9, (3, 6)) == 6
+
+
+def test_an_auto_task_is_judged_where_the_rule_put_it_at_the_last_evaluation_and_at_its_best_exit():
+    # as a real-speech fleet read: L8 71.6 % error, while the auto-chosen L6 (where the clients trained) 38.6 %
+    last = {2: 0.30, 4: 0.5, 6: 0.614, 8: 0.284}
+    metrics = run_metrics(_run_events([{"keyword": {2: 0.2, 4: 0.3, 6: 0.35, 8: 0.2}}, {"keyword": last}]),
+                          {"keyword": "auto"})
+    assert metrics["tasks"]["keyword"] == {"exit": 6, "final": 0.614, "series": [(10.0, 0.35), (20.0, 0.614)],
+                                           "best_exit": 6, "best_final": 0.614}
+    # within 1 point of the best, the shallower exit is the rule's pick; the best exit is the most accurate
+    close = run_metrics(_run_events([{"keyword": {2: 0.1, 4: 0.605, 6: 0.61}}]), {"keyword": "auto"})
+    assert (close["tasks"]["keyword"]["exit"], close["tasks"]["keyword"]["best_exit"]) == (4, 6)
+    assert run_metrics(_run_events([]), {"keyword": "auto"})["tasks"]["keyword"]["exit"] is None
 
 
 def test_run_metrics_follow_the_task_exit_and_leave_evaluation_time_out():
     metrics = run_metrics(_run_events([{"keyword": {2: 0.5, 4: 0.6}}, {"keyword": {2: 0.7, 4: 0.65}}]),
                           {"keyword": 2})
     # each round took 10 s, each evaluation 1 s: evaluated models were ready at 10 s and 20 s of training
-    assert metrics["tasks"]["keyword"] == {"exit": 2, "final": 0.7, "series": [(10.0, 0.5), (20.0, 0.7)]}
+    assert metrics["tasks"]["keyword"] == {"exit": 2, "final": 0.7, "series": [(10.0, 0.5), (20.0, 0.7)],
+                                           "best_exit": 2, "best_final": 0.7}
     assert metrics["mean_round_s"] == 10.0 and metrics["status"] == "finished"
     assert run_metrics(_run_events([{"keyword": {2: 0.5}}], ending="run_failed"), {"keyword": 2})["status"] == "failed"
 
@@ -224,3 +238,18 @@ def test_the_centralized_baseline_keeps_to_the_time_budget_in_its_own_host_secon
     assert [e["round"] for e in log if e["kind"] == "round_aggregated"] == [1]  # one round spends 1 ms
     assert [e["round"] for e in log if e["kind"] == "evaluated"] == [1]
     assert log[-1]["kind"] == "run_finished" and log[-1]["reason"].startswith("time budget spent")
+
+
+def test_compare_md_names_an_auto_tasks_exit_per_run_and_each_runs_best_exit():
+    from testbed.compare.figures import RunRecord, comparison_figures
+    from testbed.compare.tables import markdown
+
+    runs = {"depth_aware-s0": [{"keyword": {2: 0.3, 4: 0.5, 6: 0.614, 8: 0.284}}],
+            "depth_aware-s1": [{"keyword": {2: 0.3, 4: 0.6, 6: 0.605, 8: 0.2}}]}
+    records = [RunRecord("depth_aware", seed, label, None, "finished") for seed, label in enumerate(runs)]
+    figures = comparison_figures("t", [2, 4, 6, 8], {"keyword": "auto"}, ["depth_aware"], records,
+                                 {label: _run_events(accuracies) for label, accuracies in runs.items()}, None)
+    text = markdown(figures)
+    assert "| keyword (auto) | 39.3 ± 1.0 |" in text  # 1 - 0.614 and 1 - 0.6 (L4: within 1 point of L6)
+    assert "| keyword: auto exits | L6 L4 |" in text
+    assert "| keyword | 39.1 ± 0.6 (L6 L6) |" in text  # best exits: 0.614 and 0.605

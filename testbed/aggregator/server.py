@@ -69,6 +69,7 @@ from testbed.event_kinds import (
 )
 from testbed.events import EventLog, read_events
 from testbed.model.early_exit import exit_depth
+from testbed.model.geometry import auto_exit
 from testbed.model.state import group_of
 from testbed.model.train import round_samples
 from testbed.strategies import make_strategy
@@ -85,7 +86,6 @@ from testbed.transport.messages import (
 
 log = logging.getLogger("testbed.aggregator")
 POLL_S = 0.2  # seconds: how often the serve loop checks liveness and deadlines
-PREFER_WITHIN = 0.01  # accuracy: an exit this close to the best is as good, and cheaper
 # Event clock: a claimed compute time below this share of what the run's cost table says the work takes is
 # refused (measured: clients' steps took 0.97-1.11x the table's figures, docs/benchmarks.md "Event clock")
 COMPUTE_FLOOR = 0.5
@@ -364,12 +364,10 @@ class Aggregator:
         return _evaluation_columns(accuracy, round(seconds, 3))
 
     def _prefer_exits(self, accuracy: dict[str, dict[int, float]]) -> None:
-        """`auto` preferred exits: per task, the shallowest exit within PREFER_WITHIN of the best one."""
+        """`auto` preferred exits: per task, the shallowest exit within PREFER_WITHIN of the best one (geometry.py)."""
         for task, by_exit in accuracy.items():
             if self.scenario.exit_policy.preferred_exits.get(task) == "auto" and by_exit:
-                best = max(by_exit.values())
-                self.preferred[task] = min(int(layer) for layer, value in by_exit.items()
-                                           if value >= best - PREFER_WITHIN)
+                self.preferred[task] = auto_exit({int(layer): value for layer, value in by_exit.items()})
 
     def _finish(self, ending: type[RunEnded], reason: str) -> None:
         # once finishing, a second Ctrl-C or the launcher's SIGTERM must not interrupt the goodbye

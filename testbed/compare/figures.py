@@ -50,6 +50,9 @@ def strategy_figures(runs: list[dict], tasks: list[str], target_of: Mapping[str,
         reach[task] = {"seconds": _pair(mean_std(times)), "reached": sum(t is not None for t in times),
                        "runs": len(times)}
     return {"runs": len(runs),
+            # the exit each run was judged at, and its best exit (at the last evaluation): in run order
+            "exits": {task: [m["tasks"][task]["exit"] for m in runs] for task in tasks},
+            "best_exits": {task: [m["tasks"][task]["best_exit"] for m in runs] for task in tasks},
             "final_accuracy": {task: _pair(mean_std(m["tasks"][task]["final"] for m in runs)) for task in tasks},
             "mean_round_s": _pair(mean_std(m["mean_round_s"] for m in runs)),
             "wait_share": _pair(mean_std(m["wait_share"] for m in runs)),
@@ -71,7 +74,7 @@ def relative_to(summary: dict, reference: dict | None) -> dict | None:
                                for task, reach in summary["time_to_target"].items()}}
 
 
-def comparison_figures(scenario: str, exits: list[int], task_exits: dict[str, int], strategies: list[str],
+def comparison_figures(scenario: str, exits: list[int], task_exits: dict[str, int | str], strategies: list[str],
                        records: list[RunRecord], events: Mapping[str, list[dict]], target: float | None) -> dict:
     """compare.json: every run's figures and each strategy's summary; `events` maps run labels to their events."""
     per_run = {r.label: run_metrics(events[r.label], task_exits) for r in records if r.label in events}
@@ -84,9 +87,10 @@ def comparison_figures(scenario: str, exits: list[int], task_exits: dict[str, in
     for metrics in per_run.values():
         metrics.update(costs_vs_full(metrics["depths"], full))
     target_of = targets(finished, tasks, target)
-    errors = error_table(finished, tasks)
+    errors, best_errors = error_table(finished, tasks), error_table(finished, tasks, "best_final")
     summaries = {name: {**strategy_figures(finished[name], tasks, target_of),
-                        "error": {task: _pair(errors[task][name]) for task in tasks}}
+                        "error": {task: _pair(errors[task][name]) for task in tasks},
+                        "best_error": {task: _pair(best_errors[task][name]) for task in tasks}}
                  for name in strategies}
     for name, summary in summaries.items():  # the baseline's host seconds do not compare with emulated ones
         summary["vs_" + TARGET_STRATEGY] = (None if name == CENTRALIZED

@@ -1,7 +1,8 @@
 """What a comparison reports, from events alone (pure functions: events or figures in, numbers out).
 
-A task is judged at its exit: the scenario's preferred exit for it when one is given, else the
-deepest. Times are the rounds' seconds, evaluation excluded (`Evaluation.trained_s`): emulated
+A task is judged at its exit: the scenario's preferred exit for it when one is given; for an `auto`
+preferred exit, the exit the rule picks from the run's last evaluation (the one its clients were sent
+next: the task is used there); else the deepest. Its best exit at the last evaluation is reported too. Times are the rounds' seconds, evaluation excluded (`Evaluation.trained_s`): emulated
 seconds for a federated run, host seconds for the centralized baseline (its clock runs undilated).
 """
 
@@ -11,6 +12,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 
 from testbed.model.early_exit import exit_depth
+from testbed.model.geometry import auto_exit
 from testbed.monitor import state
 from testbed.monitor.metrics import DepthTotals, depth_totals, run_figures
 from testbed.monitor.state import RunView, fold
@@ -24,9 +26,29 @@ TARGET_STRATEGY = "fedavg_full"
 Series = list[tuple[float, float]]  # (training seconds, accuracy), one point per evaluation
 
 
-def task_exit(preferred: int | str | None, exits: tuple[int, ...]) -> int:
-    """The exit layer a task is judged at: its preferred exit (1-based index) or, for none or "auto", the deepest."""
+AUTO = "auto"  # a task whose preferred exit is `auto`: each run is judged where the rule put it
+
+
+def task_exit(preferred: int | str | None, exits: tuple[int, ...]) -> int | str:
+    """The exit layer a task is judged at: its preferred exit (1-based index), AUTO for "auto", else the deepest."""
+    if preferred == AUTO:
+        return AUTO
     return exit_depth(exits, preferred if isinstance(preferred, int) else None)
+
+
+def last_accuracy(view: RunView, task: str) -> dict[int, float]:
+    """{exit layer: accuracy} of `task` at the run's last evaluation of it; {} before any."""
+    evaluated = [e for _, e in sorted(view.evaluations.items()) if e.accuracy.get(task)]
+    return dict(evaluated[-1].accuracy[task]) if evaluated else {}
+
+
+def judged_exit(view: RunView, task: str, rule: int | str) -> int | None:
+    """The layer a run's task is judged at: the rule's layer, or for AUTO the exit the rule picks from the last
+    evaluation; None for AUTO before any evaluation."""
+    if rule != AUTO:
+        return int(rule)
+    accuracy = last_accuracy(view, task)
+    return auto_exit(accuracy) if accuracy else None
 
 
 def accuracy_at(view: RunView, task: str, layer: int) -> Series:
@@ -74,14 +96,19 @@ def costs_vs_full(totals: Mapping[int, DepthTotals], full: DepthTotals | None) -
             "memory_vs_full": _ratio(whole.mean_peak_mb, full.mean_peak_mb if full else None)}
 
 
-def run_metrics(events: list[dict], task_exits: Mapping[str, int]) -> dict:
-    """The figures of one run: final accuracy and its curve per task at its exit, round and client costs."""
+def run_metrics(events: list[dict], task_exits: Mapping[str, int | str]) -> dict:
+    """The figures of one run: per task, the final accuracy and its curve at its exit and the best exit's final
+    accuracy; round and client costs."""
     view = fold(events)
     figures = run_figures(view)
     tasks = {}
-    for task, layer in task_exits.items():
-        series = accuracy_at(view, task, layer)
-        tasks[task] = {"exit": layer, "final": series[-1][1] if series else None, "series": series}
+    for task, rule in task_exits.items():
+        layer = judged_exit(view, task, rule)
+        series = accuracy_at(view, task, layer) if layer is not None else []
+        last = last_accuracy(view, task)
+        best = max(last, key=lambda exit_layer: (last[exit_layer], -exit_layer)) if last else None
+        tasks[task] = {"exit": layer, "final": series[-1][1] if series else None, "series": series,
+                       "best_exit": best, "best_final": last[best] if best is not None else None}
     return {"status": figures["status"], "tasks": tasks, "mean_round_s": figures["mean_round_emulated_s"],
             "wait_share": figures["wait_share"], "bytes": figures["bytes"],
             "rounds_emulated_s": figures["rounds_emulated_s"], "depths": depth_totals(view)}
@@ -95,10 +122,11 @@ def mean_std(values: Iterable[float | None]) -> tuple[float, float] | None:
     return statistics.fmean(present), (statistics.stdev(present) if len(present) > 1 else 0.0)
 
 
-def error_table(metrics: Mapping[str, list[dict]], tasks: list[str]
+def error_table(metrics: Mapping[str, list[dict]], tasks: list[str], final: str = "final"
                 ) -> dict[str, dict[str, tuple[float, float] | None]]:
-    """task -> strategy -> (mean, std) over seeds of the final error (1 - accuracy) at the task's exit."""
-    return {task: {name: mean_std(None if m["tasks"][task]["final"] is None else 1 - m["tasks"][task]["final"]
+    """task -> strategy -> (mean, std) over seeds of the final error (1 - accuracy) at the task's exit (or, with
+    final="best_final", at each run's best exit)."""
+    return {task: {name: mean_std(None if m["tasks"][task][final] is None else 1 - m["tasks"][task][final]
                                   for m in runs)
                    for name, runs in metrics.items()}
             for task in tasks}

@@ -11,6 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from testbed.compare.figures import CENTRALIZED
+from testbed.compare.tables import exit_label
 
 DPI = 110
 
@@ -29,7 +30,7 @@ def accuracy_vs_time(figures: dict, path: Path) -> Path:
         target = figures["targets"].get(task)
         if target is not None:
             ax.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:.0%}")
-        ax.set_title(f"{task}, exit L{figures['task_exits'][task]}")
+        ax.set_title(f"{task}, exit {exit_label(figures['task_exits'][task])}")
         ax.set_xlabel("emulated training time, s (evaluation excluded)")
         ax.set_ylabel("accuracy (mean over seeds)")
         ax.set_ylim(0, 1)

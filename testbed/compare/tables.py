@@ -37,16 +37,41 @@ def _header(first: str, columns: list[str]) -> list[str]:
     return [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
 
 
+def exit_label(rule: int | str) -> str:
+    """How a task's exit rule reads in a header: "L6", or "auto" (each run's own pick)."""
+    return f"L{rule}" if isinstance(rule, int) else str(rule)
+
+
+def _exits_cell(layers: list[int | None]) -> str:
+    """The exits of a strategy's runs, in run order: "L4 L4 L6"."""
+    return " ".join("-" if layer is None else f"L{layer}" for layer in layers) or "-"
+
+
 def error_lines(figures: dict) -> list[str]:
     strategies = figures["strategies"]
+    auto = sorted(task for task, rule in figures["task_exits"].items() if not isinstance(rule, int))
     lines = ["## Error at each task's exit", "",
              "Error (1 - accuracy, %) after the last round, mean ± std over seeds (finished runs: "
              + ", ".join(f"{name} {s['runs']}" for name, s in strategies.items())
-             + "). A task's exit is its preferred exit in the scenario, else the deepest.", ""]
+             + "). A task's exit is its preferred exit in the scenario, else the deepest"
+             + ("; for an `auto` preferred exit, the exit the rule picked at each run's last evaluation (the "
+                "shallowest within 1 point of the best: where its clients trained next), listed below"
+                if auto else "") + ".", ""]
     lines += _header("task (exit)", list(strategies))
-    for task, layer in sorted(figures["task_exits"].items()):
-        lines.append(f"| {task} (L{layer}) | " + " | ".join(cell(s["error"][task], 100)
-                                                           for s in strategies.values()) + " |")
+    for task, rule in sorted(figures["task_exits"].items()):
+        lines.append(f"| {task} ({exit_label(rule)}) | " + " | ".join(cell(s["error"][task], 100)
+                                                                     for s in strategies.values()) + " |")
+    for task in auto:
+        lines.append(f"| {task}: auto exits | " + " | ".join(_exits_cell(s["exits"][task])
+                                                             for s in strategies.values()) + " |")
+    lines += ["", "## Error at each task's best exit", "",
+              "The same runs, each at the exit with the least error at its last evaluation (which one is listed).",
+              ""]
+    lines += _header("task", list(strategies))
+    for task in sorted(figures["task_exits"]):
+        lines.append(f"| {task} | " + " | ".join(f"{cell(s['best_error'][task], 100)} "
+                                                 f"({_exits_cell(s['best_exits'][task])})"
+                                                 for s in strategies.values()) + " |")
     return lines
 
 
