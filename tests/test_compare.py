@@ -253,3 +253,49 @@ def test_compare_md_names_an_auto_tasks_exit_per_run_and_each_runs_best_exit():
     assert "| keyword (auto) | 39.3 ± 1.0 |" in text  # 1 - 0.614 and 1 - 0.6 (L4: within 1 point of L6)
     assert "| keyword: auto exits | L6 L4 |" in text
     assert "| keyword | 39.1 ± 0.6 (L6 L6) |" in text  # best exits: 0.614 and 0.605
+
+
+def test_an_interrupted_comparison_is_finished_by_resume_keeping_its_finished_runs(write_scenario, tmp_path):
+    import signal
+
+    from runs import start, wait_for_event
+
+    scenario = write_scenario(rounds=3, fleet="[{profile: laptop}, {profile: rpi4, task: speaker}]")
+    out = tmp_path / "cmp"
+    process = start("compare", str(scenario), "--strategies", "fedavg_full,depth_aware,centralized",
+                    "--out", str(out))
+    wait_for_event(out / "depth_aware-s0", lambda e: e["kind"] == "round_aggregated", timeout=240)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and f"testbed compare --resume {out}" in output, output
+    kept = (out / "fedavg_full-s0" / "summary.json").read_text()
+    assert not (out / "centralized-s0").exists()
+
+    result = run("compare", "--resume", str(out), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fedavg_full-s0: finished (kept)" in result.stdout and "depth_aware-s0: resumed" in result.stdout
+    assert (out / "fedavg_full-s0" / "summary.json").read_text() == kept
+    resumed = [json.loads(line) for line in (out / "depth_aware-s0" / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in resumed].count("run_resumed") == 1
+    figures = json.loads((out / "compare.json").read_text())
+    assert [(r["label"], r["status"]) for r in figures["runs"]] == [
+        ("fedavg_full-s0", "finished"), ("depth_aware-s0", "finished"), ("centralized-s0", "finished")]
+    assert "Made by" not in (out / "compare.md").read_text()  # one code version made every run
+
+    # other code resumed it: every run says which code made it
+    plan = json.loads((out / "compare_plan.json").read_text())
+    plan["made_by"]["fedavg_full-s0"] = "0.0.9 (git 1234567)"
+    (out / "compare_plan.json").write_text(json.dumps(plan))
+    result = run("compare", "--resume", str(out), "--target", "0.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = (out / "compare.md").read_text()
+    assert "**Made by 2 code versions**" in table and "made by 0.0.9 (git 1234567)" in table
+    assert "time to 50.0%" in table
+
+    # an edited scenario would make runs that no longer compare: refused, nothing run
+    edited = (out / "scenario.yaml").read_text().replace("rounds: 3", "rounds: 4")
+    (out / "scenario.yaml").write_text(edited)
+    result = run("compare", "--resume", str(out))
+    assert result.returncode == 2 and "it was edited" in result.stderr and "Traceback" not in result.stderr
+    result = run("compare", "--resume", str(out), "--strategies", "layerwise")
+    assert result.returncode == 2 and "drop --strategies (allowed with it: --target)" in result.stderr

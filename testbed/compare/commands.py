@@ -1,15 +1,19 @@
-"""CLI: `testbed compare SCENARIO --strategies a,b,... [--seeds N]`."""
+"""CLI: `testbed compare SCENARIO --strategies a,b,... [--seeds N]`, or `testbed compare --resume DIR`."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from testbed.errors import UserError
 
 
 def add_compare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", help="scenario YAML")
-    parser.add_argument("--strategies", required=True,
+    parser.add_argument("scenario", nargs="?", help="scenario YAML (not with --resume)")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="finish the comparison in DIR as it began: finished runs are kept, interrupted ones "
+                             "resumed, missing ones made (only --target may be given with it)")
+    parser.add_argument("--strategies",
                         help="comma-separated strategy names, e.g. fedavg_full,layerwise,depth_aware; "
                              "`centralized` adds the baseline with all data in one process")
     parser.add_argument("--seeds", type=int, default=1, help="runs per strategy: the scenario's seed, +1, ...")
@@ -22,9 +26,33 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
 
 
 def compare(args: argparse.Namespace) -> int:
+    from testbed.compare.runner import resume_compare
+
+    if args.target is not None and not 0 < args.target <= 1:
+        raise UserError(f"--target {args.target}: an accuracy in (0, 1]")
+    if args.resume:
+        given = [name for name, value in (("SCENARIO", args.scenario), ("--strategies", args.strategies),
+                                          ("--seeds", args.seeds != 1), ("--policy", args.policy),
+                                          ("--set", args.overrides), ("--out", args.out)) if value]
+        if given:
+            raise UserError(f"--resume {args.resume}: takes the comparison's own scenario and plan; drop "
+                            f"{', '.join(given)} (allowed with it: --target)")
+        directory, complete = resume_compare(args.resume, args.target)
+    else:
+        directory, complete = _begin(args)
+    print(f"comparison{'' if complete else ' (interrupted: the runs made so far)'} in {directory}: "
+          "compare.md, compare.json, accuracy_vs_time.png"
+          + ("" if complete else f"; `testbed compare --resume {directory}` finishes it"))
+    return 0 if complete else 130
+
+
+def _begin(args: argparse.Namespace) -> tuple[Path, bool]:
+    """A new comparison: its compare directory, and whether every run was made."""
     from testbed.compare.runner import compare as run_comparison
     from testbed.strategies import STRATEGIES
 
+    if not args.scenario or not args.strategies:
+        raise UserError("a comparison needs a SCENARIO and --strategies (or --resume DIR to finish one)")
     strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
     unknown = [name for name in strategies if name not in STRATEGIES and name != "centralized"]
     if unknown or not strategies:
@@ -34,10 +62,5 @@ def compare(args: argparse.Namespace) -> int:
         raise UserError(f"--strategies {args.strategies}: each strategy once (seeds repeat it: --seeds N)")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be >= 1")
-    if args.target is not None and not 0 < args.target <= 1:
-        raise UserError(f"--target {args.target}: an accuracy in (0, 1]")
     overrides = [*args.overrides, *([f"exit_policy.name={args.policy}"] if args.policy else [])]
-    directory, complete = run_comparison(args.scenario, strategies, args.seeds, overrides, args.out, args.target)
-    print(f"comparison{'' if complete else ' (interrupted: the runs made so far)'} in {directory}: "
-          "compare.md, compare.json, accuracy_vs_time.png")
-    return 0 if complete else 130
+    return run_comparison(args.scenario, strategies, args.seeds, overrides, args.out, args.target)

@@ -33,6 +33,7 @@ class RunRecord:
     directory: str | None  # None when it failed before it had one
     status: str  # finished, interrupted, failed, incomplete (from its events), or failed to start
     error: str | None = None  # one line, when it raised
+    code: str | None = None  # the code version that made it, or last resumed it (testbed/version.py)
 
 
 def _pair(stats: tuple[float, float] | None) -> list[float] | None:

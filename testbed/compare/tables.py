@@ -130,11 +130,15 @@ def depth_lines(figures: dict) -> list[str]:
 
 def run_lines(figures: dict) -> list[str]:
     lines = ["## Runs", ""]
+    codes = {run.get("code") for run in figures["runs"]} - {None}
+    if len(codes) > 1:  # a comparison resumed by other code: its runs may not compare
+        lines += [f"**Made by {len(codes)} code versions** ({', '.join(sorted(codes))}): each run says which.", ""]
     for run in figures["runs"]:
         where = f" in `{Path(run['directory']).name}/`" if run["directory"] else ""
         why = f": {run['error']}" if run["error"] else ""
         left_out = "" if run["status"] == FINISHED else " (not in the tables)"
-        lines.append(f"- {run['label']}: {run['status']}{why}{where}{left_out}")
+        made = f", made by {run['code']}" if len(codes) > 1 and run.get("code") else ""
+        lines.append(f"- {run['label']}: {run['status']}{why}{where}{made}{left_out}")
     return lines
 
 
