@@ -38,7 +38,9 @@ from testbed.aggregator.timeline import Arrival, arrival, link_phases, replay_ro
 from testbed.client.costs import COST_TABLE_FILE
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
+from testbed.config.schema import LinkSpec
 from testbed.emulation.dilation import demand_cores, fleet_dilation, raised
+from testbed.emulation.injection import InjectedState, control_path
 from testbed.errors import UserError
 from testbed.event_kinds import (
     ClientJoined,
@@ -156,6 +158,8 @@ class Aggregator:
         self.test_sets = self._test_sets()
         self.round: Round | None = None
         self.busy_until: dict[str, float] = {}  # event clock: when each client's last upload ended (run time)
+        # event clock: each client's link as its environment has it, a stress test's injections included
+        self.links = {cid: InjectedState(control_path(self.run_dir, cid), spec.link) for cid, spec in plan.clients.items()}
         self.dropped = 0
         self.screen = UpdateScreen(_layer_group)  # non-finite values, wrong shapes, norms far beyond the fleet's
         # the reference norms accepted updates set so far: they decide what the screen accepts next
@@ -602,14 +606,24 @@ class Aggregator:
     def _arrival(self, round_: Round, row: ClientRow, message: Message, received: Received) -> Arrival:
         """When this update reaches us on the emulated timeline: its client's start, then its link's draws for
         the bytes that crossed (ours to compute), then the compute time it reports (checked when taken)."""
-        spec = self.fleet.records[row.client].spec
-        download_s, upload_s = link_phases(spec.link, client_seed(self.scenario.seed, row.client), message.round,
+        seed = client_seed(self.scenario.seed, row.client)
+        download_s, upload_s = link_phases(self._link_of(row.client), seed, message.round,
                                            round_.fetch_bytes.get(row.client, 0), row.bytes_down, received.nbytes)
         compute_s = message.body["timings"].get("compute_s") if isinstance(message.body["timings"], dict) else None
         if not (isinstance(compute_s, (int, float)) and math.isfinite(compute_s) and compute_s >= 0):
             compute_s = 0.0  # a bad claim: the update is rejected when taken, at this time
         start_t = max(round_.started_t, self.busy_until.get(row.client, -math.inf))
         return arrival(row.client, start_t, download_s, float(compute_s), upload_s)
+
+    def _link_of(self, client: str) -> LinkSpec:
+        """Event clock: the link the client's transfers of this round crossed: its profile's, or the one a stress
+        test injected into its environment (the control file the testbed writes, never the client: a claim of
+        the client's own could buy it an early arrival). Read when its UPDATE is in, so that a link changed
+        before the round's replay, e.g. as the round started, holds for the whole round: on the emulated
+        timeline every transfer of the round comes after its start."""
+        state = self.links[client]
+        state.changed()  # one stat call; an invalid file keeps the link before it (logged)
+        return state.link
 
     def _take_update(self, message: Message, received: Received, round_: Round, row: ClientRow,
                      emulated: Arrival | None = None) -> None:
