@@ -309,7 +309,7 @@ class Aggregator:
 
     def _round_done(self, round_: Round) -> bool:
         if self.event_clock:  # done when no selected client is still to report: the replay decides the rest
-            return all(cid in round_.arrivals for cid in round_.waiting_for())
+            return all(cid in round_.arrivals or cid in round_.spent for cid in round_.waiting_for())
         arrived = [update.client for update in round_.updates]
         elapsed = self.events.now() - round_.started_t
         return not round_.waiting_for() or self.rule.complete(list(round_.rows), arrived, elapsed)
@@ -328,7 +328,12 @@ class Aggregator:
         replay = replay_round(round_.started_t, round_.deadline_s, arrivals, take, complete)
         for update in arrivals:  # a straggler is still uploading when the next round is announced
             self.busy_until[update.client] = update.t
-        self.events.advance_to(replay.close_t)
+        close_t = replay.close_t
+        silent = [cid for cid in round_.spent if cid in round_.waiting_for()]  # alive, its upload dropped
+        if silent and not replay.late and not complete(close_t - round_.started_t):
+            # as under the real clock, the round waits for them until its deadline: they are stragglers
+            close_t = max(close_t, round_.deadline_t) if round_.deadline_s is not None else close_t
+        self.events.advance_to(close_t)
 
     def _serve_until(self, done, deadline_t: float = math.inf, wall_s: float = math.inf) -> None:
         """Serve messages until `done()`, the run's clock reaches `deadline_t`, or `wall_s` host seconds passed."""
@@ -435,6 +440,7 @@ class Aggregator:
         bound = self.fleet.bound.get(received.identity)  # (client id, channel) its JOIN proved, or None
         if bound is not None and message.client != bound[0]:
             reason = f"{message.type} claims {message.client!r}, but its connection joined as {bound[0]!r}"
+            self._spent_upload(bound[0], message)
             return self._refuse_join(received, message, reason) if message.type == "JOIN" else self._drop(received, reason)
         if not self.fleet.known(message.client):
             if message.type == "JOIN" and bound is None:  # tell a misconfigured client, once per JOIN
@@ -461,7 +467,17 @@ class Aggregator:
             return self._drop(received, f"{message.type} is not a message clients send")
         reason = handler(message, received)
         if reason:
+            self._spent_upload(message.client, message)
             self._drop(received, reason)
+
+    def _spent_upload(self, client: str, dropped: Message) -> None:
+        """Event clock: an UPDATE for the open round that `client`'s own connection sent and we drop (it claims
+        another client, or comes without a FETCH) was the client's upload for the round: it sends no other. The
+        round stops waiting for it, which under the real clock its deadline does (in both it is a straggler);
+        else an event-clock round, which waits for every selected client, would wait for it forever."""
+        if self.event_clock and dropped.type == "UPDATE" and self.round is not None \
+                and dropped.round == self.round.index and client in self.round.waiting_for():
+            self.round.spent.add(client)
 
     def _admit(self, message: Message, received: Received) -> str | None:
         """Bind the JOIN's connection to the client it names when the JOIN proves it (credentials.py); else why not.
