@@ -218,6 +218,8 @@ class Injector:
                 state["link"] = {**state.get("link", {}), **fields["link"]}
             else:
                 state.update(fields)
+            if self.run.event_clock:  # the client reads it later in host time: when it holds from, emulated
+                state["t"] = round(self.run.now_t(), 4)
             write_injection(self.run.run_dir, cid, **state)
         return {"injected": {cid: self.injected[cid] for cid in clients}}
 
