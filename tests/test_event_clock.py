@@ -172,7 +172,8 @@ def test_the_dashboard_does_not_run_an_event_clock_on_between_events_and_shows_t
 def test_a_stress_test_runs_under_the_clock_asked_for_and_an_unknown_one_is_one_line(tmp_path):
     """`testbed stress --clock events` puts the test's scenario under the event clock and drops the dilation its
     quick variant sets (that clock has none, and a scenario giving both is refused); a scenario of its own under
-    the event clock runs as it is; an unknown clock is one line naming the allowed ones."""
+    the event clock runs as it is; an unknown clock, or a setting the clock asked for lacks, is one line naming
+    what is allowed."""
     from testbed.errors import ConfigError
     from testbed.stress.spec import load_stress
 
@@ -192,6 +193,11 @@ def test_a_stress_test_runs_under_the_clock_asked_for_and_an_unknown_one_is_one_
     assert load_stress(own).scenario.emulation.clock == "events"
     with pytest.raises(ConfigError, match=r"unknown clock 'sundial' \(allowed: real, events\)"):
         load_stress(stress, clock="sundial")
+    modeled = tmp_path / "modeled.yaml"  # a setting only the event clock has: refused under --clock real
+    modeled.write_text(own.read_text().replace("{clock: events}", "{clock: events, compute: modeled}"))
+    assert load_stress(modeled).scenario.emulation.compute == "modeled"
+    with pytest.raises(ConfigError, match=r"emulation\.compute: 'modeled' needs clock: events"):
+        load_stress(modeled, clock="real")
 
 
 def test_modeled_compute_makes_two_runs_of_one_seed_identical(write_scenario, tmp_path):
