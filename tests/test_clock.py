@@ -95,6 +95,39 @@ def test_the_throttle_paces_on_the_clock_cpu_seconds_over_throughput(monkeypatch
     assert (report.cpu_s, report.target_s, report.elapsed_s, report.overshoot) == pytest.approx((2.0, 6.0, 6.0, 1.0))
 
 
+def test_a_slowdown_scripted_before_the_phase_began_bills_all_of_it_on_the_event_clock(monkeypatch):
+    """An event clock's client reads an injection some host time after it was scripted (`since_t`): work done
+    in between, in a phase that began after `since_t`, is billed at the new pace too; scripted mid-phase, the
+    change holds from when it is read, as before."""
+    cpu, clock = CpuTime(monkeypatch), EventClock(start_t=10.0)
+    throttle = ComputeThrottle(0.5, clock)
+    throttle.start()  # the phase begins at 10 emulated s
+    cpu.t += 1.0
+    throttle.pace()
+    assert clock.now() == pytest.approx(12.0)
+    throttle.retune(0.25, since_t=10.0)  # scripted as the phase began: its first CPU second too at 0.25 cores
+    cpu.t += 1.0
+    assert throttle.finish().target_s == pytest.approx(8.0) and clock.now() == pytest.approx(18.0)
+    throttle.start()  # 18 emulated s
+    cpu.t += 1.0
+    throttle.retune(0.125, since_t=19.0)  # scripted after the phase began: only later work
+    cpu.t += 1.0
+    assert throttle.finish().target_s == pytest.approx(4.0 + 8.0)
+
+
+def test_an_injections_scripted_time_is_read_and_a_bad_one_ignored(tmp_path):
+    from testbed.config.loader import load_link
+    from testbed.emulation.injection import InjectedState, write_injection
+
+    state = InjectedState(tmp_path / "control" / "c01.json", load_link("wifi"))
+    write_injection(tmp_path, "c01", slowdown=10, t=12.5)
+    assert state.changed() and (state.slowdown, state.since_t) == (10.0, 12.5)
+    write_injection(tmp_path, "c01", slowdown=2, t=-1)
+    assert not state.changed() and (state.slowdown, state.since_t) == (10.0, 12.5)  # invalid: the last holds
+    write_injection(tmp_path, "c01", slowdown=3)
+    assert state.changed() and (state.slowdown, state.since_t) == (3.0, None)
+
+
 def test_the_throttle_on_a_real_clock_sleeps_the_dilated_remainder(monkeypatch):
     cpu = CpuTime(monkeypatch)
     clock, host = real_clock(4.0)

@@ -169,15 +169,35 @@ def test_the_dashboard_does_not_run_an_event_clock_on_between_events_and_shows_t
     assert "event clock, 5 s per host s" in header(view, view.t).plain
 
 
-def test_a_stress_test_under_the_event_clock_is_refused_with_one_line(tmp_path):
+def test_a_stress_test_runs_under_the_clock_asked_for_and_an_unknown_one_is_one_line(tmp_path):
+    """`testbed stress --clock events` puts the test's scenario under the event clock and drops the dilation its
+    quick variant sets (that clock has none, and a scenario giving both is refused); a scenario of its own under
+    the event clock runs as it is; an unknown clock, or a setting the clock asked for lacks, is one line naming
+    what is allowed."""
     from testbed.errors import ConfigError
     from testbed.stress.spec import load_stress
 
     stress = tmp_path / "s.yaml"
     stress.write_text("name: s\nscenario: {inline: {name: t, backbone: {name: debug}, fleet: [{profile: laptop}],\n"
-                      "  emulation: {clock: events}}}\nchecks: {completed: true}\n")
-    with pytest.raises(ConfigError, match=r"emulation\.clock.*not supported by stress tests yet"):
-        load_stress(stress)
+                      "  emulation: {dilation: 2}}}\nchecks: {completed: true}\n"
+                      "quick: {set: {emulation: {dilation: 1}, rounds: 2}}\n")
+    for quick in (False, True):
+        assert load_stress(stress, quick=quick).scenario.emulation.clock == "real"
+        events = load_stress(stress, quick=quick, clock="events").scenario.emulation
+        assert (events.clock, events.dilation) == ("events", None)
+        real = load_stress(stress, quick=quick, clock="real").scenario.emulation
+        assert (real.clock, real.dilation) == ("real", 1.0 if quick else 2.0)
+    own = tmp_path / "own.yaml"
+    own.write_text("name: own\nscenario: {inline: {name: t, backbone: {name: debug}, fleet: [{profile: laptop}],\n"
+                   "  emulation: {clock: events}}}\nchecks: {completed: true}\n")
+    assert load_stress(own).scenario.emulation.clock == "events"
+    with pytest.raises(ConfigError, match=r"unknown clock 'sundial' \(allowed: real, events\)"):
+        load_stress(stress, clock="sundial")
+    modeled = tmp_path / "modeled.yaml"  # a setting only the event clock has: refused under --clock real
+    modeled.write_text(own.read_text().replace("{clock: events}", "{clock: events, compute: modeled}"))
+    assert load_stress(modeled).scenario.emulation.compute == "modeled"
+    with pytest.raises(ConfigError, match=r"emulation\.compute: 'modeled' needs clock: events"):
+        load_stress(modeled, clock="real")
 
 
 def test_modeled_compute_makes_two_runs_of_one_seed_identical(write_scenario, tmp_path):

@@ -353,6 +353,8 @@ def test_shipped_stress_files_load_in_both_variants(file):
     full, quick = load_stress(file), load_stress(file, quick=True)
     assert full.scenario.backbone.name == "tiny" and full.checks.enabled()
     assert quick.quick and quick.scenario.emulation.dilation == 1
+    events = load_stress(file, quick=True, clock="events").scenario.emulation
+    assert (events.clock, events.dilation) == ("events", None)
 
 
 def test_a_good_file_loads_with_its_quick_variant(tmp_path):
@@ -429,13 +431,37 @@ def test_the_exit_code_is_one_when_any_check_fails(tmp_path, monkeypatch):
     failing = runner.TestResult(load_stress(_stress_file(tmp_path, GOOD)), tmp_path)
     failing.verdicts = {"completed": checks.Verdict(True, ""), "rejoined": checks.Verdict(False, "never back")}
     monkeypatch.setattr(runner, "run_all", lambda tests, results: [failing])
-    args = argparse.Namespace(files=[str(tmp_path / "s.yaml")], out=str(tmp_path / "out"), quick=False)
+    args = argparse.Namespace(files=[str(tmp_path / "s.yaml")], out=str(tmp_path / "out"), quick=False, clock=None)
     assert commands.stress(args) == 1
     failing.verdicts["rejoined"] = checks.Verdict(True, "")
     assert commands.stress(argparse.Namespace(**{**vars(args), "out": str(tmp_path / "out2")})) == 0
 
 
 # ---------------------------------------------------------------- triggers, processes, floods
+def test_under_the_event_clock_a_delay_waits_for_the_runs_emulated_time_not_the_hosts(tmp_path):
+    """The event clock's run time moves only from event to event: an hour of host time since the last event is
+    no emulated time there (under the real clock it would be an hour), so `cont` 3 deadlines (90 emulated s)
+    after `stop` waits for an event 90 s on."""
+    test = load_stress(_stress_file(tmp_path, GOOD), clock="events")
+    live, script = LiveRun(tmp_path), Script(test)
+    an_hour_ago = time.time() - 3600.0
+    lines = [{"seq": 0, "t": 0.0, "wall": an_hour_ago, "kind": "run_started", "dilation": {"factor": 1.0},
+              "clock": "events"},
+             {"seq": 1, "t": 5.0, "wall": an_hour_ago, "kind": "round_started", "round": 2}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    first = script.due(live, live.poll())
+    assert [item.step.name for item in first] == ["stop"] and live.now_t() == 5.0
+    script.done(first[0], {"t": live.now_t()})
+    assert script.due(live, []) == []
+    with open(tmp_path / "events.jsonl", "a") as events:
+        events.write(json.dumps({"seq": 2, "t": 94.9, "wall": an_hour_ago, "kind": "round_closed"}) + "\n")
+    assert script.due(live, live.poll()) == [] and live.now_t() == 94.9
+    with open(tmp_path / "events.jsonl", "a") as events:
+        events.write(json.dumps({"seq": 3, "t": 95.0, "wall": an_hour_ago, "kind": "round_started",
+                                 "round": 3}) + "\n")
+    assert [item.step.do for item in script.due(live, live.poll())] == ["cont"]
+
+
 def test_triggers_fire_on_events_after_steps_and_when_processes_exist(tmp_path):
     test = load_stress(_stress_file(tmp_path, GOOD.replace("{name: stop, when: {event: {kind: round_started, "
                                                            "round: 2}}", "{name: stop, when: {start: true}")))
@@ -487,8 +513,25 @@ def test_each_flood_attack_is_rejected_by_the_router_for_its_reason(tmp_path):
 # ---------------------------------------------------------------- the shipped stress scenarios, for real
 @pytest.mark.parametrize("file", STRESS_FILES, ids=lambda f: f.stem)
 def test_quick_stress_scenario_passes_every_check(file, tmp_path, cache):
+    _passes_every_check(file, tmp_path)
+
+
+# Under the event clock the faults are scripted in emulated time (three deadlines are three emulated deadlines);
+# every shipped stress test passes there too (none is left out).
+EVENT_CLOCK_STRESS_FILES = STRESS_FILES
+
+
+@pytest.mark.parametrize("file", EVENT_CLOCK_STRESS_FILES, ids=lambda f: f.stem)
+def test_quick_stress_scenario_passes_every_check_under_the_event_clock(file, tmp_path, cache):
+    report = _passes_every_check(file, tmp_path, "--clock", "events")
+    started = json.loads((Path(report["tests"][0]["folder"]) / "run" / "events.jsonl").open().readline())
+    assert started["kind"] == "run_started" and started["clock"] == "events"
+
+
+def _passes_every_check(file: Path, tmp_path: Path, *options: str) -> dict:
+    """`testbed stress FILE --quick [options]`: every check passed, no process it signalled left; its report."""
     out = tmp_path / "stress"
-    result = run("stress", str(file), "--quick", "--out", str(out), timeout=400)
+    result = run("stress", str(file), "--quick", *options, "--out", str(out), timeout=400)
     report = json.loads((out / "stress.json").read_text())
     failed = [f"{c['name']}: {c['figure']}" for t in report["tests"] for c in t["checks"] if not c["passed"]]
     assert result.returncode == 0 and not failed, result.stdout + result.stderr
@@ -496,6 +539,7 @@ def test_quick_stress_scenario_passes_every_check(file, tmp_path, cache):
     assert {c["name"] for c in test["checks"]} >= {"script", "completed", "no_orphans"}
     pids = [pid for action in test["actions"] for pid in action.get("pids", {}).values()]
     assert not [pid for pid in pids if _alive(pid)]
+    return report
 
 
 def _alive(pid: int) -> bool:

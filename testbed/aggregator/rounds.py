@@ -77,6 +77,9 @@ class Round:
     # event clock (aggregator/timeline.py): the FETCH bytes of each client, and its UPDATE until the replay takes it
     fetch_bytes: dict[str, int] = field(default_factory=dict)
     arrivals: dict[str, PendingUpdate] = field(default_factory=dict)
+    # event clock: clients whose one UPDATE of the round was dropped (it claimed another client, or came without a
+    # FETCH): they send no other, so the round waits no longer for them (see Aggregator._spent_upload)
+    spent: set[str] = field(default_factory=set)
 
     @property
     def deadline_t(self) -> float:

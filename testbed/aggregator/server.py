@@ -38,7 +38,9 @@ from testbed.aggregator.timeline import Arrival, arrival, link_phases, replay_ro
 from testbed.client.costs import COST_TABLE_FILE
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
+from testbed.config.schema import LinkSpec
 from testbed.emulation.dilation import demand_cores, fleet_dilation, raised
+from testbed.emulation.injection import InjectedState, control_path
 from testbed.errors import UserError
 from testbed.event_kinds import (
     ClientJoined,
@@ -158,6 +160,9 @@ class Aggregator:
         # event clock: when each client's last upload ended (run time); a straggler of the round before the
         # interruption starts the next one as late as it would have in the uninterrupted run
         self.busy_until: dict[str, float] = dict(carried.get("busy_until", {}))
+        # event clock: each client's link as its environment has it, a stress test's injections included
+        self.links = {cid: InjectedState(control_path(self.run_dir, cid), spec.link)
+                      for cid, spec in plan.clients.items()}
         self.dropped = 0
         self.screen = UpdateScreen(_layer_group)  # non-finite values, wrong shapes, norms far beyond the fleet's
         # the reference norms accepted updates set so far: they decide what the screen accepts next
@@ -308,7 +313,7 @@ class Aggregator:
 
     def _round_done(self, round_: Round) -> bool:
         if self.event_clock:  # done when no selected client is still to report: the replay decides the rest
-            return all(cid in round_.arrivals for cid in round_.waiting_for())
+            return all(cid in round_.arrivals or cid in round_.spent for cid in round_.waiting_for())
         arrived = [update.client for update in round_.updates]
         elapsed = self.events.now() - round_.started_t
         return not round_.waiting_for() or self.rule.complete(list(round_.rows), arrived, elapsed)
@@ -327,7 +332,12 @@ class Aggregator:
         replay = replay_round(round_.started_t, round_.deadline_s, arrivals, take, complete)
         for update in arrivals:  # a straggler is still uploading when the next round is announced
             self.busy_until[update.client] = update.t
-        self.events.advance_to(replay.close_t)
+        close_t = replay.close_t
+        silent = [cid for cid in round_.spent if cid in round_.waiting_for()]  # alive, its upload dropped
+        if silent and not replay.late and not complete(close_t - round_.started_t):
+            # as under the real clock, the round waits for them until its deadline: they are stragglers
+            close_t = max(close_t, round_.deadline_t) if round_.deadline_s is not None else close_t
+        self.events.advance_to(close_t)
 
     def _serve_until(self, done, deadline_t: float = math.inf, wall_s: float = math.inf) -> None:
         """Serve messages until `done()`, the run's clock reaches `deadline_t`, or `wall_s` host seconds passed."""
@@ -432,6 +442,7 @@ class Aggregator:
         bound = self.fleet.bound.get(received.identity)  # (client id, channel) its JOIN proved, or None
         if bound is not None and message.client != bound[0]:
             reason = f"{message.type} claims {message.client!r}, but its connection joined as {bound[0]!r}"
+            self._spent_upload(bound[0], message)
             return self._refuse_join(received, message, reason) if message.type == "JOIN" else self._drop(received, reason)
         if not self.fleet.known(message.client):
             if message.type == "JOIN" and bound is None:  # tell a misconfigured client, once per JOIN
@@ -458,7 +469,17 @@ class Aggregator:
             return self._drop(received, f"{message.type} is not a message clients send")
         reason = handler(message, received)
         if reason:
+            self._spent_upload(message.client, message)
             self._drop(received, reason)
+
+    def _spent_upload(self, client: str, dropped: Message) -> None:
+        """Event clock: an UPDATE for the open round that `client`'s own connection sent and we drop (it claims
+        another client, or comes without a FETCH) was the client's upload for the round: it sends no other. The
+        round stops waiting for it, which under the real clock its deadline does (in both it is a straggler);
+        else an event-clock round, which waits for every selected client, would wait for it forever."""
+        if self.event_clock and dropped.type == "UPDATE" and self.round is not None \
+                and dropped.round == self.round.index and client in self.round.waiting_for():
+            self.round.spent.add(client)
 
     def _admit(self, message: Message, received: Received) -> str | None:
         """Bind the JOIN's connection to the client it names when the JOIN proves it (credentials.py); else why not.
@@ -603,14 +624,24 @@ class Aggregator:
     def _arrival(self, round_: Round, row: ClientRow, message: Message, received: Received) -> Arrival:
         """When this update reaches us on the emulated timeline: its client's start, then its link's draws for
         the bytes that crossed (ours to compute), then the compute time it reports (checked when taken)."""
-        spec = self.fleet.records[row.client].spec
-        download_s, upload_s = link_phases(spec.link, client_seed(self.scenario.seed, row.client), message.round,
+        seed = client_seed(self.scenario.seed, row.client)
+        download_s, upload_s = link_phases(self._link_of(row.client), seed, message.round,
                                            round_.fetch_bytes.get(row.client, 0), row.bytes_down, received.nbytes)
         compute_s = message.body["timings"].get("compute_s") if isinstance(message.body["timings"], dict) else None
         if not (isinstance(compute_s, (int, float)) and math.isfinite(compute_s) and compute_s >= 0):
             compute_s = 0.0  # a bad claim: the update is rejected when taken, at this time
         start_t = max(round_.started_t, self.busy_until.get(row.client, -math.inf))
         return arrival(row.client, start_t, download_s, float(compute_s), upload_s)
+
+    def _link_of(self, client: str) -> LinkSpec:
+        """Event clock: the link the client's transfers of this round crossed: its profile's, or the one a stress
+        test injected into its environment (the control file the testbed writes, never the client: a claim of
+        the client's own could buy it an early arrival). Read when its UPDATE is in, so that a link changed
+        before the round's replay, e.g. as the round started, holds for the whole round: on the emulated
+        timeline every transfer of the round comes after its start."""
+        state = self.links[client]
+        state.changed()  # one stat call; an invalid file keeps the link before it (logged)
+        return state.link
 
     def _take_update(self, message: Message, received: Received, round_: Round, row: ClientRow,
                      emulated: Arrival | None = None) -> None:

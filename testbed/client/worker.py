@@ -331,8 +331,9 @@ class ClientWorker:
                                      {"step": step + 1, "steps": steps, "layer": depth}), shaped=False)
             if fault is not None and step == fault_step:
                 self._suffer(fault)
-            if self._take_up_injection():
-                throttle.retune(self.device.injection.slowed(self.device.throughput))
+            if self._take_up_injection():  # event clock: from when the change was scripted (see retune)
+                since_t = self.device.injection.state.since_t if isinstance(self.clock, EventClock) else None
+                throttle.retune(self.device.injection.slowed(self.device.throughput), since_t)
             self._check_open(round_index, step + 1)
 
         return progress

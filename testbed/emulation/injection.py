@@ -12,6 +12,9 @@ changes (checked when a round starts and after every local step: one stat call).
   samples: int >= 1, the number of clips the client claims each update was trained on (None = the truth);
   impersonate: a client id the client claims to be when it uploads (a JOIN with its own credential,
          then its UPDATE; None = itself).
+  t: emulated seconds of the run when the stress test scripted the latest change (event clock only: a
+         client reads the file some host time later, and bills a compute phase that began after `t` at
+         the new slowdown throughout; absent: the change holds from when it is read).
 Every field but slowdown and link makes a lying or broken client, whose lies the aggregator must refuse.
 An invalid file is logged and ignored (the previous state holds): the run never crashes over it.
 """
@@ -53,6 +56,7 @@ class InjectedState:
         self.step_scale = 1.0
         self.samples: int | None = None
         self.impersonate: str | None = None
+        self.since_t: float | None = None  # emulated seconds: when the latest change was scripted (field `t`)
         self._seen: float | None = None
 
     def changed(self) -> bool:
@@ -80,6 +84,9 @@ class InjectedState:
             samples = fields.get("samples")
             if samples is not None and not (type(samples) is int and samples >= 1):
                 raise ValueError(f"samples {samples!r} must be an integer >= 1")
+            since_t = fields.get("t")
+            if since_t is not None and not (type(since_t) in (int, float) and 0 <= since_t < float("inf")):
+                raise ValueError(f"t {since_t!r} must be emulated seconds >= 0")
             impersonate = fields.get("impersonate")
             if impersonate is not None and not isinstance(impersonate, str):
                 raise ValueError(f"impersonate {impersonate!r} must be a client id")
@@ -102,6 +109,7 @@ class InjectedState:
             return False
         self.slowdown, self.link, self.scale = slowdown, link, scale
         self.step_scale, self.samples, self.impersonate = step_scale, samples, impersonate
+        self.since_t = None if since_t is None else float(since_t)
         log.info("injected: slowdown %.2f, link %s, update scale %g, step scale %g, claimed samples %s, "
                  "impersonating %s", slowdown, link, scale, step_scale, samples, impersonate)
         return True

@@ -52,6 +52,7 @@ class ComputeThrottle:
         self._steps = 0  # chunks done since start()
         self._cpu_start = 0.0  # host CPU seconds at start()
         self._work0 = 0.0  # work (billed CPU seconds) at the latest rate change
+        self._work_start = 0.0  # work (billed CPU seconds) at start()
         self._started = 0.0  # emulated seconds (clock.now() at start)
         self._target_before = 0.0  # emulated seconds of work done at earlier rates (see retune)
 
@@ -62,7 +63,7 @@ class ComputeThrottle:
     def start(self) -> None:
         self._steps = 0
         self._cpu_start = time.process_time()
-        self._work0 = self._work(self._cpu_start)
+        self._work0 = self._work_start = self._work(self._cpu_start)
         self._started = self.clock.now()
         self._target_before = 0.0
 
@@ -80,10 +81,16 @@ class ComputeThrottle:
         self._steps += 1
         self.pace()
 
-    def retune(self, throughput: float) -> None:
-        """A new pace from now on (an injected slowdown); the work done so far keeps its old pace."""
+    def retune(self, throughput: float, since_t: float | None = None) -> None:
+        """A new pace (an injected slowdown): from now on, the work done so far keeping its old pace; or, when
+        `since_t` (emulated seconds on this clock) is no later than this phase's start, for all of the phase's
+        work. An event clock's client reads an injection some host time after it was scripted, at
+        `since_t`: a phase that began after it must be billed at the new pace throughout."""
         cpu_now = time.process_time()
-        self._target_before, self._work0 = self._target(cpu_now), self._work(cpu_now)
+        if since_t is not None and since_t <= self._started:
+            self._target_before, self._work0 = 0.0, self._work_start
+        else:
+            self._target_before, self._work0 = self._target(cpu_now), self._work(cpu_now)
         self.throughput = throughput
 
     def finish(self) -> ThrottleReport:

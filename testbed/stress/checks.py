@@ -279,8 +279,10 @@ def gone(settings: spec.Gone, events: list[dict], facts: Facts) -> Verdict:
         if asked:
             problems.append(f"{client} asked again in rounds {_rounds_text(asked)}")
         row = rows_of(events, client).get(action["round"])
+        # under the event clock both are the round's emulated time (the run's clock stands still while liveness
+        # waits in host time), and the action's t is rounded coarser than the event's: no negative lag
         notes.append(f"{client} {row['status'] if row else 'not asked'} in round {action['round']}, "
-                     f"lost {lost['t'] - action['t']:.1f} s after the kill")
+                     f"lost {max(0.0, lost['t'] - action['t']):.1f} s after the kill")
     return Verdict(not problems, "; ".join(problems) or f"{', '.join(notes)}; none asked again")
 
 

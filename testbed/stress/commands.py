@@ -1,4 +1,4 @@
-"""CLI: `testbed stress [FILES...] [--out DIR] [--quick]`."""
+"""CLI: `testbed stress [FILES...] [--out DIR] [--quick] [--clock real|events]`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
+from testbed.config.names import CLOCKS
 from testbed.errors import UserError
 from testbed.paths import PROJECT_ROOT
 
@@ -18,6 +19,9 @@ def add_stress_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="results directory (default: stress/<time>)")
     parser.add_argument("--quick", action="store_true",
                         help="the quick variants: debug backbone, fewer rounds, dilation 1")
+    parser.add_argument("--clock", choices=CLOCKS, default=None,
+                        help="run the tests under this emulated clock (default: each stress file's scenario's); "
+                             "events drops the scenarios' dilation, which that clock does not have")
 
 
 def default_files() -> list[Path]:
@@ -32,7 +36,7 @@ def stress(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files] or default_files()
     if not files:
         raise UserError(f"no stress files given and none in {STRESS_DIR}/")
-    tests = [load_stress(file, quick=args.quick) for file in files]  # every file is valid before anything runs
+    tests = [load_stress(file, quick=args.quick, clock=args.clock) for file in files]  # every file is valid before anything runs
     names = [test.name for test in tests]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:

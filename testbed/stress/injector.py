@@ -56,6 +56,7 @@ class LiveRun:
         self.seen: dict[int, tuple[str, int]] = {}   # pid -> (name, start time): every process of every launch
         self.launched = time.monotonic()
         self.dilation = 1.0                          # wall seconds per emulated second, from the events
+        self.event_clock = False                     # the run's emulated time jumps from event to event
         self.round, self.round_open = 0, False
 
     def poll(self) -> list[dict]:
@@ -65,6 +66,7 @@ class LiveRun:
             kind = event["kind"]
             if kind == "run_started":
                 self.dilation = float(event["dilation"]["factor"])
+                self.event_clock = event.get("clock") == "events"
             elif kind == "dilation_changed":
                 self.dilation = float(event["factor"])
             elif kind == "round_started":
@@ -86,10 +88,14 @@ class LiveRun:
                 self.seen[pid] = (name, started)
 
     def now_t(self) -> float:
-        """Emulated seconds since the run started (the last event's clock, advanced by the wall time since)."""
+        """Emulated seconds since the run started: the last event's clock, advanced by the wall time since under
+        the real clock; under the event clock the run's time moves only from event to event (host seconds
+        stand for no emulated time there), so a delay in emulated seconds waits for events that far on."""
         if not self.events:
             return 0.0
         last = self.events[-1]
+        if self.event_clock:
+            return last["t"]
         return last["t"] + max(0.0, time.time() - last["wall"]) / self.dilation
 
     def seq(self) -> int:
@@ -212,6 +218,8 @@ class Injector:
                 state["link"] = {**state.get("link", {}), **fields["link"]}
             else:
                 state.update(fields)
+            if self.run.event_clock:  # the client reads it later in host time: when it holds from, emulated
+                state["t"] = round(self.run.now_t(), 4)
             write_injection(self.run.run_dir, cid, **state)
         return {"injected": {cid: self.injected[cid] for cid in clients}}
 
