@@ -516,9 +516,14 @@ def test_quick_stress_scenario_passes_every_check(file, tmp_path, cache):
     _passes_every_check(file, tmp_path)
 
 
-# Under the event clock the faults are scripted in emulated time (three deadlines are three emulated deadlines);
-# every shipped stress test passes there too (none is left out).
-EVENT_CLOCK_STRESS_FILES = STRESS_FILES
+# Under the event clock the faults are scripted in emulated time (three deadlines are three emulated deadlines).
+# Every shipped stress test passes there (`testbed stress --quick --clock events`: all thirteen, ~4.5 min on 2
+# cores); the suite runs those whose handling differs under that clock, to keep within ~15 minutes: a slowdown
+# billed from when it was scripted, a link the aggregator draws on, an upload dropped as an impostor's, a
+# freeze and a late joiner while the run's time stands still, a resume that carries who is still busy.
+EVENT_CLOCK_DIFFERS = {"client_slowed", "link_collapse", "client_impersonated", "client_frozen",
+                       "late_join_early_leave", "aggregator_killed"}
+EVENT_CLOCK_STRESS_FILES = [file for file in STRESS_FILES if file.stem in EVENT_CLOCK_DIFFERS]
 
 
 @pytest.mark.parametrize("file", EVENT_CLOCK_STRESS_FILES, ids=lambda f: f.stem)
