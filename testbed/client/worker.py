@@ -195,7 +195,7 @@ class ClientWorker:
         raise TimeoutError(wanted)
 
     def _check_open(self, round_index: int, steps_done: int) -> None:
-        """Raise RoundClosed if a later round was announced (or Stop on BYE); returns at once either way."""
+        """Raise RoundClosed if a later round was announced (Stop on BYE); else return at once."""
         try:
             self._receive(0.0005, wanted="ROUND", round_index=round_index)  # only a later round: the current is in hand
         except TimeoutError:
