@@ -299,3 +299,39 @@ def test_an_interrupted_comparison_is_finished_by_resume_keeping_its_finished_ru
     assert result.returncode == 2 and "it was edited" in result.stderr and "Traceback" not in result.stderr
     result = run("compare", "--resume", str(out), "--strategies", "layerwise")
     assert result.returncode == 2 and "drop --strategies (allowed with it: --target)" in result.stderr
+
+
+def test_paired_differences_are_seed_by_seed_with_a_students_t_interval():
+    from testbed.compare.figures import RunRecord, comparison_figures
+    from testbed.compare.metrics import mean_ci
+    from testbed.compare.tables import markdown
+
+    assert mean_ci([]) is None and mean_ci([0.5]) == {"mean": 0.5, "ci": None, "n": 1}
+    # 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.303: 2 ± 4.303 / sqrt(3)
+    three = mean_ci([1.0, 2.0, 3.0])
+    assert three["mean"] == 2.0 and three["ci"] == [pytest.approx(2 - 2.4844, abs=1e-4),
+                                                       pytest.approx(2 + 2.4844, abs=1e-4)]
+    # keyword accuracy per seed: fedavg_full 0.70, 0.80, 0.60; depth_aware 0.68, 0.75, 0.61 (seed 2 missing
+    # for layerwise: pairs use the seeds both finished); depth_aware rounds take 4 s against 10 s
+    finals = {"fedavg_full": [0.70, 0.80, 0.60], "depth_aware": [0.68, 0.75, 0.61], "layerwise": [0.5, 0.6, None]}
+    events, records = {}, []
+    for name, accuracies in finals.items():
+        for seed, accuracy in enumerate(accuracies):
+            label = f"{name}-s{seed}"
+            if accuracy is None:
+                records.append(RunRecord(name, seed, label, None, "failed", "boom"))
+                continue
+            events[label] = _run_events([{"keyword": {2: accuracy}}], round_s=4.0 if name == "depth_aware" else 10.0)
+            records.append(RunRecord(name, seed, label, None, "finished"))
+    figures = comparison_figures("t", [2], {"keyword": 2}, list(finals), records, events, None)
+    pairs = {(p["strategy"], p["against"]): p for p in figures["paired"]}
+    assert set(pairs) == {("depth_aware", "fedavg_full"), ("layerwise", "fedavg_full"), ("depth_aware", "layerwise")}
+    against_full = pairs["depth_aware", "fedavg_full"]
+    # error differences: +0.02, +0.05, -0.01: mean 0.02, sd 0.03, half-width 4.303 * 0.03 / sqrt(3) = 0.07453
+    assert against_full["error"]["keyword"]["mean"] == pytest.approx(0.02)
+    assert against_full["error"]["keyword"]["ci"] == [pytest.approx(-0.05453, abs=1e-5), pytest.approx(0.09453, abs=1e-5)]
+    assert against_full["round_time_ratio"] == {"mean": pytest.approx(0.4), "ci": [pytest.approx(0.4)] * 2, "n": 3}
+    assert pairs["depth_aware", "layerwise"]["seeds"] == [0, 1]
+    text = markdown(figures)
+    assert "| depth_aware vs fedavg_full | +2.0 [-5.5, +9.5] (n=3) | 0.40x [0.40x, 0.40x] (n=3) |" in text
+    assert "| depth_aware vs layerwise | -16.5" in text  # 0.32 - 0.5 and 0.25 - 0.4: -0.18, -0.15

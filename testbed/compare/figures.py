@@ -12,6 +12,7 @@ from testbed.compare.metrics import (
     error_table,
     mean_curve,
     mean_std,
+    paired_differences,
     pool_depths,
     relative_depth_costs,
     run_metrics,
@@ -21,6 +22,8 @@ from testbed.compare.metrics import (
 
 CENTRALIZED = "centralized"  # not a strategy: the baseline with all data in one process
 FINISHED = "finished"  # only finished runs enter the tables; the others are listed
+# the paper's claims about depth-aware aggregation are made against these too (besides fedavg_full)
+DEPTH_AWARE, DEPTH_AWARE_AGAINST = "depth_aware", ("layerwise", "fedavg_hetero_naive")
 
 
 @dataclass
@@ -75,6 +78,16 @@ def relative_to(summary: dict, reference: dict | None) -> dict | None:
                                for task, reach in summary["time_to_target"].items()}}
 
 
+def comparison_pairs(strategies: list[str]) -> list[tuple[str, str]]:
+    """(strategy, against) pairs the paired differences are given for: every federated strategy against
+    fedavg_full, and depth_aware against layerwise and fedavg_hetero_naive, as far as they are compared."""
+    pairs = [(name, TARGET_STRATEGY) for name in strategies
+             if TARGET_STRATEGY in strategies and name not in (TARGET_STRATEGY, CENTRALIZED)]
+    if DEPTH_AWARE in strategies:
+        pairs += [(DEPTH_AWARE, other) for other in DEPTH_AWARE_AGAINST if other in strategies]
+    return pairs
+
+
 def comparison_figures(scenario: str, exits: list[int], task_exits: dict[str, int | str], strategies: list[str],
                        records: list[RunRecord], events: Mapping[str, list[dict]], target: float | None) -> dict:
     """compare.json: every run's figures and each strategy's summary; `events` maps run labels to their events."""
@@ -93,6 +106,10 @@ def comparison_figures(scenario: str, exits: list[int], task_exits: dict[str, in
                         "error": {task: _pair(errors[task][name]) for task in tasks},
                         "best_error": {task: _pair(best_errors[task][name]) for task in tasks}}
                  for name in strategies}
+    by_seed = {name: {r.seed: per_run[r.label] for r in records if r.strategy == name and r.label in per_run
+                      and per_run[r.label]["status"] == FINISHED} for name in strategies}
+    paired = [{"strategy": a, "against": b, **paired_differences(by_seed[a], by_seed[b], tasks)}
+              for a, b in comparison_pairs(strategies)]
     for name, summary in summaries.items():  # the baseline's host seconds do not compare with emulated ones
         summary["vs_" + TARGET_STRATEGY] = (None if name == CENTRALIZED
                                             else relative_to(summary, summaries.get(TARGET_STRATEGY)))
@@ -104,6 +121,7 @@ def comparison_figures(scenario: str, exits: list[int], task_exits: dict[str, in
                         if finished.get(TARGET_STRATEGY) else None),
         "runs": [asdict(r) for r in records],
         "strategies": summaries,
+        "paired": paired,
         "depths": relative_depth_costs(pooled, full),
         "per_run": {label: {**m, "depths": {d: asdict(t) for d, t in m["depths"].items()}}
                     for label, m in per_run.items()},

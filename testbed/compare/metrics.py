@@ -132,6 +132,41 @@ def error_table(metrics: Mapping[str, list[dict]], tasks: list[str], final: str 
             for task in tasks}
 
 
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (standard tables); beyond 30, the value at 30 is
+# used, which is a little wider than the truth (1.96 in the limit): a conservative interval.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci(values: Iterable[float]) -> dict | None:
+    """{"mean", "ci": [low, high] (95 %, Student's t; None for one value), "n"}; None for no value."""
+    present = list(values)
+    if not present:
+        return None
+    mean = statistics.fmean(present)
+    if len(present) < 2:
+        return {"mean": mean, "ci": None, "n": 1}
+    half = T_975[min(len(present) - 1, len(T_975)) - 1] * statistics.stdev(present) / len(present) ** 0.5
+    return {"mean": mean, "ci": [mean - half, mean + half], "n": len(present)}
+
+
+def paired_differences(runs: Mapping[int, dict], reference: Mapping[int, dict], tasks: list[str]) -> dict:
+    """Seed by seed, one strategy's runs against another's (both finished, same seed: same fleet and data):
+    per task the difference of final errors (1 - accuracy, at each task's exit), and the ratio of mean round
+    times; each as mean and 95 % confidence interval over the seeds both have."""
+    seeds = sorted(set(runs) & set(reference))
+
+    def error(metrics: dict, task: str) -> float | None:
+        final = metrics["tasks"][task]["final"]
+        return None if final is None else 1 - final
+
+    differences = {task: mean_ci(a - b for s in seeds if (a := error(runs[s], task)) is not None
+                                 and (b := error(reference[s], task)) is not None) for task in tasks}
+    ratios = mean_ci(runs[s]["mean_round_s"] / reference[s]["mean_round_s"] for s in seeds
+                     if runs[s]["mean_round_s"] is not None and reference[s]["mean_round_s"])
+    return {"seeds": seeds, "error": differences, "round_time_ratio": ratios}
+
+
 def targets(metrics: Mapping[str, list[dict]], tasks: list[str], explicit: float | None) -> dict[str, float | None]:
     """Target accuracy per task: `explicit` when given, else fedavg_full's mean final accuracy minus 2 points
     when fedavg_full is compared, else None (no time to target); None too where that is not above 0."""

@@ -75,6 +75,37 @@ def error_lines(figures: dict) -> list[str]:
     return lines
 
 
+def _interval(stats: dict | None, scale: float, unit: str, signed: bool) -> str:
+    """"+1.2 [-0.5, +2.9] (n=3)": mean and 95 % interval; "-" without values."""
+    if not stats:
+        return "-"
+    spec = "+.1f" if signed else ".2f"
+
+    def form(value: float) -> str:
+        return f"{value * scale:{spec}}{unit}"
+
+    interval = f" [{form(stats['ci'][0])}, {form(stats['ci'][1])}]" if stats["ci"] else ""
+    return f"{form(stats['mean'])}{interval} (n={stats['n']})"
+
+
+def paired_lines(figures: dict) -> list[str]:
+    """Seed by seed differences against fedavg_full (and depth_aware against layerwise, fedavg_hetero_naive)."""
+    if not figures.get("paired"):
+        return []
+    tasks = sorted(figures["task_exits"])
+    lines = ["## Paired differences, seed by seed", "",
+             "Each strategy's run against the other's of the same seed (same fleet, data and initial state): "
+             "final error difference in points at each task's exit (negative: fewer errors), and the ratio of "
+             "mean round times; mean over the seeds both finished, with a 95 % confidence interval (Student's t; "
+             "none for one seed).", ""]
+    lines += _header("pair", [f"{task} error, points" for task in tasks] + ["mean round time ratio"])
+    for pair in figures["paired"]:
+        cells = [_interval(pair["error"][task], 100, "", True) for task in tasks]
+        cells.append(_interval(pair["round_time_ratio"], 1, "x", False))
+        lines.append(f"| {pair['strategy']} vs {pair['against']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _time_cell(reach: dict | None) -> str:
     if not reach or not reach["runs"]:
         return "-"
@@ -148,6 +179,6 @@ def markdown(figures: dict) -> str:
     if CENTRALIZED in figures["strategies"]:
         lines += ["`centralized` is the baseline with all of the fleet's data in one process: its times are this "
                   "host's wall seconds of training, with no device or link emulation, and it moves no bytes.", ""]
-    for section in (error_lines, cost_lines, depth_lines, run_lines):
+    for section in (error_lines, paired_lines, cost_lines, depth_lines, run_lines):
         lines += [*section(figures), ""]
     return "\n".join(lines)
