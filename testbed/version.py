@@ -14,6 +14,8 @@ from testbed import __version__
 def code_version() -> str:
     """"0.1.0 (git 540542f)", "0.1.0 (git 540542f+changes)", or "0.1.0" outside a git checkout."""
     root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():  # installed elsewhere: a git repository around it is not this code's
+        return __version__
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

@@ -1,9 +1,10 @@
 """What a comparison reports, from events alone (pure functions: events or figures in, numbers out).
 
-A task is judged at its exit: the scenario's preferred exit for it when one is given; for an `auto`
-preferred exit, the exit the rule picks from the run's last evaluation (the one its clients were sent
-next: the task is used there); else the deepest. Its best exit at the last evaluation is reported too. Times are the rounds' seconds, evaluation excluded (`Evaluation.trained_s`): emulated
-seconds for a federated run, host seconds for the centralized baseline (its clock runs undilated).
+A task is judged at its exit: the scenario's preferred exit for it when one is given; for an `auto` preferred
+exit, the exit the rule picks from the run's last evaluation (the one its clients were sent next: the task is
+used there); else the deepest. Its best exit at the last evaluation is reported too. Times are the rounds'
+seconds, evaluation excluded (`Evaluation.trained_s`): emulated seconds for a federated run, host seconds for
+the centralized baseline (its clock runs undilated).
 """
 
 from __future__ import annotations

@@ -122,9 +122,9 @@ def resume_compare(folder: str, target: float | None = None) -> tuple[Path, bool
     target when given: it only changes what the tables report)."""
     directory = Path(folder)
     plan = read_plan(directory)
-    scenario = load_scenario(directory / SCENARIO_FILE)
-    if scenario_digest(scenario) != plan["scenario"]:
-        raise UserError(f"--resume {directory}: {SCENARIO_FILE} has digest {scenario_digest(scenario)}, but the "
+    digest = scenario_digest(load_scenario(directory / SCENARIO_FILE))
+    if digest != plan["scenario"]:
+        raise UserError(f"--resume {directory}: {SCENARIO_FILE} has digest {digest}, but the "
                         f"comparison began with {plan['scenario']} ({PLAN_FILE}): it was edited, and its runs "
                         "would no longer compare; start a new comparison")
     return _run_plan(directory, {**plan, "target": plan["target"] if target is None else target})
@@ -177,8 +177,8 @@ def _take_up(directory: Path, strategy: str, seed: int, plan: dict) -> RunRecord
     else:
         resumable = strategy != CENTRALIZED and (run_dir / "scenario.yaml").is_file()
         if run_dir.exists() and not resumable:  # the baseline has no checkpoint: it starts again, the old one kept
-            aside = next(run_dir.with_name(f"{label}.{status or 'incomplete'}-{n}") for n in itertools.count(1)
-                         if not run_dir.with_name(f"{label}.{status or 'incomplete'}-{n}").exists())
+            names = (run_dir.with_name(f"{label}.{status or 'incomplete'}-{n}") for n in itertools.count(1))
+            aside = next(name for name in names if not name.exists())
             run_dir.rename(aside)
             print(f"{label}: {status or 'incomplete'}, kept as {aside.name}; made again", flush=True)
         plan["made_by"][label] = code_version()  # written first: a comparison killed meanwhile can resume

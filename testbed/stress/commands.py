@@ -36,7 +36,8 @@ def stress(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files] or default_files()
     if not files:
         raise UserError(f"no stress files given and none in {STRESS_DIR}/")
-    tests = [load_stress(file, quick=args.quick, clock=args.clock) for file in files]  # every file is valid before anything runs
+    # every file is valid before anything runs
+    tests = [load_stress(file, quick=args.quick, clock=args.clock) for file in files]
     names = [test.name for test in tests]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
