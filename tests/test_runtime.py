@@ -179,10 +179,14 @@ def test_a_frozen_client_is_marked_lost_and_rejoins_when_it_thaws(write_scenario
 
 def test_a_client_gives_up_a_round_announced_closed_and_trains_the_open_one(write_scenario, tmp_path):
     # a device far too slow for the deadline: under plain deadlines it finished every round late (a late update
-    # the aggregator drops) and started each next round late; told of the next round, it gives the old one up
-    (tmp_path / "crawler.yaml").write_text("name: crawler\ncores: 1\nthreads: 1\nspeed: 0.01\nmemory_mb: 4096\n"
+    # the aggregator drops) and started each next round late; told of the next round, it gives the old one up.
+    # Its steps (~0.03 CPU s of the debug backbone at speed 0.02: ~1.5 s each, paced on CPU time, so a busy host
+    # does not shorten them) are far from the 6 s deadline both ways: 8 of them never fit (12 s), and one step
+    # late, its first step of the next round still ends in that round (~3 s)
+    (tmp_path / "crawler.yaml").write_text("name: crawler\ncores: 1\nthreads: 1\nspeed: 0.02\nmemory_mb: 4096\n"
                                            "link: wifi\n")
-    scenario = write_scenario(rounds=3, deadline_s=3, eval_every=3, exit_policy="{name: static}",
+    scenario = write_scenario(rounds=3, deadline_s=6, eval_every=3, exit_policy="{name: static}",
+                              training="{local_steps: 8, batch_size: 8}",
                               fleet="[{profile: laptop}, {profile: crawler.yaml}]")
     out = tmp_path / "run"
     finished(run("run", str(scenario), "--out", str(out)))
