@@ -244,9 +244,11 @@ def test_compute_slots_let_at_most_n_processes_hold_one(tmp_path):
             process.wait()
 
 
-def test_a_compute_time_too_short_for_the_work_is_refused_and_wins_no_place(write_scenario, tmp_path):
+@pytest.mark.parametrize("compute", ["measured", "modeled"])
+def test_a_compute_time_too_short_for_the_work_is_refused_and_wins_no_place(write_scenario, tmp_path, compute):
     """Under the event clock an update's arrival rests on the compute time its client claims: a claim below half
-    what the run's cost table says the work takes is refused (it would otherwise be first of the round)."""
+    what the run's cost table says the work takes is refused (it would otherwise be first of the round); under
+    `compute: modeled`, where every step is billed the table's figure, any claim below that bill is."""
     import numpy as np
     import zmq
 
@@ -254,11 +256,12 @@ def test_a_compute_time_too_short_for_the_work_is_refused_and_wins_no_place(writ
     from testbed.aggregator.rounds import ClientRow, Round
     from testbed.aggregator.server import Aggregator
     from testbed.config.loader import load_scenario
+    from testbed.emulation.dilation import demand_cores
     from testbed.event_kinds import RunFinished
     from testbed.launch.run import prepare_assets
     from testbed.transport.messages import Message, encode
 
-    scenario = load_scenario(write_scenario(fleet="[{profile: laptop, count: 2}]", emulation="{clock: events}"))
+    scenario = load_scenario(write_scenario(fleet="[{profile: laptop, count: 2}]", emulation=f"{{clock: events, compute: {compute}}}"))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     prepare_assets(scenario, run_dir)  # the cost table the aggregator judges claims by
@@ -267,7 +270,10 @@ def test_a_compute_time_too_short_for_the_work_is_refused_and_wins_no_place(writ
         round_ = aggregator.round = Round(1, aggregator.events.now(), aggregator.rule.deadline_s)
         dealer = aggregator.context.socket(zmq.DEALER)
         dealer.connect(aggregator.router.address)
-        for cid, compute_s in (("c00", 1e-6), ("c01", 5.0)):
+        # what compute: modeled bills 3 steps to depth 1 on a laptop (table: one-thread CPU s per step)
+        billed_s = 3 * aggregator.cost_table["keyword"]["1"] / demand_cores(aggregator.fleet.records["c00"].spec.profile)
+        short_s = 1e-6 if compute == "measured" else billed_s * 0.999  # a lie of 0.1 % is refused when modeled
+        for cid, compute_s in (("c00", short_s), ("c01", billed_s if compute == "modeled" else 5.0)):
             round_.rows[cid] = ClientRow(cid, "laptop", "keyword", status="fetched", depth=1)
             tensors = {k: v + np.float32(1e-3) for k, v in aggregator.model.tensors_for(1, "keyword").items()}
             body = {"depth": 1, "samples": 24, "loss": 0.7,
@@ -279,7 +285,32 @@ def test_a_compute_time_too_short_for_the_work_is_refused_and_wins_no_place(writ
         aggregator._replay_round(round_)
         rejected = [e for e in events(run_dir) if e["kind"] == "update_rejected"]
         assert [(e["client"], e["check"]) for e in rejected] == [("c00", "timings")]
-        assert "compute_s 1e-06 s for 3 steps to depth 1 on laptop, allowed >= " in rejected[0]["reason"]
+        assert f"compute_s {short_s:.4g} s for 3 steps to depth 1 on laptop, allowed >= " in rejected[0]["reason"]
         assert [u.client for u in round_.updates] == ["c01"]
     finally:
         aggregator._finish(RunFinished, "test over")
+
+
+def test_the_cost_table_measures_every_task_on_one_backbone_built_once(write_scenario, cache, monkeypatch):
+    """A cache miss for two tasks builds (for a checkpoint: loads) the backbone once, and probes each task on
+    a copy of it: the first task's probe steps must not train the backbone the second one is measured on."""
+    import torch
+
+    import testbed.model.backbone as backbone_module
+    from testbed.client.costs import cost_table
+    from testbed.config.loader import load_scenario
+
+    built = []
+    build = backbone_module.build_backbone
+    monkeypatch.setattr(backbone_module, "build_backbone", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    scenario = load_scenario(write_scenario(training="{local_steps: 3, batch_size: 5}"))  # a batch of its own: a miss
+    table = cost_table(scenario, ["keyword", "speaker"], {"keyword": 4, "speaker": 8}, "all_exits")
+    assert len(built) == 1
+    assert sorted(table) == ["keyword", "speaker"]
+    for steps in table.values():
+        seconds = [steps[str(depth)] for depth in scenario.backbone.exits or sorted(map(int, steps))]
+        assert all(s > 0 for s in seconds) and seconds == sorted(seconds)  # deeper costs more
+    fresh = build(scenario.backbone.name, scenario.backbone.family, scenario.backbone.pretrained, scenario.seed,
+                  progress=False)
+    # the built one is as built: each probe trained a copy
+    assert all(torch.equal(a, b) for a, b in zip(built[0].state_dict().values(), fresh.state_dict().values()))

@@ -15,6 +15,7 @@ training batch: time proportionally (measured on the tiny backbone: a step at ba
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -34,6 +35,7 @@ from testbed.model.train import make_optimizer
 
 if TYPE_CHECKING:
     from testbed.config.schema import Scenario
+    from testbed.model.early_exit import Backbone
 
 PROBE_BATCH = 4  # clips per measured step
 
@@ -110,6 +112,7 @@ def cost_table(scenario: Scenario, tasks: list[str], classes: dict[str, int], lo
                   "clip_s": scenario.data.clip_seconds, "torch": torch.__version__, "seed": scenario.seed,
                   "version": 3}  # of the way the table is measured: a new one is measured afresh
     table = {}
+    backbone: list[Backbone] = []  # built once, on the first missing table, for every task's probe
     for task in tasks:
         fields = {**key_fields, "task": task, "classes": classes[task]}
         key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -117,18 +120,27 @@ def cost_table(scenario: Scenario, tasks: list[str], classes: dict[str, int], lo
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".partial-{os.getpid()}")
-            partial.write_text(json.dumps({"key": fields, "step_cpu_s": _step_table(scenario, task, loss_mode)}))
+            if not backbone:
+                backbone.append(_probe_backbone(scenario))
+            steps = _step_table(scenario, task, loss_mode, copy.deepcopy(backbone[0]))  # trained: a copy
+            partial.write_text(json.dumps({"key": fields, "step_cpu_s": steps}))
             partial.rename(path)  # atomic: runs started together never read half a table
         table[task] = json.loads(path.read_text())["step_cpu_s"]
     return table
 
 
-def _step_table(scenario: Scenario, task: str, loss_mode: str) -> dict[str, float]:
+def _probe_backbone(scenario: Scenario) -> Backbone:
+    from testbed.model.backbone import build_backbone
+
+    spec = scenario.backbone
+    return build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=False)
+
+
+def _step_table(scenario: Scenario, task: str, loss_mode: str, backbone: Backbone) -> dict[str, float]:
     """CPU seconds per training step by depth, on one thread: TABLE_STEPS real steps (as a round runs them: one
     batch, a fresh AdamW) at the shallowest and the deepest exit, the first of each left out (it pays the
     optimizer's allocations); the median step of each, the exits between on their line."""
     from testbed.data.source import task_data
-    from testbed.model.backbone import build_backbone
     from testbed.model.early_exit import EarlyExitModel
     from testbed.model.train import train_steps
 
@@ -136,7 +148,6 @@ def _step_table(scenario: Scenario, task: str, loss_mode: str) -> dict[str, floa
     data = task_data(scenario.data, task, scenario.seed)
     clips = np.arange(min(len(data.train_labels), training.batch_size))
     waveforms, labels = torch.from_numpy(data.train_clips(clips)), torch.from_numpy(data.train_labels[clips])
-    backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=False)
     model = EarlyExitModel(backbone, {task: len(data.classes)}, spec.exits, spec.freeze_feature_encoder)
     shallow, deep = model.exits[0], model.exits[-1]
     threads = torch.get_num_threads()
