@@ -37,6 +37,9 @@ COMMANDS = {
                "multi-host: run one client, connecting to an aggregator"),
     "keys": ("testbed.launch.commands", "keys", "add_keys_args",
              "make CURVE keys for a multi-host run"),
+    "doctor": ("testbed.doctor", "doctor", "add_doctor_args",
+               "what this installation and host offer a run (versions, cores, memory, backends, cache), "
+               "to paste into a bug report"),
 }
 
 

@@ -42,9 +42,14 @@ def check_host(scenario: Scenario, clients: list[ClientSpec]) -> None:
 
 def available_mb(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     """MiB of memory the host can still give (MemAvailable); None where the kernel does not say."""
+    return meminfo_mb("MemAvailable", meminfo)
+
+
+def meminfo_mb(field: str, meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """One /proc/meminfo figure (e.g. MemTotal, MemAvailable) in MiB; None where the kernel does not say."""
     try:
         for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) // 1024  # kB
     except (OSError, ValueError, IndexError):
         return None
