@@ -89,8 +89,9 @@ from testbed.transport.messages import (
 log = logging.getLogger("testbed.aggregator")
 POLL_S = 0.2  # seconds: how often the serve loop checks liveness and deadlines
 # Event clock, `compute: measured`: a claimed compute time below this share of what the run's cost table says
-# the work takes is refused (measured: clients' steps took 0.90-1.48x the table's figures, docs/benchmarks.md
-# "Event clock"; a table probed on a busy host reads high, so honest claims need the margin).
+# the work takes is refused. Measured: clients' steps took 0.97-1.11x the table's figures (median per profile
+# and depth), single rounds 0.90-1.48x (docs/benchmarks.md "Event clock"); a table probed on a busy host
+# reads high, so honest claims need the margin.
 COMPUTE_FLOOR = 0.5
 # `compute: modeled`: every step is billed the table's figure (a slowdown only adds), so the claim may fall
 # short of it by float rounding alone (relative)
