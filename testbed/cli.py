@@ -68,6 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"testbed {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"testbed {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # some say where they stopped and how to continue
+        print(f"testbed {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
         return 130

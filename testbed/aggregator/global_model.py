@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from testbed.config.schema import Scenario
 from testbed.model.backbone import build_backbone
 from testbed.model.early_exit import EarlyExitModel
-from testbed.model.state import group_of, load_partial_state, partial_state
+from testbed.model.state import group_of, load_partial_state, partial_state, state_digest
 from testbed.model.train import evaluate
 
 
@@ -50,11 +49,7 @@ class GlobalModel:
 
     def digest(self) -> str:
         """SHA-256 over every key and its bytes: equal digests mean identical global states."""
-        hasher = hashlib.sha256()
-        for key in sorted(self.state):
-            hasher.update(key.encode())
-            hasher.update(np.ascontiguousarray(self.state[key]).tobytes())
-        return hasher.hexdigest()[:16]
+        return state_digest(self.state)
 
     def evaluate(self, test_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict, float]:
         """Accuracy per exit per task on held-out data: ({task: {exit layer: accuracy}}, seconds)."""

@@ -21,13 +21,15 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
                         help="which built-in corpus to pretrain on (default: %(default)s)")
     parser.add_argument("--words", type=word_list, default=None,
                         help="the built-in corpus's vocabulary, comma-separated (default: its own)")
-    parser.add_argument("--force", action="store_true", help="pretrain again even when cached")
+    parser.add_argument("--force", action="store_true",
+                        help="pretrain again even when cached (an interrupted pretraining still continues)")
 
 
 def pretrain(args: argparse.Namespace) -> int:
     from testbed.errors import UserError
     from testbed.model.pretrain import pretrain_record, pretrained_tiny
     from testbed.model.settings import PretrainSettings
+    from testbed.model.state import state_digest
 
     if args.steps < 1 or args.batch_size < 1:
         raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
@@ -39,4 +41,5 @@ def pretrain(args: argparse.Namespace) -> int:
     print(f"tiny {args.family} backbone: {parameters / 1e6:.1f} M parameters, cached at {path}")
     print(f"pretraining: {record['seconds']} s on {record['clips']} clips, masked-prediction loss "
           f"{record['first_loss']} -> {record['final_loss']}, accuracy {record['final_masked_accuracy']:.1%}")
+    print(f"backbone digest {state_digest(backbone.state_dict())} (SHA-256 of its parameters)")
     return 0

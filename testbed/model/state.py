@@ -9,9 +9,12 @@ Every state-dict key belongs to one group:
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 _LAYER = re.compile(r"^backbone\.encoder\.layers\.(\d+)\.")
@@ -75,3 +78,14 @@ def load_partial_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def state_digest(state: Mapping[str, np.ndarray | torch.Tensor]) -> str:
+    """SHA-256 over every key and its bytes, first 16 hex digits: equal digests mean identical states."""
+    hasher = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        hasher.update(key.encode())
+        hasher.update(np.ascontiguousarray(array).tobytes())
+    return hasher.hexdigest()[:16]

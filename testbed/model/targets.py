@@ -49,12 +49,21 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) ->
 class FrameClusterer:
     """Maps waveforms to per-frame cluster ids, after standardising MFCC features."""
 
-    def __init__(self, waveforms: torch.Tensor, clusters: int = 64, max_frames: int = 100_000, seed: int = 0):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, centroids: torch.Tensor):
+        self.mean, self.std, self.centroids = mean, std, centroids  # (features,), (features,), (clusters, features)
+
+    @classmethod
+    def fit(cls, waveforms: torch.Tensor, clusters: int = 64, max_frames: int = 100_000, seed: int = 0) -> FrameClusterer:
+        """k-means over the standardised frames of (clips, samples) audio, at most `max_frames` of them."""
         frames = torch.cat([mfcc_frames(chunk) for chunk in waveforms.split(256)]).flatten(0, 1)
         generator = torch.Generator().manual_seed(seed)
         frames = frames[torch.randperm(len(frames), generator=generator)[:max_frames]]
-        self.mean, self.std = frames.mean(0), frames.std(0) + 1e-5
-        self.centroids = kmeans((frames - self.mean) / self.std, clusters, seed=seed)
+        mean, std = frames.mean(0), frames.std(0) + 1e-5
+        return cls(mean, std, kmeans((frames - mean) / std, clusters, seed=seed))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What `FrameClusterer(**state)` rebuilds it from."""
+        return {"mean": self.mean, "std": self.std, "centroids": self.centroids}
 
     def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> (batch, frames) int64 cluster ids."""
