@@ -25,7 +25,7 @@ def write_scenario(tmp_path, cache):
             "training": "{local_steps: 3, batch_size: 8}",
             "fleet": "[{profile: laptop, count: 2}, {profile: rpi4, task: speaker}]",
             # real time: these tests are about the runtime, not the fidelity of emulated speeds
-            "emulation": "{dilation: 1}",
+            "emulation": "{clock: real, dilation: 1}",
         }
         text.update({k: str(v) for k, v in sections.items()})
         path = tmp_path / f"{name}.yaml"

@@ -213,7 +213,7 @@ def test_the_kernel_backend_sets_a_cpu_quota_and_memory_limit_or_falls_back(writ
     from testbed.emulation.kernel import probe_kernel_backend
 
     run_dir = tmp_path / "run"
-    scenario = write_scenario(rounds=1, emulation="{backend: kernel, dilation: 4}")
+    scenario = write_scenario(rounds=1, emulation="{backend: kernel, clock: real, dilation: 4}")
     result = run("run", str(scenario), "--out", str(run_dir), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     support = probe_kernel_backend()

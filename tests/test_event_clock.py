@@ -169,11 +169,29 @@ def test_the_dashboard_does_not_run_an_event_clock_on_between_events_and_shows_t
     assert "event clock, 5 s per host s" in header(view, view.t).plain
 
 
+def test_the_dashboard_and_the_report_claim_no_dilation_for_an_event_clock_run():
+    """run_started carries a factor of 1 under the event clock; emulated seconds are not host seconds / 1 there."""
+    from testbed.monitor.dashboard import round_panel_lines
+    from testbed.monitor.metrics import run_figures
+    from testbed.monitor.report import _summary_section
+    from testbed.monitor.state import RunView
+
+    started = {"seq": 0, "t": 0.0, "wall": 1000.0, "kind": "run_started", "scenario": "s", "rounds": 2, "exits": [1],
+               "clients": [], "dilation": {"factor": 1.0, "reason": "none: the event clock bills compute"}}
+    for clock, claims in (("events", False), ("real", True)):
+        view = RunView()
+        view.apply({**started, "clock": clock})
+        panel = " ".join(line.plain for line in round_panel_lines(view, view.t, 200))
+        report = " ".join(_summary_section(view, run_figures(view)))
+        assert ("time dilation ×1" in panel) == claims and ("Time dilation ×1" in report) == claims, (panel, report)
+        assert ("Event clock: nothing waited, so no time dilation" in report) == (not claims), report
+
+
 def test_a_stress_test_runs_under_the_clock_asked_for_and_an_unknown_one_is_one_line(tmp_path):
-    """`testbed stress --clock events` puts the test's scenario under the event clock and drops the dilation its
-    quick variant sets (that clock has none, and a scenario giving both is refused); a scenario of its own under
-    the event clock runs as it is; an unknown clock, or a setting the clock asked for lacks, is one line naming
-    what is allowed."""
+    """`testbed stress` (the event clock by default, as `--clock events`) puts the test's scenario under the event
+    clock and drops the dilation it or its quick variant sets (that clock has none, and a scenario giving both is
+    refused); `--clock real` keeps that dilation; None leaves the scenario's own clock, under which the same file
+    is refused; an unknown clock, or a setting the clock asked for lacks, is one line naming what is allowed."""
     from testbed.errors import ConfigError
     from testbed.stress.spec import load_stress
 
@@ -182,15 +200,22 @@ def test_a_stress_test_runs_under_the_clock_asked_for_and_an_unknown_one_is_one_
                       "  emulation: {dilation: 2}}}\nchecks: {completed: true}\n"
                       "quick: {set: {emulation: {dilation: 1}, rounds: 2}}\n")
     for quick in (False, True):
-        assert load_stress(stress, quick=quick).scenario.emulation.clock == "real"
+        default = load_stress(stress, quick=quick).scenario.emulation
+        assert (default.clock, default.dilation) == ("events", None)
         events = load_stress(stress, quick=quick, clock="events").scenario.emulation
         assert (events.clock, events.dilation) == ("events", None)
         real = load_stress(stress, quick=quick, clock="real").scenario.emulation
         assert (real.clock, real.dilation) == ("real", 1.0 if quick else 2.0)
+    with pytest.raises(ConfigError, match=r"emulation\.dilation: only applies to clock: real"):
+        load_stress(stress, clock=None)  # its own clock: the default, events, which has no dilation
     own = tmp_path / "own.yaml"
     own.write_text("name: own\nscenario: {inline: {name: t, backbone: {name: debug}, fleet: [{profile: laptop}],\n"
                    "  emulation: {clock: events}}}\nchecks: {completed: true}\n")
     assert load_stress(own).scenario.emulation.clock == "events"
+    own_real = tmp_path / "own_real.yaml"  # None keeps a scenario's own real clock, dilation and all
+    own_real.write_text(own.read_text().replace("{clock: events}", "{clock: real, dilation: 3}"))
+    assert (load_stress(own_real, clock=None).scenario.emulation.clock,
+            load_stress(own_real, clock=None).scenario.emulation.dilation) == ("real", 3.0)
     with pytest.raises(ConfigError, match=r"unknown clock 'sundial' \(allowed: real, events\)"):
         load_stress(stress, clock="sundial")
     modeled = tmp_path / "modeled.yaml"  # a setting only the event clock has: refused under --clock real

@@ -350,11 +350,14 @@ quick: {{set: {{backbone: {{name: debug}}, fleet: [{{profile: rpi5, count: 2}}]}
 
 @pytest.mark.parametrize("file", STRESS_FILES, ids=lambda f: f.stem)
 def test_shipped_stress_files_load_in_both_variants(file):
+    """Under the default clock, events (no dilation), and under --clock real, where the quick variant runs
+    undilated."""
     full, quick = load_stress(file), load_stress(file, quick=True)
     assert full.scenario.backbone.name == "tiny" and full.checks.enabled()
-    assert quick.quick and quick.scenario.emulation.dilation == 1
-    events = load_stress(file, quick=True, clock="events").scenario.emulation
-    assert (events.clock, events.dilation) == ("events", None)
+    assert quick.quick and (quick.scenario.emulation.clock, quick.scenario.emulation.dilation) == ("events", None)
+    real = load_stress(file, quick=True, clock="real").scenario.emulation
+    assert (real.clock, real.dilation) == ("real", 1)
+    assert load_stress(file, clock="real").scenario.emulation.clock == "real"
 
 
 def test_a_good_file_loads_with_its_quick_variant(tmp_path):
@@ -431,7 +434,7 @@ def test_the_exit_code_is_one_when_any_check_fails(tmp_path, monkeypatch):
     failing = runner.TestResult(load_stress(_stress_file(tmp_path, GOOD)), tmp_path)
     failing.verdicts = {"completed": checks.Verdict(True, ""), "rejoined": checks.Verdict(False, "never back")}
     monkeypatch.setattr(runner, "run_all", lambda tests, results: [failing])
-    args = argparse.Namespace(files=[str(tmp_path / "s.yaml")], out=str(tmp_path / "out"), quick=False, clock=None)
+    args = argparse.Namespace(files=[str(tmp_path / "s.yaml")], out=str(tmp_path / "out"), quick=False, clock="events")
     assert commands.stress(args) == 1
     failing.verdicts["rejoined"] = checks.Verdict(True, "")
     assert commands.stress(argparse.Namespace(**{**vars(args), "out": str(tmp_path / "out2")})) == 0
@@ -513,12 +516,15 @@ def test_each_flood_attack_is_rejected_by_the_router_for_its_reason(tmp_path):
 # ---------------------------------------------------------------- the shipped stress scenarios, for real
 @pytest.mark.parametrize("file", STRESS_FILES, ids=lambda f: f.stem)
 def test_quick_stress_scenario_passes_every_check(file, tmp_path, cache):
-    _passes_every_check(file, tmp_path)
+    """Under the real clock (the stress files' quick dilation, 1): the faults in wall time."""
+    report = _passes_every_check(file, tmp_path, "--clock", "real")
+    started = json.loads((Path(report["tests"][0]["folder"]) / "run" / "events.jsonl").open().readline())
+    assert started["kind"] == "run_started" and started["clock"] == "real"
 
 
 # Under the event clock the faults are scripted in emulated time (three deadlines are three emulated deadlines).
-# Every shipped stress test passes there (`testbed stress --quick --clock events`: all thirteen, ~4.5 min on 2
-# cores); the suite runs those whose handling differs under that clock, to keep within ~15 minutes: a slowdown
+# Every shipped stress test passes there (`testbed stress --quick`, the default clock: all thirteen, ~4.5 min on
+# 2 cores); the suite runs those whose handling differs under that clock, to keep within ~15 minutes: a slowdown
 # billed from when it was scripted, a link the aggregator draws on, an upload dropped as an impostor's, a
 # freeze and a late joiner while the run's time stands still, a resume that carries who is still busy.
 EVENT_CLOCK_DIFFERS = {"client_slowed", "link_collapse", "client_impersonated", "client_frozen",

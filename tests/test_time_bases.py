@@ -158,7 +158,7 @@ def test_a_resumed_run_appends_to_old_csv_files_under_their_own_header(tmp_path)
 
 def test_a_real_run_records_each_clock_under_its_name(write_scenario, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    result = run("run", str(write_scenario(emulation="{dilation: 2}")), "--out", str(out), "--no-dashboard")
+    result = run("run", str(write_scenario(emulation="{clock: real, dilation: 2}")), "--out", str(out), "--no-dashboard")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader(open(out / "rounds.csv")))
     for column in ("started_emulated_s", "round_emulated_s", "deadline_emulated_s", "aggregate_host_s",

@@ -18,7 +18,7 @@ SCENARIO = {  # the write_scenario fixture's, with two clients: the runs only ne
     "data": "{words: [stop, spot, no]}", "backbone": "{name: debug}",
     "training": "{local_steps: 2, batch_size: 8}",
     "fleet": "[{profile: laptop, count: 2}]",
-    "emulation": "{dilation: 1}",
+    "emulation": "{clock: real, dilation: 1}",
 }
 
 

@@ -128,9 +128,10 @@ def test_a_local_checkpoint_is_checked_by_its_config_and_an_unknown_one_said_unc
 
 
 def test_a_fleet_this_host_cannot_carry_is_refused_before_any_process_starts(tmp_path, cache):
-    """Two devices of 256 cores at 16x a host core each, emulated on 2 host cores: a time dilation of 5461."""
+    """Two devices of 256 cores at 16x a host core each, emulated on 2 host cores under the real clock: a time
+    dilation of 5461 (the event clock has none: it bills such a fleet's compute instead of waiting for it)."""
     (tmp_path / "big.yaml").write_text("name: big\nspeed: 16\ncores: 256\nthreads: 256\n")
-    file = base_scenario(tmp_path, "name: t\nbackbone: {name: debug}\nemulation: {host_cores: 2}\n"
+    file = base_scenario(tmp_path, "name: t\nbackbone: {name: debug}\nemulation: {clock: real, host_cores: 2}\n"
                                    f"fleet: [{{profile: {tmp_path / 'big.yaml'}, count: 2}}]\n")
     out = tmp_path / "out"
     result = subprocess.run(command_of("run", str(file), "--out", str(out)), capture_output=True, text=True,
@@ -311,7 +312,7 @@ def _case(folder: Path, where: str, path: str, text: str) -> tuple[Path, list[st
         (folder / name).write_text(yaml.safe_dump(data).replace(f"'{HOLE}'", text))
     scenario = (f"name: t\nrounds: 1\ndeadline_s: 20\nbackbone: {{name: debug}}\n"
                 "data: {words: [stop, spot, no]}\ntraining: {local_steps: 2, batch_size: 8}\n"
-                f"emulation: {{dilation: 1}}\nfleet: [{{profile: {folder / 'dev.yaml'}, count: 2}}]\n")
+                f"emulation: {{clock: real, dilation: 1}}\nfleet: [{{profile: {folder / 'dev.yaml'}, count: 2}}]\n")
     (folder / "s.yaml").write_text(scenario)
     overrides = []
     if path.startswith("fleet[0].fedscale"):
@@ -374,9 +375,10 @@ def test_any_number_in_any_field_is_refused_with_one_line_or_accepted(tmp_path_f
         assert code == 2 and len(lines) == 1 and lines[0].startswith("testbed validate: error: "), (code, err)
 
 
-# The run half: values each field accepts, a real run of one round (debug backbone, 2 clients). The
-# caps keep an example's wall time bounded, not the schema: a round lasts at most deadline x dilation
-# wall seconds, and a bigger fleet only costs this 2-core host time; neither changes what is tested.
+# The run half: values each field accepts, a real run of one round (debug backbone, 2 clients) under the
+# real clock (_case's scenario), where emulation.dilation applies. The caps keep an example's wall time
+# bounded, not the schema: a round lasts at most deadline x dilation wall seconds, and a bigger fleet only
+# costs this 2-core host time; neither changes what is tested.
 RUN_CAPS = {"deadline_s": 20, "emulation.dilation": 3, "fleet[0].count": 3, "min_clients": 3}
 RUN_PATHS = [case for case in PATHS if case[1] != "rounds"]  # the run is one round: `rounds` is the test's
 RUN_TIMEOUT_S = 300  # a hang, not slowness: a one-round run here takes 15-40 s

@@ -201,10 +201,11 @@ class EmulationSpec:
     """How profiles are imposed on this host (testbed/emulation/) and how emulated time maps onto wall time."""
 
     backend: str = setting("user", choices=names.BACKENDS, what="emulation backend")
-    # How emulated time passes (testbed/emulation/clock.py): "real" waits, dilation host seconds per
-    # emulated second; "events" jumps from event to event, so no process sleeps and dilation does
-    # not apply (a round costs the host only its real work).
-    clock: str = setting("real", choices=names.CLOCKS, what="emulated clock")
+    # How emulated time passes (testbed/emulation/clock.py): "events" (the default) jumps from event to
+    # event, so no process sleeps and dilation does not apply (a round costs the host only its real work,
+    # whatever the fleet's CPU demand); "real" waits, dilation host seconds per emulated second: kept to
+    # validate the event clock against, and for what needs wall time (the kernel backend's CPU quota).
+    clock: str = setting("events", choices=names.CLOCKS, what="emulated clock")
     # What a local step costs in emulated time (event clock only): "measured", its own host CPU seconds /
     # throughput; "modeled", the run's cost table (costs.json: one-thread CPU seconds of a training step per
     # depth, measured once per backbone and batch on this host and cached), which makes a run's timeline
@@ -213,8 +214,8 @@ class EmulationSpec:
     # Event clock: clients of this host that compute (probe or train) at once; the others wait, which costs
     # them no emulated time (emulation/slots.py). None = the host's cores.
     max_computing: int | None = setting(None, ge=1, le=4096)
-    # Wall seconds per emulated second. None = automatic: the fleet's CPU demand (sum of speed x
-    # threads) over the host cores x headroom, at least 1. A fixed value below that makes clients
+    # Real clock only: wall seconds per emulated second. None = automatic: the fleet's CPU demand (sum of
+    # speed x threads) over the host cores x headroom, at least 1. A fixed value below that makes clients
     # CPU-starved; the run then reports how far they fell behind their targets.
     # A round of deadline D emulated seconds may take D x dilation wall seconds: at the bound, 1000,
     # a 60 s deadline is 17 wall hours; the automatic factor is held to the same bound (launch/capacity.py).

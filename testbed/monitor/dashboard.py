@@ -352,7 +352,7 @@ def round_panel_lines(view: RunView, now_t: float, width: int) -> list[Text]:
         lines.append(one_line(Text(f"round {previous.index}: {seconds(previous.emulated_s(now_t))} s, "
                                    f"{closed.get('stragglers', 0)} late, {closed.get('lost', 0)} lost",
                                    style="bright_black"), width))
-    if view.dilation:
+    if view.dilation and not view.event_clock:  # the event clock has no dilation (its header says which clock)
         reason = view.dilation.get("reason") or ""
         lines.append(one_line(Text(f"time dilation ×{view.dilation['factor']:.3g} (emulated s = host s / factor): "
                                    f"{reason}",

@@ -47,7 +47,10 @@ def _summary_section(view: RunView, figures: dict) -> list[str]:
              f"time_budget_s counts; the run clock read {figures['run_emulated_s']:.1f} s {clock} at the end). Host: "
              f"{figures['run_host_s']:.1f} s wall in all, {figures['eval_host_s']:.1f} s evaluating, "
              f"{figures['aggregate_host_s']:.2f} s aggregating."]
-    if dilation:
+    if view.event_clock:  # its dilation figure is 1 only by convention: emulated seconds are not host seconds there
+        lines.append("Event clock: nothing waited, so no time dilation; compute and transfers were billed in "
+                     "emulated seconds.")
+    elif dilation:
         steps = " → ".join(f"×{factor:.3g}" for factor in figures["dilations"])
         why = ("last change: " if len(figures["dilations"]) > 1 else "") + (dilation.get("reason") or "no reason given")
         lines.append(f"Time dilation {steps} ({why}): emulated seconds are host wall seconds / factor.")

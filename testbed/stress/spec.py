@@ -15,7 +15,7 @@ checks:                      # name: settings ({} or true = the defaults)
   completed: {}
   round_time: {max_deadlines: 1.05}
 quick:                       # `testbed stress --quick`: extra overrides and check settings
-  set: [backbone.name=debug, rounds=3, emulation.dilation=1]
+  set: [backbone.name=debug, rounds=3, emulation.dilation=1]   # the dilation: under --clock real only
   checks: {accuracy: {min: 0.2}}
 ```
 The file maps 1:1 onto the frozen dataclasses below (the script's steps: testbed/stress/steps.py, one class per
@@ -37,6 +37,7 @@ from testbed.config import names
 from testbed.config.convert import fields_of, from_data, join_path, setting
 from testbed.config.loader import load_scenario, resolve_fleet
 from testbed.config.overrides import SOURCE as OVERRIDE_SOURCE
+from testbed.config.overrides import override_path
 from testbed.config.schema import MAX_FLEET, Scenario
 from testbed.config.yamlio import read_mapping
 from testbed.errors import ConfigError
@@ -205,7 +206,8 @@ class BaseScenario:
 
 @dataclass(frozen=True, kw_only=True)
 class Quick:
-    """What `--quick` changes: extra overrides (debug backbone, fewer rounds, dilation 1), check settings."""
+    """What `--quick` changes: extra overrides (debug backbone, fewer rounds, dilation 1 under the real clock),
+    check settings."""
 
     set: tuple[str, ...] = ()
     checks: Checks | None = None      # these checks' settings replace the full run's
@@ -267,11 +269,12 @@ class StressTest:
         return []
 
 
-def load_stress(path: Path | str, quick: bool = False, clock: str | None = None) -> StressTest:
+def load_stress(path: Path | str, quick: bool = False, clock: str | None = "events") -> StressTest:
     """Read and validate a stress file for the full or the quick variant; any fault is a ConfigError.
 
-    `clock` (real or events) runs the test under that emulated clock whatever its scenario says (None: the
-    scenario's); under `events` the scenario's dilation is dropped, since that clock has none."""
+    `clock` (real or events; by default events, as `testbed stress`) runs the test under that emulated clock
+    whatever its scenario says (None: the scenario's own); under `events` the dilation the scenario or its quick
+    variant sets is dropped, since that clock has none, and under `real` it applies."""
     path, source = Path(path), str(path)
     raw = read_mapping(path, source)
     base = raw.get("scenario")
@@ -327,12 +330,15 @@ def clock_overrides(clock: str | None) -> list[str]:
     return [f"emulation.clock={clock}"] + (["emulation.dilation=null"] if clock == "events" else [])
 
 
-def _base_scenario(path: Path, spec: StressFile, inline, quick: bool, clock: str | None = None) -> Scenario:
-    """The base scenario with its overrides (the quick ones, then the clock's); errors name the stress file's
-    field (or --clock)."""
+def _base_scenario(path: Path, spec: StressFile, inline, quick: bool, clock: str | None) -> Scenario:
+    """The base scenario with its overrides (the quick ones), each layer put under the clock's; errors name the
+    stress file's field (or --clock)."""
     source = str(path)
     layers = [("scenario.set", list(spec.scenario.set))] + ([("quick.set", list(spec.quick.set))] if quick else [])
-    layers += [("--clock", clock_overrides(clock))] if clock is not None else []
+    # every layer is checked under the clock the test runs under: a dilation the base or its quick variant sets
+    # is only dropped by the event clock's overrides, so a layer loaded without them would be refused
+    clocked = clock_overrides(clock)
+    clock_paths = {override_path(text) for text in clocked}
     if inline is not None and not isinstance(inline, Mapping):
         raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
     base: Mapping | Path  # the scenario inline, or its file
@@ -347,12 +353,13 @@ def _base_scenario(path: Path, spec: StressFile, inline, quick: bool, clock: str
         overrides += extra
         try:
             if isinstance(base, Mapping):  # inline: relative paths are tried next to the stress file, as in a file
-                scenario = load_scenario(base, overrides, source=inline_source, base_dir=path.parent)
+                scenario = load_scenario(base, overrides + clocked, source=inline_source, base_dir=path.parent)
             else:
-                scenario = load_scenario(base, overrides)
+                scenario = load_scenario(base, overrides + clocked)
         except ConfigError as error:
             if error.source == OVERRIDE_SOURCE:
-                raise ConfigError(source, field, f"{error.path}: {error.problem}") from None
+                where = "--clock" if error.path in clock_paths else field
+                raise ConfigError(source, where, f"{error.path}: {error.problem}") from None
             if error.source == inline_source:
                 raise ConfigError(source, join_path("scenario.inline", error.path), error.problem) from None
             raise
