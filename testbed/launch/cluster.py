@@ -34,7 +34,7 @@ from testbed.config.loader import ClientSpec
 from testbed.config.schema import Scenario
 from testbed.emulation.dilation import choose_dilation, demand_cores
 from testbed.errors import UserError
-from testbed.launch.cluster_host import ClientHost
+from testbed.launch.cluster_host import LOG_CHUNK_BYTES, ClientHost
 
 log = logging.getLogger("testbed.launch")
 
@@ -167,6 +167,7 @@ class Placed:
     polled_at: float = 0.0  # monotonic s
     facts: dict = dataclasses.field(default_factory=dict)  # node, pid, affinity (processes.json)
     log_offset: int = 0  # bytes of its log fetched so far
+    more_log: bool = False  # the last piece was a full one: its log may hold more
     exitcode: int | None = None
     crashed_at: float | None = None  # monotonic s: an emulated crash, to reboot after REBOOT_AFTER_S
     gone: str | None = None  # why its host can no longer be reached (its actor or node died)
@@ -273,15 +274,18 @@ class ClusterFleet:
     def poll(self) -> bool:
         """Take up what the hosts answered (placements, exits, logs) and ask again where due; True when a client's
         process facts changed (processes.json and fleet.json to rewrite)."""
+        asked = [ref for placed in self.placed.values() if not placed.gone
+                 for ref in (placed.starting, placed.polling) if ref is not None]
+        answered = set(self.ray.wait(asked, num_returns=len(asked), timeout=0)[0]) if asked else set()
         changed = False
         now = time.monotonic()
         for client_id, placed in self.placed.items():
             if placed.gone:
                 continue
             if placed.starting is not None:
-                result = self._answer(placed, placed.starting)
-                if result is _PENDING:
+                if placed.starting not in answered:
                     continue
+                result = self._answer(placed, placed.starting)
                 placed.starting = None
                 if result is not None:
                     if "testbed" in result:  # a first start (a restart tells its new pid alone)
@@ -290,9 +294,9 @@ class ClusterFleet:
                     placed.facts.pop("exitcode", None)
                 changed = True
             if placed.polling is not None:
-                result = self._answer(placed, placed.polling)
-                if result is _PENDING:
+                if placed.polling not in answered:
                     continue
+                result = self._answer(placed, placed.polling)
                 placed.polling = None
                 if result is not None:
                     changed |= self._take_poll(client_id, placed, result)
@@ -302,16 +306,14 @@ class ClusterFleet:
             if placed.crashed_at is not None and now - placed.crashed_at >= REBOOT_AFTER_S:
                 placed.crashed_at, placed.exitcode = None, None
                 placed.starting = placed.actor.restart.remote()
-            elif placed.exitcode is None and now - placed.polled_at >= POLL_EVERY_S:
+            elif (placed.exitcode is None or placed.more_log) and now - placed.polled_at >= POLL_EVERY_S:
                 placed.polling, placed.polled_at = placed.actor.poll.remote(placed.log_offset), now
         return changed
 
     def _answer(self, placed: Placed, ref: Any) -> Any:
-        """A host's answer if it came (None when the host is gone: recorded in `placed.gone`), else _PENDING."""
-        if not self.ray.wait([ref], timeout=0)[0]:
-            return _PENDING
+        """A host's answer that came (None when the host is gone: recorded in `placed.gone`)."""
         try:
-            return self.ray.get(ref)
+            return self.ray.get(ref)  # answered: at once
         except self.ray.exceptions.RayError as error:  # its actor died: killed, or its node lost
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             placed.gone = f"its Ray actor or node is gone ({type(error).__name__}: {first[:300]})"
@@ -324,6 +326,7 @@ class ClusterFleet:
 
         self._append_log(client_id, result["log"])
         placed.log_offset += len(result["log"])
+        placed.more_log = len(result["log"]) >= LOG_CHUNK_BYTES  # a full piece: more may follow
         changed = False
         if result["affinity"] is not None and result["affinity"] != placed.facts.get("affinity"):
             placed.facts["affinity"] = result["affinity"]
@@ -401,26 +404,25 @@ class ClusterFleet:
         ray = self.ray
         live = {client_id: placed for client_id, placed in self.placed.items() if not placed.gone}
         polls = [placed.polling for placed in live.values() if placed.polling is not None]
-        if polls:  # their log chunks come before what stop hands back (a poll takes milliseconds)
-            ray.wait(polls, num_returns=len(polls), timeout=1.0)
-        for client_id, placed in live.items():
-            if placed.polling is not None and (result := self._answer(placed, placed.polling)) not in (None, _PENDING):
-                self._append_log(client_id, result["log"])
-                placed.log_offset += len(result["log"])
-        stops = {client_id: placed.actor.stop.remote(placed.log_offset) for client_id, placed in live.items()}
-        if stops:
-            ray.wait(list(stops.values()), num_returns=len(stops), timeout=STOP_WAIT_S)
+        if polls:  # their pieces of log come before what stop hands back (a poll takes milliseconds)
+            answered = set(ray.wait(polls, num_returns=len(polls), timeout=1.0)[0])
+            for client_id, placed in live.items():
+                if placed.polling in answered and (result := self._answer(placed, placed.polling)) is not None:
+                    self._append_log(client_id, result["log"])
+                    placed.log_offset += len(result["log"])
+        stops = {client_id: placed.actor.stop.remote(placed.log_offset)
+                 for client_id, placed in live.items() if not placed.gone}
+        answered = set(ray.wait(list(stops.values()), num_returns=len(stops), timeout=STOP_WAIT_S)[0]) if stops else set()
         for client_id, ref in stops.items():
             placed = live[client_id]
-            try:
-                if ray.wait([ref], timeout=0)[0]:
-                    result = ray.get(ref)
-                    self._append_log(client_id, result["log"])
-                    placed.facts["exitcode"] = result["exitcode"]
-            except ray.exceptions.RayError:
-                pass
+            if ref in answered and (result := self._answer(placed, ref)) is not None:
+                self._append_log(client_id, result["log"])
+                placed.facts["exitcode"] = result["exitcode"]
         for placed in self.placed.values():
-            ray.kill(placed.actor, no_restart=True)  # its process dies, and with it any client still there
+            try:
+                ray.kill(placed.actor, no_restart=True)  # its process dies, and with it any client still there
+            except ray.exceptions.RayError:  # already gone with its node
+                pass
         if self.group is not None:
             from ray.util.placement_group import remove_placement_group
 
@@ -430,5 +432,3 @@ class ClusterFleet:
             shutil.rmtree(self.keys_dir, ignore_errors=True)
         ray.shutdown()
 
-
-_PENDING = object()  # a host has not answered yet
