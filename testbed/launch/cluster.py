@@ -415,7 +415,10 @@ class ClusterFleet:
         answered = set(ray.wait(list(stops.values()), num_returns=len(stops), timeout=STOP_WAIT_S)[0]) if stops else set()
         for client_id, ref in stops.items():
             placed = live[client_id]
-            if ref in answered and (result := self._answer(placed, ref)) is not None:
+            if ref not in answered:
+                self._append_log(client_id, f"\n[testbed run] {client_id}: its host did not answer within "
+                                            f"{STOP_WAIT_S:g} s (its node lost?): killed\n".encode())
+            elif (result := self._answer(placed, ref)) is not None:
                 self._append_log(client_id, result["log"])
                 placed.facts["exitcode"] = result["exitcode"]
         for placed in self.placed.values():

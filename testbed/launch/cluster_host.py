@@ -8,7 +8,7 @@ every client does. The host reports the child's node, pid, CPU affinity and exit
 by piece, and ends it with the group: SIGTERM, then SIGKILL. Should the host's own process die (the actor
 killed, its node lost), the kernel SIGKILLs the child (PR_SET_PDEATHSIG), so no client outlives its host.
 
-On the node, the run's files live in `<tmp>/testbed-cluster/<run key>/`: `logs/<id>.log` (the client's stdout
+On the node, the run's files live in `<tmp>/testbed-cluster-<uid>/<run key>/`: `logs/<id>.log` (the client's stdout
 and stderr), `keys/<id>/` (its key pair and the aggregator's public key, readable by the owner alone), and
 `slots/`, shared by the run's clients on that node (event clock: at most as many compute at once as it has cores).
 """
@@ -35,7 +35,7 @@ STOP_GRACE_S = 2.0  # host seconds between the group's SIGTERM and its SIGKILL
 
 def node_root(run_key: str) -> Path:
     """Where a run's clients on this node keep their files (one folder per run, shared by its clients here)."""
-    return Path(tempfile.gettempdir()) / "testbed-cluster" / run_key
+    return Path(tempfile.gettempdir()) / f"testbed-cluster-{os.getuid()}" / run_key  # private to its user
 
 
 class ClientHost:
