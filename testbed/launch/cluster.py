@@ -125,7 +125,7 @@ def _count(fleet_seats: list[Seat]) -> str:
 
 
 def _cpus(fleet_seats: list[Seat]) -> str:
-    """'12 CPUs (3 clients: 4 each)' or '6 CPUs (2 clients: 4 + 2)'."""
+    """'12 CPUs (3 clients: 4 each)' or '10 CPUs (3 clients: 2 x 4 + 1 x 2)'."""
     sizes = sorted({seat.cpus for seat in fleet_seats}, reverse=True)
     each = f"{sizes[0]} each" if len(sizes) == 1 else " + ".join(
         f"{sum(s.cpus == size for s in fleet_seats)} x {size}" for size in sizes)
@@ -197,11 +197,11 @@ class ClusterFleet:
             self.nodes = [node for node in ray.nodes() if node.get("Alive")]
             self.seats = seats(scenario, clients, self.nodes)
             check_capacity(self.seats, self.nodes, options.address)
+            self.node_ip = str(ray.util.get_node_ip_address())
+            self.bind, self.connect = addresses(options.bind, self.node_ip)
         except BaseException:
             ray.shutdown()
             raise
-        self.node_ip = str(ray.util.get_node_ip_address())
-        self.bind, self.connect = addresses(options.bind, self.node_ip)
         self.keys_dir: Path | None = None
         self.group: Any = None  # the fleet's placement group, once reserved
         self.placed: dict[str, Placed] = {}
