@@ -93,3 +93,9 @@ def test_without_ray_cluster_says_in_one_line_how_to_get_it(tmp_path):
         "testbed run: error: --cluster needs Ray, which is not installed here: pip install -e '.[ray]' "
         "(or: pip install 'ray>=2.9')"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_mixed_fleet_is_counted_by_size():
+    fleet = [Seat("c00", 4, None), Seat("c01", 4, None), Seat("c02", 2, None)]
+    with pytest.raises(UserError, match=r"asks 10 CPUs \(3 clients: 2 x 4 \+ 1 x 2\), the Ray cluster has 4 CPUs"):
+        check_capacity(fleet, [node(4)], "auto")
