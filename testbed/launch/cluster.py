@@ -44,7 +44,7 @@ PLACEMENTS = {"spread": "SPREAD", "pack": "PACK"}  # --placement -> Ray's placem
 # them, it does not count them (a node declaring 1 unit hosts up to 1000 clients, as its CPUs allow).
 NODE_RESOURCE_SHARE = 0.001
 POLL_EVERY_S = 1.0  # host seconds between two polls of a client (its exit code, affinity and log)
-STOP_WAIT_S = 4.0  # host seconds the hosts get to end their clients (SIGTERM, then SIGKILL after 2 s) and answer
+STOP_WAIT_S = 4.0  # host seconds the hosts get to end their clients (1 s to exit, SIGTERM, SIGKILL 2 s on) and answer
 REBOOT_AFTER_S = 2.0  # host seconds a client that crashed by emulation stays down before it starts again
 JOIN_TIMEOUT_S = 300.0  # host seconds a client on a node waits for the aggregator's WELCOME, then exits (code 2)
 

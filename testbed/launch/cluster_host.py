@@ -30,6 +30,7 @@ from testbed.launch.processes import PR_SET_PDEATHSIG
 PRIVATE_DIR = 0o700  # key folders: their owner alone may enter them
 PRIVATE_FILE = 0o600  # secret keys: their owner alone may read them
 LOG_CHUNK_BYTES = 1 << 20  # the most of a log one `poll` hands back (the rest comes with the next)
+EXIT_WAIT_S = 1.0  # host seconds a client told BYE by the aggregator gets to exit by itself before its SIGTERM
 STOP_GRACE_S = 2.0  # host seconds between the group's SIGTERM and its SIGKILL
 
 
@@ -116,11 +117,15 @@ class ClientHost:
             return b""
 
     def stop(self, log_offset: int) -> dict:
-        """End the client (its whole process group: SIGTERM, then SIGKILL after STOP_GRACE_S), remove its keys and
-        hand back the rest of its log; its exit code and the log from `log_offset` on. Safe to call again."""
+        """End the client (its whole process group: SIGTERM after EXIT_WAIT_S, then SIGKILL after STOP_GRACE_S),
+        remove its keys and hand back the rest of its log; its exit code and the log from `log_offset` on. Safe to
+        call again."""
         code = None
         if self.process is not None:
-            code = self.process.poll()
+            try:
+                code = self.process.wait(EXIT_WAIT_S)  # the run's end or Ctrl-C: the aggregator said BYE to it
+            except subprocess.TimeoutExpired:
+                pass
             if code is None:
                 _signal_group(self.process.pid, signal.SIGTERM)
                 try:
