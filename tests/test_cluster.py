@@ -20,11 +20,13 @@ ray = pytest.importorskip("ray", reason="testbed run --cluster needs Ray (pip in
 from ray.cluster_utils import Cluster  # noqa: E402
 
 NODE = {"num_cpus": 4, "include_dashboard": False, "object_store_memory": 80 * 2**20}
-# no idle workers started ahead of need (on a small host each is seconds of CPU for nothing), and a lost node
-# known as such within ~3 s rather than Ray's default ~30 s
+# No idle workers started ahead of need (on a small host each is seconds of CPU for nothing); a lost node known
+# as such within ~10 s rather than Ray's ~30 s (checks every 2 s, 3 s to answer, 3 missed), not quicker, lest a
+# busy host's live node be taken for lost; a node's agent given 60 s to start (a busy host took 16).
 HEAD_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False,
-               "health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
-               "health_check_timeout_ms": 1000, "health_check_failure_threshold": 2}
+               "health_check_initial_delay_ms": 2000, "health_check_period_ms": 2000,
+               "health_check_timeout_ms": 3000, "health_check_failure_threshold": 3,
+               "agent_register_timeout_ms": 60000}
 RUN_TIMEOUT_S = 150  # host seconds a whole run may take here (2 rounds on the debug backbone, clients starting)
 
 
