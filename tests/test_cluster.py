@@ -7,6 +7,7 @@ comes last. Every run is a real `testbed run` process; each test is bounded in t
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.launch.cluster_host import node_root
 from tests.runs import alive, events, start, wait_for_event
 
 ray = pytest.importorskip("ray", reason="testbed run --cluster needs Ray (pip install -e '.[ray]')")
@@ -179,3 +181,7 @@ def test_a_lost_node_makes_its_clients_lost_and_the_run_goes_on(cluster, write_s
     assert "[testbed run] c01: its Ray actor or node is gone" in (out / "logs" / "c01.log").read_text()
     wait_none_left(out, 5.0)
     assert os.path.exists(out / "report.md")
+    # what the lost node's client left on its disk (keys, log): no one could remove it there; here, this host's
+    identity = json.loads((out / "run.json").read_text())
+    for folder in node_root("x").parent.glob(f"{out.name}-{identity['run_id'][:8]}-*"):
+        shutil.rmtree(folder)
