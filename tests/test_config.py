@@ -73,7 +73,7 @@ BAD_SCENARIOS = [
     ("name: t\nfleet: [{profile: nowhere/dev.yaml}]\n", "fleet[0].profile",
      ["profile file 'nowhere/dev.yaml' not found", "tried:"]),
     ("name: t\nfleet: []\n", "fleet", ["must not be empty", "a list"]),
-    ("name: t\n", "fleet", ["is required", "a list (items: a mapping (keys: profile, count, task, link, fedscale))"]),
+    ("name: t\n", "fleet", ["is required", "a list (items: a mapping (keys: profile, count, task, link, fedscale, node))"]),
     ("name: t\nfleet: laptop\n", "fleet", ["expected a list", "'laptop' (string)"]),
     ("name: t\nfleet: [{profile: laptop, count: 0}]\n", "fleet[0].count", ["1 <= x <= 1024"]),
     ("name: t\nfleet: [{count: 2}]\n", "fleet[0].profile", ["is required", "a string"]),

@@ -100,3 +100,40 @@ def test_the_monitor_does_not_import_the_launcher():
     back = sorted(f"{module} -> {target}" for module, targets in graph.items() if module.startswith("testbed.monitor")
                   for target in targets if target.startswith("testbed.launch"))
     assert not back, back
+
+
+def ray_imports() -> dict[str, list[int]]:
+    """Module -> the lines where it imports Ray (`import ray...` or `from ray... import`), anywhere in it."""
+    found: dict[str, list[int]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                found.setdefault(module_name(path), []).append(node.lineno)
+    return found
+
+
+def test_ray_is_imported_only_by_the_cluster_modules_and_never_at_their_top():
+    """Ray is optional: only `testbed run --cluster` may load it (inside the functions that need it)."""
+    found = ray_imports()
+    assert set(found) <= {"testbed.launch.cluster", "testbed.launch.cluster_host"}, found
+    for module in found:
+        tree = ast.parse((PACKAGE.parent / (module.replace(".", "/") + ".py")).read_text())
+        top = [node.lineno for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        assert not set(top) & set(found[module]), f"{module} imports ray at its top (lines {found[module]})"
+
+
+def test_testbed_run_without_cluster_does_not_import_ray():
+    """What `testbed run SCENARIO` loads in the launcher (its command, the run, the options) leaves Ray out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, argparse\n"
+            "from testbed.launch import commands, run, cluster, cluster_host\n"
+            "parser = argparse.ArgumentParser(); commands.add_run_args(parser)\n"
+            "assert commands.cluster_options(parser.parse_args(['s.yaml'])) is None\n"
+            "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr

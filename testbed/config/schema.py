@@ -16,6 +16,8 @@ from testbed.config.convert import FrozenDict, setting
 Problems = Iterator[tuple[str, str]]  # cross-field checks yield (field name, problem)
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # becomes part of runs/<name>-<time>/
+# a Ray custom resource a fleet entry asks of its node; not one of Ray's built-in resources
+_RESOURCE_NAME = re.compile(r"(?!(CPU|GPU|memory|object_store_memory)$)[A-Za-z][A-Za-z0-9_.:/-]{0,63}")
 
 # Bounds shared by several fields.
 MAX_FLEET = 1024      # clients per run: each is an OS process of 80-220 MB (docs/benchmarks.md), so 1024
@@ -262,6 +264,15 @@ class FleetEntry:
     # Draw `count` devices from FedScale traces: speed, bandwidth and availability from the trace,
     # everything else from `profile`, latency, jitter and loss from `link`.
     fedscale: FedScaleTrace | None = None
+    # `testbed run --cluster` only: the Ray custom resource a node must offer to host these clients (a node
+    # started with `ray start --resources '{"rpi-nodes": 1}'`); None = any node. A local run ignores it.
+    node: str | None = None
+
+    def problems(self) -> Problems:
+        if self.node is not None and not _RESOURCE_NAME.fullmatch(self.node):
+            yield "node", (f"{self.node!r} is not allowed (allowed: a Ray resource name: letters, digits, '_', '.', "
+                           "'-', ':', '/', starting with a letter, at most 64 characters; CPU, GPU and memory are "
+                           "Ray's own)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,19 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                              "the run is refused (run failed, exit code 1)")
     parser.add_argument("--no-dashboard", action="store_true",
                         help="plain timestamped lines even on a terminal (the default when not on one)")
+    cluster = parser.add_argument_group("clients on a Ray cluster (needs: pip install -e '.[ray]'; docs/cluster.md)")
+    cluster.add_argument("--cluster", metavar="ADDRESS",
+                         help="place every client on a node of this Ray cluster: ray://HOST:PORT (Ray Client), "
+                              "HOST:PORT (its GCS) or auto (the cluster started on this host); the aggregator stays here")
+    cluster.add_argument("--placement", choices=["spread", "pack"], default=None,
+                         help="spread the clients over as many nodes as possible, or pack them onto as few as "
+                              "fit (default: spread)")
+    cluster.add_argument("--bind", metavar="tcp://HOST:PORT",
+                         help="where the aggregator listens for the nodes (default: this host's IP as Ray sees it, a "
+                              "free port); tcp://*:PORT listens on every interface")
+    cluster.add_argument("--placement-timeout", type=float, default=None, metavar="SECONDS",
+                         help="how long the cluster may take to reserve the fleet's CPUs before the run is refused "
+                              "(default: 60)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +45,23 @@ def run(args: argparse.Namespace) -> int:
     from testbed.monitor.live import choose_printer
 
     return read_outcome(run_scenario(args.scenario, args.overrides, args.out, args.resume,
-                                     choose_printer(args.no_dashboard)))
+                                     choose_printer(args.no_dashboard), cluster_options(args)))
+
+
+def cluster_options(args: argparse.Namespace):
+    """The --cluster options of `testbed run` (None: the clients run on this host)."""
+    from testbed.launch.cluster import ClusterOptions
+
+    if args.cluster is None:
+        given = [flag for flag, value in (("--placement", args.placement), ("--bind", args.bind),
+                                          ("--placement-timeout", args.placement_timeout)) if value is not None]
+        if given:
+            raise UserError(f"{given[0]} places clients on a Ray cluster: it needs --cluster ADDRESS")
+        return None
+    if args.placement_timeout is not None and not 1 <= args.placement_timeout <= 3600:
+        raise UserError(f"--placement-timeout {args.placement_timeout:g}: not allowed (allowed: 1 to 3600 seconds)")
+    return ClusterOptions(args.cluster, args.placement or "spread", args.bind,
+                          60.0 if args.placement_timeout is None else args.placement_timeout)
 
 
 def add_aggregator_args(parser: argparse.ArgumentParser) -> None:
@@ -90,13 +119,17 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", type=Path, help="CURVE key directory holding server.key and clients/<id>.key_secret")
     parser.add_argument("--join-timeout", type=float, default=600.0,
                         help="seconds to wait for the aggregator's WELCOME, then exit saying why (code 2)")
+    parser.add_argument("--work-dir", type=Path,
+                        help="a folder shared with the run's other clients on this host: under the event clock, at "
+                             "most as many of them compute at once as the host has cores (default: none shared)")
 
 
 def client(args: argparse.Namespace) -> int:
     from testbed.client.worker import run_client
 
     _require_keys_beyond_loopback(args.connect, args.keys)
-    return run_client(args.connect, args.client_id, curve_dir=args.keys, join_timeout_s=args.join_timeout)
+    return run_client(args.connect, args.client_id, curve_dir=args.keys, join_timeout_s=args.join_timeout,
+                      run_dir=args.work_dir)
 
 
 def add_keys_args(parser: argparse.ArgumentParser) -> None:

@@ -18,9 +18,10 @@ from testbed.launch.processes import die_with_parent, log_to
 
 
 def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, fixed_dilation: bool = False,
-                    tokens: dict[str, str] | None = None) -> None:
+                    tokens: dict[str, str] | None = None, curve_dir: str | None = None) -> None:
     """`tokens`: each client's secret (see aggregator/credentials.py), handed over by the fork server, never
-    on a command line, in the environment or in a file."""
+    on a command line, in the environment or in a file. `curve_dir`: the run's CURVE keys instead (clients on
+    other hosts: `testbed run --cluster`)."""
     from testbed.aggregator.checkpoint import CheckpointRefused
     from testbed.aggregator.plan import make_plan
     from testbed.aggregator.server import Aggregator
@@ -32,7 +33,8 @@ def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, 
     scenario = load_scenario(Path(run_dir) / "scenario.yaml")
     try:
         aggregator = Aggregator(make_plan(scenario), Path(run_dir), bind=bind, publish=publish, resume=resume,
-                                fixed_dilation=fixed_dilation, tokens=tokens)
+                                fixed_dilation=fixed_dilation, tokens=tokens,
+                                curve_dir=Path(curve_dir) if curve_dir else None)
     except CheckpointRefused:
         sys.exit(1)  # logged, and recorded as the run's run_failed event: the launcher shows that line
     sys.exit(aggregator.run())

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from testbed.aggregator.checkpoint import write_run_identity
 from testbed.client.costs import COST_TABLE_FILE, cost_table
@@ -25,6 +25,9 @@ from testbed.launch.limits import KernelLimits
 from testbed.launch.processes import ProcessGroup
 from testbed.monitor.console import EventPrinter
 from testbed.strategies import make_strategy
+
+if TYPE_CHECKING:
+    from testbed.launch.cluster import ClusterFleet, ClusterOptions
 
 PRELOAD = ["testbed.launch.entry"]
 
@@ -57,16 +60,18 @@ def new_run_dir(scenario: Scenario, out: str | None) -> Path:
     return run_dir
 
 
-def prepare_assets(scenario: Scenario, run_dir: Path) -> None:
+def prepare_assets(scenario: Scenario, run_dir: Path, clients_here: bool = True) -> None:
     """Build what every process will read from the cache (corpus, waveforms, pretrained backbone, the cost table of
     `compute: modeled`) once, here, and check what the scenario asks of the host and the backbone: a one-line
-    UserError before any process starts."""
+    UserError before any process starts. `clients_here`: False when the clients run on other hosts (their
+    dilation and memory are then the cluster's concern, checked by launch/cluster.py)."""
     from testbed.aggregator.plan import make_plan
     from testbed.config.depth import check_depth
     from testbed.launch.capacity import check_host
     from testbed.model.backbone import build_backbone
 
-    check_host(scenario, resolve_fleet(scenario))  # time dilation and memory the fleet needs
+    if clients_here:
+        check_host(scenario, resolve_fleet(scenario))  # time dilation and memory the fleet needs
     plan = make_plan(scenario)  # the data of every task, and a partition that gives every client a shard (else one-line error)
     spec = scenario.backbone
     backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
@@ -79,11 +84,12 @@ def prepare_assets(scenario: Scenario, run_dir: Path) -> None:
 
 
 def run(scenario_path: str | None, overrides: list[str], out: str | None = None, resume: str | None = None,
-        make_printer: Callable[[Path], Printer] | None = None) -> Path:
+        make_printer: Callable[[Path], Printer] | None = None, cluster: ClusterOptions | None = None) -> Path:
     """Run a scenario to the end (or Ctrl-C) and return its run directory.
 
     `make_printer(events_path)` gives what shows the run (poll() while it goes, finish() at the end):
-    plain lines by default, the live dashboard from testbed.monitor.live on a terminal."""
+    plain lines by default, the live dashboard from testbed.monitor.live on a terminal. `cluster`: place the
+    clients on a Ray cluster (launch/cluster.py) instead of this host."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "scenario.yaml").exists():
@@ -92,27 +98,42 @@ def run(scenario_path: str | None, overrides: list[str], out: str | None = None,
     else:
         assert scenario_path is not None, "a scenario, or resume"  # as `testbed run` checks (launch/commands.py)
         scenario = load_scenario(scenario_path, overrides)
-        run_dir = new_run_dir(scenario, out)
-    group = ProcessGroup(PRELOAD)
-    group.warm_up()  # the fork server imports while the assets are prepared here (both take seconds)
+    fleet = None
+    if cluster is not None:  # connected and checked against the cluster before anything is made or started
+        from testbed.launch.cluster import ClusterFleet
+
+        fleet = ClusterFleet(cluster, scenario, resolve_fleet(scenario))
     try:
-        prepare_assets(scenario, run_dir)
-    except BaseException:  # a scenario the host or the backbone cannot carry: no process outlives the refusal
-        group.stop()
-        raise
-    printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
-    try:
-        return _launch(scenario, run_dir, bool(resume), group, printer)
-    except BaseException:  # the dashboard leaves the screen first, so that the error below it is seen
-        printer.stop()
-        raise
+        if not resume:
+            run_dir = new_run_dir(scenario, out)
+        group = ProcessGroup(PRELOAD)
+        group.warm_up()  # the fork server imports while the assets are prepared here (both take seconds)
+        try:
+            prepare_assets(scenario, run_dir, clients_here=fleet is None)
+        except BaseException:  # a scenario the host or the backbone cannot carry: no process outlives the refusal
+            group.stop()
+            raise
+        printer = (make_printer or EventPrinter)(run_dir / "events.jsonl")
+        try:
+            return _launch(scenario, run_dir, bool(resume), group, printer, fleet)
+        except BaseException:  # the dashboard leaves the screen first, so that the error below it is seen
+            printer.stop()
+            raise
+    finally:
+        if fleet is not None:  # stopped at the end of the launch already; here when it never got that far
+            fleet.stop()
 
 
-def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup, printer: Printer) -> Path:
-    """Start the aggregator and the fleet, show the run until the aggregator ends, then record and tell how it ended."""
+def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup, printer: Printer,
+            fleet: ClusterFleet | None = None) -> Path:
+    """Start the aggregator and the fleet (here, or on the cluster of `fleet`), show the run until the aggregator
+    ends, then record and tell how it ended."""
     sockets = Path(tempfile.mkdtemp(prefix="testbed-"))  # short path: ipc names are limited to ~100 bytes
     router, events = f"ipc://{sockets}/router", f"ipc://{sockets}/events"
-    (run_dir / "endpoints.json").write_text(json.dumps({"router": router, "events": events}))
+    if fleet is not None:  # the clients connect over TCP from their nodes
+        router = fleet.bind
+    (run_dir / "endpoints.json").write_text(json.dumps({"router": fleet.connect if fleet else router,
+                                                        "events": events}))
     events_path = run_dir / "events.jsonl"
     recorded = len(read_events(events_path)) if events_path.exists() else 0  # the events of earlier launches
     interrupted = []
@@ -120,51 +141,84 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}  # SIGHUP: the terminal closed
     clients = resolve_fleet(scenario)
     limits = None
+    aggregator = None
+
+    def record_processes() -> None:  # processes.json: for `ps`, and for the tests
+        if fleet is None:
+            (run_dir / "processes.json").write_text(json.dumps(group.pids()))
+        else:
+            fleet.write_records(run_dir, group.pids())
+
     try:
         from testbed.launch import entry
 
-        limits = KernelLimits(scenario, clients, fleet_dilation(scenario, clients).factor, run_dir)
-        # each client's proof of identity: handed to that child alone and to the aggregator, through the fork
-        # server (never a command line, the environment or a file), so no other process can join as a client
-        tokens = {client.client_id: secrets.token_hex(16) for client in clients}
+        start_client: Callable[[str], None]
+        if fleet is None:
+            limits = KernelLimits(scenario, clients, fleet_dilation(scenario, clients).factor, run_dir)
+            # each client's proof of identity: handed to that child alone and to the aggregator, through the fork
+            # server (never a command line, the environment or a file), so no other process can join as a client
+            tokens = {client.client_id: secrets.token_hex(16) for client in clients}
 
-        def start_client(client_id: str) -> None:
-            process = group.start(client_id, entry.client_main, router, client_id, str(run_dir), limits.cpu_quota,
-                                  tokens[client_id])
-            limits.attach(client_id, process.pid)
+            def start_local_client(client_id: str) -> None:
+                assert limits is not None
+                process = group.start(client_id, entry.client_main, router, client_id, str(run_dir),
+                                      limits.cpu_quota, tokens[client_id])
+                limits.attach(client_id, process.pid)
 
-        aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
-                                 limits.cpu_quota, tokens)
+            start_client = start_local_client
+            aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
+                                     limits.cpu_quota, tokens)
+        else:
+            fleet.reserve(run_dir, lambda: bool(interrupted))  # the placement group, or a UserError naming the lack
+            if scenario.emulation.backend != "user":
+                print(f"emulation.backend {scenario.emulation.backend}: not applied on Ray nodes (the clients pace "
+                      "themselves: the user backend)", flush=True)
+            print(f"cluster {fleet.options.address}: aggregator on {fleet.connect} (CURVE keys made for this run), "
+                  f"{len(clients)} clients placed ({fleet.options.placement}) on {len(fleet.nodes)} Ray node(s)",
+                  flush=True)
+            start_client = fleet.start
+            if not interrupted:
+                aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
+                                         False, None, str(fleet.keys_dir))
         starts = StaggeredStart([client.client_id for client in clients], run_dir / "events.jsonl")
-        while aggregator.is_alive() and not interrupted:
+        while aggregator is not None and aggregator.is_alive() and not interrupted:
             if starts.pending:
                 for client_id in starts.due():
                     start_client(client_id)
-                (run_dir / "processes.json").write_text(json.dumps(group.pids()))  # for `ps`, and for the tests
+                record_processes()
+            if fleet is not None and fleet.poll():
+                record_processes()
             printer.poll()
-            for client_id in group.reboot_crashed():  # an injected crash is a power loss: the device reboots
-                start_client(client_id)
-                (run_dir / "processes.json").write_text(json.dumps(group.pids()))
+            if fleet is None:
+                for client_id in group.reboot_crashed():  # an injected crash is a power loss: the device reboots
+                    start_client(client_id)
+                    record_processes()
             time.sleep(0.2)
-        if interrupted:  # the aggregator says BYE and records run_interrupted; then everyone goes
+        if interrupted and aggregator is not None:  # the aggregator says BYE and records run_interrupted; then all go
             aggregator.terminate()
             aggregator.join(3.0)
     finally:
-        group.stop()
-        oom_killed = [client for client in clients if limits is not None and limits.oom_killed(client.client_id)]
-        if limits is not None:
-            limits.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for leftover in sockets.iterdir():
-            leftover.unlink()
-        sockets.rmdir()
-    record_unrecorded_end(run_dir, recorded, aggregator.exitcode, bool(interrupted))
+        try:
+            if fleet is not None:
+                fleet.stop()  # every client on the cluster ends, its log comes back, no actor is left
+                record_processes()
+        finally:
+            group.stop()
+            oom_killed = [client for client in clients if limits is not None and limits.oom_killed(client.client_id)]
+            if limits is not None:
+                limits.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for leftover in sockets.iterdir():
+                leftover.unlink()
+            sockets.rmdir()
+    exit_code = aggregator.exitcode if aggregator is not None else None
+    record_unrecorded_end(run_dir, recorded, exit_code, bool(interrupted))
     printer.poll()
     from testbed.aggregator.server import write_summary
 
     summary = write_summary(run_dir)
-    printer.finish(run_dir, summary, aggregator.exitcode)
+    printer.finish(run_dir, summary, exit_code)
     for client in oom_killed:  # after the dashboard has left the screen, so that it is seen
         print(f"{client.client_id} was killed by the kernel: out of memory (memory_mb {client.profile.memory_mb})",
               flush=True)

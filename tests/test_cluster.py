@@ -1,0 +1,187 @@
+"""`testbed run --cluster` on a local Ray cluster of two nodes: placement, records, node loss, Ctrl-C, refusals.
+
+One cluster serves the whole module (starting one takes seconds): a head node offering the resource `node-a` and
+a second node offering `node-b`, 4 logical CPUs each (a laptop client reserves 4). The test that removes a node
+comes last. Every run is a real `testbed run` process; each test is bounded in time.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.launch.cluster_host import node_root
+from tests.runs import alive, events, start, wait_for_event
+
+ray = pytest.importorskip("ray", reason="testbed run --cluster needs Ray (pip install -e '.[ray]')")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+NODE = {"num_cpus": 4, "include_dashboard": False, "object_store_memory": 80 * 2**20}
+# No idle workers started ahead of need (on a small host each is seconds of CPU for nothing); a lost node known
+# as such within ~10 s rather than Ray's ~30 s (checks every 2 s, 3 s to answer, 3 missed), not quicker, lest a
+# busy host's live node be taken for lost; a node's agent given 60 s to start (a busy host took 16).
+HEAD_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False,
+               "health_check_initial_delay_ms": 2000, "health_check_period_ms": 2000,
+               "health_check_timeout_ms": 3000, "health_check_failure_threshold": 3,
+               "agent_register_timeout_ms": 60000}
+RUN_TIMEOUT_S = 150  # host seconds a whole run may take here (2 rounds on the debug backbone, clients starting)
+
+
+@pytest.fixture(scope="module")
+def cluster(cache):  # `cache` first: the nodes' processes inherit TESTBED_CACHE from this process
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "resources": {"node-a": 1},
+                                                            "_system_config": HEAD_CONFIG})
+    cluster.second = cluster.add_node(**NODE, resources={"node-b": 1})
+    yield cluster
+    cluster.shutdown()
+
+
+def run_on(cluster: Cluster, scenario: Path, out: Path, *more: str) -> subprocess.Popen:
+    return start("run", str(scenario), "--cluster", cluster.address, "--out", str(out), "--no-dashboard", *more)
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def descends_from_this_test(pid: int) -> bool:
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        pid = parent(pid)
+    return False
+
+
+def leftovers(run_dir: Path) -> dict[int, str]:
+    """pid -> command line of every process left of the run: its clients (found by the run's folder on the node,
+    wherever they were reparented) and the client hosts of this test's Ray nodes."""
+    identity = json.loads((run_dir / "run.json").read_text())
+    run_folder = f"/{run_dir.name[:40]}-{identity['run_id'][:8]}-"  # <tmp>/testbed-cluster-<uid>/<this>...
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and alive(pid := int(entry.name)):
+            command = command_line(pid)
+            if ("testbed client" in command and run_folder in command) or (
+                    "ClientHost" in command and descends_from_this_test(pid)):
+                found[pid] = command
+    return found
+
+
+def wait_none_left(run_dir: Path, timeout_s: float) -> float:
+    """Seconds until no client or client host of the run is alive; fails after `timeout_s`."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        if not leftovers(run_dir):
+            return time.monotonic() - began
+        time.sleep(0.1)
+    raise AssertionError(f"left after {timeout_s} s: {leftovers(run_dir)}")
+
+
+def client_pids(run_dir: Path) -> dict[str, dict]:
+    path = run_dir / "processes.json"
+    if not path.exists():
+        return {}
+    try:
+        processes = json.loads(path.read_text())
+    except json.JSONDecodeError:  # being rewritten
+        return {}
+    return {name: facts for name, facts in processes.items() if isinstance(facts, dict) and "pid" in facts}
+
+
+def scenario_for(write_scenario, name: str, fleet: str, rounds: int = 2):
+    return write_scenario(name, rounds=rounds, fleet=fleet, emulation="{clock: events}",
+                          training="{local_steps: 2, batch_size: 4}")
+
+
+def test_a_run_spread_over_two_nodes_finishes_with_its_nodes_recorded(cluster, write_scenario, tmp_path):
+    scenario = scenario_for(write_scenario, "spread", "[{profile: laptop, node: node-a}, {profile: laptop, node: node-b}]")
+    out = tmp_path / "spread"
+    process = run_on(cluster, scenario, out)
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, output
+    assert "aggregator on tcp://" in output and "CURVE" in output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["rounds_completed"] == 2
+    clients = client_pids(out)
+    assert sorted(clients) == ["c00", "c01"]
+    assert len({facts["node_id"] for facts in clients.values()}) == 2, clients  # one client on each node
+    assert all(facts["cpus_reserved"] == 4 and facts["affinity"] for facts in clients.values()), clients
+    fleet = json.loads((out / "fleet.json").read_text())
+    assert [entry["node"]["resource"] for entry in fleet] == ["node-a", "node-b"]
+    for client in ("c00", "c01"):  # the client's own log came back from its node
+        assert "c0" in (out / "logs" / f"{client}.log").read_text()
+    assert {node["node_id"] for node in json.loads((out / "cluster.json").read_text())["nodes"]} == {
+        facts["node_id"] for facts in clients.values()}
+    assert not any(alive(facts["pid"]) for facts in clients.values())
+    wait_none_left(out, 5.0)
+
+
+def test_a_fleet_asking_more_cpus_than_the_cluster_has_is_refused_in_one_line(cluster, write_scenario, tmp_path):
+    scenario = scenario_for(write_scenario, "big", "[{profile: laptop, count: 3}]")
+    out = tmp_path / "run"
+    process = run_on(cluster, scenario, out)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    lines = [line for line in output.splitlines() if "error" in line]
+    assert len(lines) == 1 and "asks 12 CPUs" in lines[0] and "has 8 CPUs on 2 node(s)" in lines[0], output
+    assert not out.exists()  # nothing was made, nothing started
+
+
+def test_ctrl_c_ends_every_client_and_host_within_5_s(cluster, write_scenario, tmp_path):
+    scenario = scenario_for(write_scenario, "interrupted", "[{profile: laptop, count: 2}]", rounds=50)
+    out = tmp_path / "interrupted"
+    process = run_on(cluster, scenario, out)
+    try:
+        wait_for_event(out, lambda event: event["kind"] == "round_started", timeout=RUN_TIMEOUT_S)
+        pids = [facts["pid"] for facts in client_pids(out).values()]
+        assert len(pids) == 2 and all(alive(pid) for pid in pids) and len(leftovers(out)) == 4  # 2 clients, 2 hosts
+        process.send_signal(signal.SIGINT)
+        wait_none_left(out, 5.0)  # every client and host gone within 5 s of Ctrl-C
+        process.wait(timeout=60)  # then the run records its end and writes its report
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, process.stdout.read() if process.stdout else ""
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_a_lost_node_makes_its_clients_lost_and_the_run_goes_on(cluster, write_scenario, tmp_path):
+    """Last in the module: it takes the second node away."""
+    scenario = scenario_for(write_scenario, "node_lost", "[{profile: laptop, node: node-a}, {profile: laptop, node: node-b}]",
+                            rounds=6)
+    out = tmp_path / "node_lost"
+    process = run_on(cluster, scenario, out)
+    try:
+        wait_for_event(out, lambda event: event["kind"] == "round_started", timeout=RUN_TIMEOUT_S)
+        cluster.remove_node(cluster.second, allow_graceful=False)
+        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    run_events = events(out)
+    assert {event["client"] for event in run_events if event["kind"] == "client_lost"} == {"c01"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["rounds_completed"] == 6
+    assert "[testbed run] c01: its Ray actor or node is gone" in (out / "logs" / "c01.log").read_text()
+    wait_none_left(out, 5.0)
+    assert os.path.exists(out / "report.md")
+    # what the lost node's client left on its disk (keys, log): no one could remove it there; here, this host's
+    identity = json.loads((out / "run.json").read_text())
+    for folder in node_root("x").parent.glob(f"{out.name}-{identity['run_id'][:8]}-*"):
+        shutil.rmtree(folder)
