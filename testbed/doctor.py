@@ -99,6 +99,8 @@ def backend_outcomes(cpu: bool | None, memory: bool | None) -> dict[str, str]:
 def scenario_backend(scenario: Mapping[str, Any], emulation: Mapping[str, Any]) -> str:
     """What the scenario's backend gets here; under the event clock a CPU quota is not applied (it paces real
     time, launch/limits.py)."""
+    if scenario["clock"] == "events" and scenario["backend"] == "user":
+        return "works: the event clock bills compute from CPU seconds (nothing paced)"
     cpu = emulation.get("cpu_quota") and scenario["clock"] == "real"
     return backend_outcomes(cpu, emulation.get("memory_limit"))[scenario["backend"]]
 

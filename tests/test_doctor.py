@@ -117,5 +117,6 @@ def test_under_the_event_clock_the_kernel_backend_applies_the_memory_limit_alone
     emulation = {"cpu_quota": True, "memory_limit": True}
     assert scenario_backend({"clock": "real", "backend": "kernel"}, emulation).endswith("and cgroup memory limit")
     assert scenario_backend({"clock": "events", "backend": "auto"}, emulation).startswith("partly: cgroup memory limit")
-    assert scenario_backend({"clock": "events", "backend": "user"}, emulation).startswith("works: duty cycle")
+    assert scenario_backend({"clock": "events", "backend": "user"}, emulation).startswith("works: the event clock")
+    assert scenario_backend({"clock": "real", "backend": "user"}, emulation).startswith("works: duty cycle")
     assert "falls back" in scenario_backend({"clock": "real", "backend": "kernel"}, {})
