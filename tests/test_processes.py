@@ -127,7 +127,7 @@ def test_the_fork_server_started_early_does_not_outlive_a_scenario_refused_while
         warm_up(group)
         servers.append(group.server.pid)
 
-    def refuse(scenario, run_dir):
+    def refuse(scenario, run_dir, **options):
         time.sleep(0.5)  # the server is importing meanwhile
         raise UserError("the host cannot carry this fleet")
 
