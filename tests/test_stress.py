@@ -419,6 +419,18 @@ def test_a_bad_quick_override_names_the_quick_section(tmp_path):
         load_stress(_stress_file(tmp_path, GOOD.replace("client: c01}", "client: c03}"), "q.yaml"), quick=True)
 
 
+def test_a_dilation_out_of_range_is_refused_under_the_event_clock_too(tmp_path):
+    """The event clock drops a layer's dilation (it has none), but not before checking it: 0.5 is refused under
+    either clock, in the layer that sets it, while a valid one is dropped."""
+    bad = _stress_file(tmp_path, GOOD.replace("{backbone:", '{"emulation.dilation": 0.5, backbone:'))
+    for clock in ("events", "real"):
+        with pytest.raises(ConfigError, match=r"quick\.set: emulation\.dilation: 0\.5 is out of range"):
+            load_stress(bad, quick=True, clock=clock)
+    good = _stress_file(tmp_path, GOOD.replace("{backbone:", '{"emulation.dilation": 3, backbone:'), "g.yaml")
+    assert load_stress(good, quick=True).scenario.emulation.dilation is None
+    assert load_stress(good, quick=True, clock="real").scenario.emulation.dilation == 3
+
+
 def test_cli_refuses_a_bad_stress_file_in_one_line_before_running_anything(tmp_path):
     file = _stress_file(tmp_path, GOOD.replace("do: stop, clients: [c01]}", "do: freeze, clients: [c01]}"))
     result = run("stress", str(file), "--out", str(tmp_path / "out"), timeout=60)

@@ -8,9 +8,9 @@ the whole host (MemTotal - MemAvailable, sampled twice a second) above what it w
 The clients are light devices (speed 1.0, 1 thread, Wi-Fi, the first exit only) doing 2 local steps of
 8 clips: scale is about processes, messages and memory, not about training.
 
-    python tools/bench_scale.py --clients 64
+    python tools/bench_scale.py --clients 64                       # the event clock, as `testbed run`
     python tools/bench_scale.py --clients 256 --per-round 16
-    python tools/bench_scale.py --clients 256 --per-round 16 --clock events
+    python tools/bench_scale.py --clients 256 --per-round 16 --clock real
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--per-round", type=int, default=None, help="updates kept per round (over-selection)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped")
-    parser.add_argument("--clock", choices=("real", "events"), default="real", help="emulation.clock of the run")
+    parser.add_argument("--clock", choices=("real", "events"), default="events",
+                        help="emulation.clock of the run (default: %(default)s, as testbed run)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     profile = work / "scale_device.yaml"

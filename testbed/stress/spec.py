@@ -336,9 +336,11 @@ def _base_scenario(path: Path, spec: StressFile, inline, quick: bool, clock: str
     source = str(path)
     layers = [("scenario.set", list(spec.scenario.set))] + ([("quick.set", list(spec.quick.set))] if quick else [])
     # every layer is checked under the clock the test runs under: a dilation the base or its quick variant sets
-    # is only dropped by the event clock's overrides, so a layer loaded without them would be refused
+    # is only dropped by the event clock's overrides, so a layer loaded without them would be refused. Since
+    # those overrides replace the dilation, under the event clock each layer is first read under the real
+    # clock too: a dilation out of range is refused, not silently dropped.
     clocked = clock_overrides(clock)
-    clock_paths = {override_path(text) for text in clocked}
+    readings = ([clock_overrides("real")] if clock == "events" else []) + [clocked]
     if inline is not None and not isinstance(inline, Mapping):
         raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
     base: Mapping | Path  # the scenario inline, or its file
@@ -352,13 +354,14 @@ def _base_scenario(path: Path, spec: StressFile, inline, quick: bool, clock: str
     for field, extra in layers:  # one layer at a time, so that an error names the layer it is in
         overrides += extra
         try:
-            if isinstance(base, Mapping):  # inline: relative paths are tried next to the stress file, as in a file
-                scenario = load_scenario(base, overrides + clocked, source=inline_source, base_dir=path.parent)
-            else:
-                scenario = load_scenario(base, overrides + clocked)
+            for reading in readings:
+                if isinstance(base, Mapping):  # inline: relative paths are tried beside the stress file, as in a file
+                    scenario = load_scenario(base, overrides + reading, source=inline_source, base_dir=path.parent)
+                else:
+                    scenario = load_scenario(base, overrides + reading)
         except ConfigError as error:
             if error.source == OVERRIDE_SOURCE:
-                where = "--clock" if error.path in clock_paths else field
+                where = "--clock" if error.path in {override_path(text) for text in reading} else field
                 raise ConfigError(source, where, f"{error.path}: {error.problem}") from None
             if error.source == inline_source:
                 raise ConfigError(source, join_path("scenario.inline", error.path), error.problem) from None
