@@ -11,7 +11,7 @@ import soundfile
 
 from testbed.data import commands, synth
 from testbed.data.audio import load_waveforms, read_clip
-from testbed.data.augment import augment
+from testbed.data.augment import augment, colour
 from testbed.data.espeak import Synthesizer
 from testbed.data.layouts import (Utterance, load_corpus, load_fsdd, load_manifest,
                                    load_speech_commands)
@@ -81,6 +81,26 @@ def test_augment_mixes_noise_at_the_drawn_snr_and_peaks_at_the_drawn_level(snr_d
     scale = clip @ placed / (placed @ placed)  # the level's gain; the noise barely correlates with the tone
     noise = clip / scale - placed
     assert 20 * np.log10(np.sqrt(np.mean(speech ** 2) / np.mean(noise ** 2))) == pytest.approx(snr_db, abs=0.3)
+
+
+def test_colour_applies_the_gain_curve_at_its_bands():
+    rate, tone_hz = 16000, 1000.0  # a band centre: the tone passes at exactly that band's gain
+    tone = np.sin(2 * np.pi * tone_hz * np.arange(rate) / rate)
+    gains = (0.0, 0.0, -6.0, 0.0, 0.0)
+    out = colour(tone, synth.CHANNEL_BANDS_HZ, gains, rate)
+    middle = slice(2000, -2000)  # away from the ends, where the filter's response is cut
+    ratio_db = 20 * np.log10(np.std(out[middle]) / np.std(tone[middle]))
+    assert out.shape == tone.shape and ratio_db == pytest.approx(-6.0, abs=0.2)
+
+
+def test_speakers_have_their_own_timbre_within_the_ranges():
+    speakers = synth.draw_speakers(96, seed=0)
+    assert all(synth.PITCH_RANGE[0] <= s.pitch_range <= synth.PITCH_RANGE[1] for s in speakers)
+    assert all(synth.RENDER_RATES[0] <= s.render_rate <= synth.RENDER_RATES[1]
+               and s.render_rate % 50 == 0 for s in speakers)
+    assert all(len(s.channel_db) == len(synth.CHANNEL_BANDS_HZ)
+               and max(map(abs, s.channel_db)) <= synth.CHANNEL_DB for s in speakers)
+    assert len({s.render_rate for s in speakers}) > 30  # speakers differ, not one shared value
 
 
 def test_speakers_are_distinct_and_seeded():

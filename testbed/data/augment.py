@@ -1,10 +1,13 @@
-"""Clip augmentation for the synthetic corpus: time offset, coloured noise, level."""
+"""Clip augmentation for the synthetic corpus: channel colouring, time offset, coloured noise, level."""
 
 import numpy as np
 
 HIGHPASS_HZ = 50.0  # coloured noise below this is inaudible rumble that would distort the SNR
 TRIM_THRESHOLD = 0.02  # of the peak: quieter leading/trailing samples count as silence
 TRIM_MARGIN = 0.01  # seconds of silence kept either side of the speech
+# Samples of zeros appended before filtering in the frequency domain, so the (short) impulse
+# response of a smooth gain curve does not wrap around the clip's ends.
+COLOUR_PAD = 1024
 
 
 def rms(samples: np.ndarray) -> float:
@@ -18,6 +21,17 @@ def trim_silence(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         return samples
     margin = int(TRIM_MARGIN * sample_rate)
     return samples[max(0, loud[0] - margin):loud[-1] + 1 + margin]
+
+
+def colour(samples: np.ndarray, bands_hz: tuple[float, ...], gains_db: tuple[float, ...],
+           sample_rate: int) -> np.ndarray:
+    """Zero-phase filter whose gain passes through `gains_db` (dB) at `bands_hz` (Hz, increasing),
+    linear in log frequency between them and flat beyond the outer ones."""
+    length = len(samples) + COLOUR_PAD
+    freqs = np.fft.rfftfreq(length, d=1.0 / sample_rate)  # Hz
+    curve_db = np.interp(np.log2(np.maximum(freqs, 1.0)), np.log2(bands_hz), gains_db)
+    filtered = np.fft.irfft(np.fft.rfft(samples, length) * 10 ** (curve_db / 20), length)
+    return filtered[:len(samples)]
 
 
 def coloured_noise(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarray:
