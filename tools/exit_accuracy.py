@@ -25,15 +25,13 @@ from testbed.model.backbone import build_backbone
 from testbed.model.early_exit import EarlyExitModel
 from testbed.model.pretrain import pretrained_tiny
 from testbed.model.settings import PretrainSettings
-from testbed.model.train import evaluate, linear_probe, make_optimizer, pooled_features, train_steps
+from testbed.model.train import evaluate, make_optimizer, probe_per_exit, train_steps
 
 
 def probe_accuracy(model: EarlyExitModel, data, epochs: int, seed: int) -> dict[int, float]:
-    train = pooled_features(model, torch.from_numpy(data.train_waveforms))
-    test = pooled_features(model, torch.from_numpy(data.test_waveforms))
-    labels = torch.from_numpy(data.train_labels), torch.from_numpy(data.test_labels)
-    return {layer: linear_probe(train[layer], labels[0], test[layer], labels[1], len(data.classes), epochs, seed)
-            for layer in model.exits}
+    return probe_per_exit(model, (torch.from_numpy(data.train_waveforms), torch.from_numpy(data.train_labels)),
+                          (torch.from_numpy(data.test_waveforms), torch.from_numpy(data.test_labels)),
+                          len(data.classes), epochs, seed)
 
 
 def finetune_accuracy(model: EarlyExitModel, data, task: str, args) -> tuple[dict[int, float], float]:

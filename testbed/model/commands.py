@@ -22,24 +22,51 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--words", type=word_list, default=None,
                         help="the built-in corpus's vocabulary, comma-separated (default: its own)")
     parser.add_argument("--force", action="store_true",
-                        help="pretrain again even when cached (an interrupted pretraining still continues)")
+                        help="pretrain again even when pretrained here before (an interrupted pretraining still "
+                             "continues); the backbone shipped with testbed is always rebuilt")
 
 
 def pretrain(args: argparse.Namespace) -> int:
     from testbed.errors import UserError
-    from testbed.model.pretrain import pretrain_record, pretrained_tiny
+    from testbed.model.pretrain import backbone_entry, pretrain_record, pretrained_tiny
     from testbed.model.settings import PretrainSettings
+    from testbed.model.shipped import installed_from_package
     from testbed.model.state import state_digest
 
     if args.steps < 1 or args.batch_size < 1:
         raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
     settings = PretrainSettings(family=args.family, steps=args.steps, batch_size=args.batch_size,
                                 seed=args.seed, corpus_seed=args.corpus_seed, words=args.words)
-    backbone, path = pretrained_tiny(settings, progress=True, force=args.force)
+    # the command builds the backbone here: a cache entry copied from the package is replaced, not shown
+    rebuild = args.force or installed_from_package(backbone_entry(settings))
+    backbone, path = pretrained_tiny(settings, progress=True, force=rebuild, shipped=False)
     record = pretrain_record(path)
     parameters = sum(p.numel() for p in backbone.parameters())
+    digest = state_digest(backbone.state_dict())
     print(f"tiny {args.family} backbone: {parameters / 1e6:.1f} M parameters, cached at {path}")
     print(f"pretraining: {record['seconds']} s on {record['clips']} clips, masked-prediction loss "
           f"{record['first_loss']} -> {record['final_loss']}, accuracy {record['final_masked_accuracy']:.1%}")
-    print(f"backbone digest {state_digest(backbone.state_dict())} (SHA-256 of its parameters)")
+    print(f"backbone digest {digest} (SHA-256 of its parameters)")
+    _against_shipped(backbone, settings, path.name, digest)
     return 0
+
+
+def _against_shipped(backbone, settings, name: str, digest: str) -> None:
+    """How the backbone pretrained here stands against the one shipped for the same settings and corpus: the same
+    parameters bit for bit, or else both keyword probes per exit (measured here for this one)."""
+    from testbed.model.shipped import keyword_probe, shipped_entry, shipped_record
+
+    entry = shipped_entry(name)
+    if entry is None:
+        print("no backbone ships for these settings and corpus")
+        return
+    shipped = shipped_record(entry)
+    if digest == shipped["digest"]:
+        print(f"identical to the backbone shipped with testbed (digest {digest})")
+        return
+    print(f"differs from the backbone shipped with testbed (digest {shipped['digest']}, made with torch "
+          f"{shipped['torch']} on {shipped['host']}); keyword probe per exit, held-out speakers:")
+    ours = keyword_probe(backbone, settings)
+    for layer, accuracy in ours.items():
+        theirs = shipped["keyword_probe"][str(layer)]
+        print(f"  L{layer}: {accuracy:.1%} here, {theirs:.1%} shipped ({100 * (accuracy - theirs):+.1f} points)")

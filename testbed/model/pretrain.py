@@ -364,23 +364,34 @@ def corpus_waveforms(corpus_seed: int, **corpus_params) -> torch.Tensor:
     return torch.from_numpy(np.array(load_waveforms(utterances, clip_seconds=1.0)))  # in memory: read every step
 
 
-def pretrained_tiny(settings: PretrainSettings | None = None, progress: bool = True, force: bool = False,
-                    after_step: Callable[[int, float], None] | None = None):
-    """The SSL-pretrained tiny backbone from the cache, pretraining it first if absent.
-
-    Cached per settings and per corpus: a different built-in corpus means a different backbone. Pretraining
-    saves its progress beside the cache entry (`progress_file`) and continues from it after an interruption;
-    `force` pretrains again even when cached (still continuing an interrupted pretraining: same result).
-    """
+def backbone_entry(settings: PretrainSettings) -> Path:
+    """The cache entry of the tiny backbone these settings pretrain (whether or not it exists yet): keyed by the
+    settings and by the corpus, so a different built-in corpus means a different backbone."""
     from testbed.data.synth import corpus_cache_path
+
+    corpus = corpus_cache_path(settings.corpus_seed, **settings.corpus_params()).name
+    return cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"
+
+
+def pretrained_tiny(settings: PretrainSettings | None = None, progress: bool = True, force: bool = False,
+                    after_step: Callable[[int, float], None] | None = None, shipped: bool = True):
+    """The SSL-pretrained tiny backbone from the cache; if absent, the one shipped with the package for these
+    settings and corpus (model/shipped.py) when `shipped`, else pretrained here first.
+
+    Pretraining saves its progress beside the cache entry (`progress_file`) and continues from it after an
+    interruption; `force` pretrains again even when cached (still continuing an interrupted pretraining: same
+    result).
+    """
+    from testbed.model.shipped import install_shipped
 
     settings = settings or PretrainSettings()
     corpus_params = settings.corpus_params()
-    corpus = corpus_cache_path(settings.corpus_seed, **corpus_params).name
-    target = cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"
+    target = backbone_entry(settings)
     saves = ProgressFile(progress_file(target), key=target.name, every=SAVE_EVERY_STEPS)
     if force and target.exists():
         shutil.rmtree(target)
+    if not target.exists() and not force and shipped and install_shipped(target) and progress:
+        print(f"tiny backbone: the one shipped with testbed, copied to {target}", file=sys.stderr)
     if not target.exists():
         backbone, metrics = pretrain(corpus_waveforms(settings.corpus_seed, **corpus_params), settings, progress,
                                      saves, after_step)

@@ -104,3 +104,11 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         optimizer.step()
     with torch.no_grad():
         return (probe(test_x).argmax(-1) == test_y).float().mean().item()
+
+
+def probe_per_exit(model: EarlyExitModel, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                   classes: int, epochs: int = 300, seed: int = 0) -> dict[int, float]:
+    """Frozen linear probe at every exit: {exit layer: held-out accuracy 0..1}. `train`, `test`: (waveforms, labels)."""
+    train_x, test_x = pooled_features(model, train[0]), pooled_features(model, test[0])
+    return {layer: linear_probe(train_x[layer], train[1], test_x[layer], test[1], classes, epochs, seed)
+            for layer in model.exits}
