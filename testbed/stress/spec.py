@@ -338,9 +338,11 @@ def _base_scenario(path: Path, spec: StressFile, inline, quick: bool, clock: str
     # every layer is checked under the clock the test runs under: a dilation the base or its quick variant sets
     # is only dropped by the event clock's overrides, so a layer loaded without them would be refused. Since
     # those overrides replace the dilation, under the event clock each layer is first read under the real
-    # clock too: a dilation out of range is refused, not silently dropped.
+    # clock too, with the settings only the event clock has reset: a dilation out of range is refused, not
+    # silently dropped, and an event-only setting (compute: modeled, max_computing) is not.
     clocked = clock_overrides(clock)
-    readings = ([clock_overrides("real")] if clock == "events" else []) + [clocked]
+    dilation_check = clock_overrides("real") + ["emulation.compute=measured", "emulation.max_computing=null"]
+    readings = ([dilation_check] if clock == "events" else []) + [clocked]
     if inline is not None and not isinstance(inline, Mapping):
         raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
     base: Mapping | Path  # the scenario inline, or its file
