@@ -44,7 +44,8 @@ def doctor(args: argparse.Namespace) -> int:
 
 def collect() -> Report:
     return {"testbed": testbed_facts(), "host": host_facts(), "emulation": emulation_facts(),
-            "defaults": default_facts(), "cache": cache_facts(), "packages": package_facts()}
+            "defaults": default_facts(), "cache": cache_facts(), "shipped": shipped_facts(),
+            "packages": package_facts()}
 
 
 def testbed_facts() -> dict[str, Any]:
@@ -143,6 +144,21 @@ def cache_facts() -> dict[str, Any]:
         for kind in sorted(entry for entry in root.iterdir() if entry.is_dir()):
             facts[f"{kind.name}_mib"] = {entry.name: mib(size_bytes(entry)) for entry in sorted(kind.iterdir())}
     return facts
+
+
+def shipped_facts() -> dict[str, Any]:
+    """The pretrained backbone shipped in the package (model/shipped.py, one at a time): its cache entry, digest,
+    corpus version, size, and whether the cache holds it yet (a run copies it there on first use)."""
+    from testbed.model.shipped import SHIPPED_DIR, shipped_record
+    from testbed.paths import cache_dir
+
+    entries = sorted(path for path in SHIPPED_DIR.glob("*") if path.is_dir())
+    if not entries:
+        return {"backbone": "none (a backbone is pretrained here on first use)"}
+    entry = entries[0]
+    record = shipped_record(entry)
+    return {"backbone": entry.name, "digest": record["digest"], "corpus_version": record["corpus"]["format_version"],
+            "total_mib": mib(size_bytes(entry)), "in_cache": (cache_dir() / "backbones" / entry.name).is_dir()}
 
 
 def size_bytes(path: Path) -> int:

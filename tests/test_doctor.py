@@ -4,6 +4,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,17 @@ def test_text_lists_the_same_figures_one_per_line(small_cache):
 def test_a_missing_cache_is_reported_empty(tmp_path):
     report = json.loads(doctor("--json", cache=tmp_path / "absent").stdout)
     assert report["cache"] == {"path": str(tmp_path / "absent"), "present": False, "total_mib": 0.0}
+
+
+def test_the_shipped_backbone_is_reported_with_its_digest_and_whether_the_cache_holds_it(tmp_path):
+    from testbed.model.shipped import SHIPPED_DIR, shipped_record
+
+    (entry,) = [path for path in SHIPPED_DIR.iterdir() if path.is_dir()]
+    shipped = json.loads(doctor("--json", cache=tmp_path).stdout)["shipped"]
+    assert shipped["backbone"] == entry.name and shipped["digest"] == shipped_record(entry)["digest"]
+    assert shipped["total_mib"] > 20 and shipped["in_cache"] is False
+    shutil.copytree(entry, tmp_path / "backbones" / entry.name)  # as a first run installs it
+    assert json.loads(doctor("--json", cache=tmp_path).stdout)["shipped"]["in_cache"] is True
 
 
 def test_a_scenario_gets_its_clock_backend_and_dilation(small_cache, write_scenario):

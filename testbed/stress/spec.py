@@ -341,7 +341,7 @@ def _base_scenario(path: Path, spec: StressFile, inline, quick: bool, clock: str
     # clock too, with the settings only the event clock has reset: a dilation out of range is refused, not
     # silently dropped, and an event-only setting (compute: modeled, max_computing) is not.
     clocked = clock_overrides(clock)
-    dilation_check = clock_overrides("real") + ["emulation.compute=measured", "emulation.max_computing=null"]
+    dilation_check = [*clock_overrides("real"), "emulation.compute=measured", "emulation.max_computing=null"]
     readings = ([dilation_check] if clock == "events" else []) + [clocked]
     if inline is not None and not isinstance(inline, Mapping):
         raise ConfigError(source, "scenario.inline", "expected a mapping (a scenario)")
