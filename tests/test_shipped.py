@@ -58,7 +58,8 @@ def small_shipped(tmp_path, monkeypatch):
     backbone, entry = pretrained_tiny(SMALL, progress=False)
     digest = state_digest(backbone.state_dict())
     shipped.ship(entry, {"digest": digest, "torch": torch.__version__, "host": "here",
-                         "keyword_probe": {str(layer): 0.5 for layer in (2, 4, 6, 8)}})
+                         "keyword_probe": {str(layer): 0.5 for layer in (2, 4, 6, 8)},
+                         "pretraining": {"final_loss": 1.5}})
     pretraining.shutil.rmtree(entry)
     return entry, digest
 
@@ -86,5 +87,6 @@ def test_testbed_pretrain_says_how_far_a_different_result_lies_from_the_shipped_
     assert main(["pretrain", "--steps", "6", "--batch-size", "2"]) == 0
     printed = capsys.readouterr().out
     assert "differs from the backbone shipped with testbed (digest 0000000000000000" in printed
+    assert "shipped; keyword probe" in printed and ", 1.5 shipped" in printed
     assert "L2: 60.0% here, 50.0% shipped (+10.0 points)" in printed
     assert "L4: 40.0% here, 50.0% shipped (-10.0 points)" in printed

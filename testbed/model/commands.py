@@ -47,13 +47,16 @@ def pretrain(args: argparse.Namespace) -> int:
     print(f"pretraining: {record['seconds']} s on {record['clips']} clips, masked-prediction loss "
           f"{record['first_loss']} -> {record['final_loss']}, accuracy {record['final_masked_accuracy']:.1%}")
     print(f"backbone digest {digest} (SHA-256 of its parameters)")
-    _against_shipped(backbone, settings, path.name, digest)
+    _against_shipped(backbone, settings, path.name, digest, record["final_loss"])
     return 0
 
 
-def _against_shipped(backbone, settings, name: str, digest: str) -> None:
+def _against_shipped(backbone, settings, name: str, digest: str, final_loss: float) -> None:
     """How the backbone pretrained here stands against the one shipped for the same settings and corpus: the same
-    parameters bit for bit, or else both keyword probes per exit (measured here for this one)."""
+    parameters bit for bit, or else both final losses and keyword probes per exit (measured here for this one).
+
+    Pretraining is bit for bit reproducible on one host (an interrupted run continues to the same digest), not
+    across CPU kinds: their float kernels round differently (docs/benchmarks.md, "Shipped backbone")."""
     from testbed.model.shipped import keyword_probe, shipped_entry, shipped_record
 
     entry = shipped_entry(name)
@@ -65,7 +68,9 @@ def _against_shipped(backbone, settings, name: str, digest: str) -> None:
         print(f"identical to the backbone shipped with testbed (digest {digest})")
         return
     print(f"differs from the backbone shipped with testbed (digest {shipped['digest']}, made with torch "
-          f"{shipped['torch']} on {shipped['host']}); keyword probe per exit, held-out speakers:")
+          f"{shipped['torch']} on {shipped['host']}): bit for bit agreement needs the same kind of CPU and torch "
+          f"build. Final masked-prediction loss {final_loss} here, {shipped['pretraining']['final_loss']} shipped; "
+          "keyword probe per exit, held-out speakers:")
     ours = keyword_probe(backbone, settings)
     for layer, accuracy in ours.items():
         theirs = shipped["keyword_probe"][str(layer)]
