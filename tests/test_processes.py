@@ -136,3 +136,31 @@ def test_the_fork_server_started_early_does_not_outlive_a_scenario_refused_while
     with pytest.raises(UserError, match="cannot carry"):
         launch.run(str(write_scenario()), [], out=str(tmp_path / "run"))
     assert len(servers) == 1 and not alive(servers[0]) and not members(servers[0])
+
+
+FAULTS_PER_BLOCK = """
+import resource, sys
+from testbed.launch.processes import keep_freed_blocks
+
+def faults(blocks=40, size=8 << 20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(blocks):
+        block = bytearray(size)  # zero-filled: every page touched
+        del block
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / blocks
+
+inherited = faults()
+keep_freed_blocks()
+print(inherited, faults())
+"""
+
+
+def test_an_evaluating_process_reuses_freed_blocks_that_the_inherited_threshold_would_map_anew():
+    """Every forked child inherits a 1 MiB mmap threshold (ProcessGroup); the aggregator undoes it, since its
+    evaluation allocates and frees activations of several MiB per layer (keep_freed_blocks)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX": "1"}
+    out = subprocess.run([sys.executable, "-c", FAULTS_PER_BLOCK], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    inherited, kept = map(float, out.split())
+    assert inherited > 1000  # an 8 MiB block is 2048 pages, each faulted in anew
+    assert kept < inherited / 10

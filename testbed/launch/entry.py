@@ -14,7 +14,7 @@ import transformers.models.wavlm.modeling_wavlm  # noqa: F401
 
 import testbed.aggregator.server
 import testbed.client.local  # noqa: F401
-from testbed.launch.processes import die_with_parent, log_to
+from testbed.launch.processes import die_with_parent, keep_freed_blocks, log_to
 
 
 def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, fixed_dilation: bool = False,
@@ -30,6 +30,7 @@ def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, 
     die_with_parent()
     log_to(Path(run_dir) / "logs" / "aggregator.log")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    keep_freed_blocks()  # the aggregator evaluates: see there
     scenario = load_scenario(Path(run_dir) / "scenario.yaml")
     try:
         aggregator = Aggregator(make_plan(scenario), Path(run_dir), bind=bind, publish=publish, resume=resume,
