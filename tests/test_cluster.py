@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -32,10 +33,19 @@ HEAD_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": 
 RUN_TIMEOUT_S = 150  # host seconds a whole run may take here (2 rounds on the debug backbone, clients starting)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def cluster(cache):  # `cache` first: the nodes' processes inherit TESTBED_CACHE from this process
+    client_port = free_port()  # the head's Ray Client server: --cluster ray://127.0.0.1:PORT
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "resources": {"node-a": 1},
+                                                            "ray_client_server_port": client_port,
                                                             "_system_config": HEAD_CONFIG})
+    cluster.ray_client = f"ray://127.0.0.1:{client_port}"
     cluster.second = cluster.add_node(**NODE, resources={"node-b": 1})
     yield cluster
     cluster.shutdown()
@@ -158,6 +168,63 @@ def test_ctrl_c_ends_every_client_and_host_within_5_s(cluster, write_scenario, t
             process.kill()
     assert process.returncode == 130, process.stdout.read() if process.stdout else ""
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def profile_file(tmp_path: Path, name: str, cores: int) -> Path:
+    """A device of `cores` cores, a thread on each: it reserves `cores` CPUs of its node."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ncores: {cores}\nthreads: {cores}\nspeed: 1.0\nmemory_mb: 2048\nlink: wifi\n")
+    return path
+
+
+def test_pack_puts_a_fleet_that_fits_one_node_on_one_node_and_spread_over_both_through_ray_client(
+        cluster, write_scenario, tmp_path):
+    fleet = f"[{{profile: {profile_file(tmp_path, 'one_core', 1)}, count: 2}}]"
+    nodes = {}
+    for placement, address in (("pack", cluster.address), ("spread", cluster.ray_client)):
+        out = tmp_path / placement
+        process = start("run", str(scenario_for(write_scenario, placement, fleet, rounds=1)), "--cluster", address,
+                        "--placement", placement, "--out", str(out), "--no-dashboard")
+        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+        assert process.returncode == 0, output
+        nodes[placement] = {facts["node_id"] for facts in client_pids(out).values()}
+        assert json.loads((out / "cluster.json").read_text())["placement"] == placement
+        wait_none_left(out, 5.0)
+    assert len(nodes["pack"]) == 1 and len(nodes["spread"]) == 2, nodes
+
+
+def test_a_fleet_no_set_of_nodes_fits_is_refused_in_one_line_once_its_placement_timeout_passed(
+        cluster, write_scenario, tmp_path):
+    # 3 + 3 + 2 CPUs: the cluster's 8 in all, yet two nodes of 4 CPUs cannot hold these clients whole
+    three, two = profile_file(tmp_path, "three_cores", 3), profile_file(tmp_path, "two_cores", 2)
+    scenario = scenario_for(write_scenario, "unfit", f"[{{profile: {three}, count: 2}}, {{profile: {two}}}]")
+    began = time.monotonic()
+    process = run_on(cluster, scenario, tmp_path / "unfit", "--placement-timeout", "3")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    lines = [line for line in output.splitlines() if "error" in line]
+    assert len(lines) == 1 and "was not ready after 3 s" in lines[0], output
+    assert "no set of nodes fits every client whole" in lines[0], output
+    assert time.monotonic() - began < 45  # the timeout ends the wait
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:  # the refused placement holds nothing: no group is left pending or created
+        states = {group["state"] for group in ray.util.placement_group_table().values()}
+    finally:
+        ray.shutdown()
+    assert states <= {"REMOVED"}, states
+
+
+def test_cluster_auto_finds_the_cluster_started_on_this_host(cluster, write_scenario, tmp_path):
+    out = tmp_path / "auto"
+    process = start("run", str(scenario_for(write_scenario, "auto", "[{profile: laptop}]", rounds=1)),
+                    "--cluster", "auto", "--out", str(out), "--no-dashboard")
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, output
+    described = json.loads((out / "cluster.json").read_text())
+    assert described["address"] == "auto" and len(described["nodes"]) == 2  # this test's cluster, both nodes
+    assert [facts["node_id"] for facts in client_pids(out).values()] == [
+        node["node_id"] for node in described["nodes"] if node["clients"]]
+    wait_none_left(out, 5.0)
 
 
 def test_a_lost_node_makes_its_clients_lost_and_the_run_goes_on(cluster, write_scenario, tmp_path):

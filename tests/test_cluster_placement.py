@@ -91,7 +91,7 @@ def test_without_ray_cluster_says_in_one_line_how_to_get_it(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "testbed run: error: --cluster needs Ray, which is not installed here: pip install -e '.[ray]' "
-        "(or: pip install 'ray>=2.9')"]
+        "(or: pip install 'ray[client]>=2.9')"]
     assert not (tmp_path / "run").exists()
 
 

@@ -38,7 +38,7 @@ from testbed.launch.cluster_host import LOG_CHUNK_BYTES, ClientHost
 
 log = logging.getLogger("testbed.launch")
 
-RAY_MISSING = "--cluster needs Ray, which is not installed here: pip install -e '.[ray]' (or: pip install 'ray>=2.9')"
+RAY_MISSING = "--cluster needs Ray, which is not installed here: pip install -e '.[ray]' (or: pip install 'ray[client]>=2.9')"
 PLACEMENTS = {"spread": "SPREAD", "pack": "PACK"}  # --placement -> Ray's placement group strategy
 # Share of a fleet entry's `node` resource each of its clients takes: the resource marks the nodes that may host
 # them, it does not count them (a node declaring 1 unit hosts up to 1000 clients, as its CPUs allow).
