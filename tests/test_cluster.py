@@ -227,6 +227,24 @@ def test_cluster_auto_finds_the_cluster_started_on_this_host(cluster, write_scen
     wait_none_left(out, 5.0)
 
 
+def test_under_the_real_clock_the_run_starts_at_the_largest_of_its_nodes_needs(cluster, write_scenario, tmp_path):
+    """A laptop (4 threads x 1.217) on node-a needs more than node-b's one-core device: node-a sets the factor."""
+    fleet = f"[{{profile: laptop, node: node-a}}, {{profile: {profile_file(tmp_path, 'one_core', 1)}, node: node-b}}]"
+    scenario = write_scenario("real_nodes", rounds=1, fleet=fleet, emulation="{clock: real}",
+                              training="{local_steps: 2, batch_size: 4}")
+    out = tmp_path / "real_nodes"
+    process = run_on(cluster, scenario, out)
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, output
+    described = json.loads((out / "cluster.json").read_text())
+    needs = {node["node_id"]: node["dilation_needed"] for node in described["nodes"]}
+    laptop_node = client_pids(out)["c00"]["node_id"]
+    assert needs[laptop_node] == max(needs.values()) > min(needs.values()) >= 1.0, needs
+    started = next(event for event in events(out) if event["kind"] == "run_started")["dilation"]
+    assert started["factor"] == described["run_dilation"] == needs[laptop_node], (started, described)
+    assert f"node {laptop_node[:8]}'s" in started["reason"] and "real clock: time dilation" in output, started
+
+
 def test_a_lost_node_makes_its_clients_lost_and_the_run_goes_on(cluster, write_scenario, tmp_path):
     """Last in the module: it takes the second node away."""
     scenario = scenario_for(write_scenario, "node_lost", "[{profile: laptop, node: node-a}, {profile: laptop, node: node-b}]",

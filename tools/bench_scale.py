@@ -11,6 +11,13 @@ The clients are light devices (speed 1.0, 1 thread, Wi-Fi, the first exit only) 
     python tools/bench_scale.py --clients 64                       # the event clock, as `testbed run`
     python tools/bench_scale.py --clients 256 --per-round 16
     python tools/bench_scale.py --clients 256 --per-round 16 --clock real
+    python tools/bench_scale.py --clients 64 --ray-nodes 2             # spread over a local Ray cluster
+
+`--ray-nodes N` starts a Ray cluster of N nodes on this host (each declaring clients / N logical CPUs,
+one per client: Ray reserves, the host's cores still run them all), runs the fleet on it with
+`--cluster ADDRESS --placement spread`, reports the clients per node and the memory Ray itself took
+(host memory in use once the cluster is up, against before), and shuts the cluster down. Needs
+`pip install -e '.[ray]'`.
 """
 
 from __future__ import annotations
@@ -65,7 +72,37 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped")
     parser.add_argument("--clock", choices=("real", "events"), default="events",
                         help="emulation.clock of the run (default: %(default)s, as testbed run)")
+    parser.add_argument("--ray-nodes", type=int, default=0, metavar="N",
+                        help="run the fleet on a Ray cluster of N nodes started on this host (default: no Ray)")
     args = parser.parse_args()
+    if args.ray_nodes:
+        ray_cluster, cluster_args = start_ray_cluster(args.ray_nodes, args.clients)
+    else:
+        ray_cluster, cluster_args = None, []
+    try:
+        measure(args, cluster_args)
+    finally:
+        if ray_cluster is not None:
+            ray_cluster.shutdown()
+
+
+def start_ray_cluster(nodes: int, clients: int):
+    """A local Ray cluster of `nodes` nodes with room for every client; (the cluster, testbed run's options)."""
+    from ray.cluster_utils import Cluster
+
+    before = used_mb()
+    node = {"num_cpus": -(-clients // nodes), "include_dashboard": False, "object_store_memory": 80 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args=node)
+    for _ in range(nodes - 1):
+        cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    time.sleep(5)  # let the nodes' own processes settle before their memory is read
+    print(f"Ray cluster of {nodes} nodes, {node['num_cpus']} logical CPUs each: +{used_mb() - before:.0f} MB of "
+          f"host memory before any client")
+    return cluster, ["--cluster", cluster.address, "--placement", "spread"]
+
+
+def measure(args: argparse.Namespace, cluster_args: list[str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     profile = work / "scale_device.yaml"
     profile.write_text(PROFILE)
@@ -75,9 +112,9 @@ def main() -> None:
     run_dir = work / "run"
     before = used_mb()
     peak = before
-    started = time.monotonic()
+    started, launched = time.monotonic(), time.time()
     process = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(scenario), "--out", str(run_dir),
-                                "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                "--no-dashboard", *cluster_args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         while process.poll() is None and time.monotonic() - started < args.timeout:
             peak = max(peak, used_mb())
@@ -91,13 +128,18 @@ def main() -> None:
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.endswith("}")]
     dilation = next(e["dilation"] for e in events if e["kind"] == "run_started")
     closed = [e for e in events if e["kind"] == "round_closed"]
+    first_round = next(e["wall"] for e in events if e["kind"] == "round_started")
     print(f"{args.clients} clients" + (f", {args.per_round} per round (over-selection)" if args.per_round else "")
           + f", {args.clock} clock: {summary['status']}, {summary['rounds_completed']}/3 rounds in {wall:.0f} s wall; "
           f"dilation {dilation['factor']:.1f} ({dilation['reason']})")
+    print(f"round 1 started {first_round - launched:.1f} s after the launch (every client started, joined and ready)")
     print("per round: " + "; ".join(f"round {e['round']} {e['updates']} updates of {e['selected']} asked, "
                                    f"{e.get('discarded', 0)} discarded, {e['wall_s']:.1f} emulated s" for e in closed))
     print(f"host memory in use: {before:.0f} MB before, peak {peak:.0f} MB (+{peak - before:.0f} MB, "
           f"{(peak - before) / args.clients:.0f} MB per client); dropped messages {summary['dropped_messages']}")
+    if cluster_args:
+        nodes = json.loads((run_dir / "cluster.json").read_text())["nodes"]
+        print("clients per Ray node: " + ", ".join(f"{node['node_id'][:8]} {len(node['clients'])}" for node in nodes))
     print(f"run directory {run_dir}")
 
 

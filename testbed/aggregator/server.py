@@ -39,7 +39,7 @@ from testbed.client.costs import COST_TABLE_FILE
 from testbed.config.convert import to_data
 from testbed.config.loader import scenario_to_dict
 from testbed.config.schema import LinkSpec
-from testbed.emulation.dilation import demand_cores, fleet_dilation, raised
+from testbed.emulation.dilation import Dilation, demand_cores, fleet_dilation, raised
 from testbed.emulation.injection import InjectedState, control_path
 from testbed.errors import UserError
 from testbed.event_kinds import (
@@ -106,7 +106,10 @@ class Interrupted(Exception):
 class Aggregator:
     def __init__(self, plan: RunPlan, run_dir: Path, *, bind: str, publish: str | None = None,
                  curve_dir: Path | None = None, resume: bool = False, join_timeout_s: float = 120.0,
-                 fixed_dilation: bool = False, tokens: dict[str, str] | None = None):
+                 fixed_dilation: bool = False, tokens: dict[str, str] | None = None,
+                 dilation: Dilation | None = None):
+        """`dilation`: the initial factor the launcher chose (clients on a Ray cluster: the nodes' largest need,
+        launch/cluster.py); None: the fleet's need on this host (fleet_dilation)."""
         self.plan, self.scenario, self.run_dir = plan, plan.scenario, Path(run_dir)
         self.join_timeout_s = join_timeout_s
         self.model = GlobalModel(self.scenario, plan.classes)
@@ -142,7 +145,7 @@ class Aggregator:
                                  for cid, spec in plan.clients.items()}, self.model.exits)
         self.rule = round_rule(self.strategy, self.scenario.deadline_s, strategy.clients_per_round,
                                strategy.over_selection)
-        self.dilation = fleet_dilation(self.scenario, list(plan.clients.values()))
+        self.dilation = dilation or fleet_dilation(self.scenario, list(plan.clients.values()))
         # a kernel CPU quota was sized for this factor: raising it would desynchronise the two
         self.fixed_dilation = fixed_dilation or self.scenario.emulation.dilation is not None or self.event_clock
         self.events.set_dilation(self.dilation.factor)

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import secrets
 import shutil
 import socket
@@ -32,7 +33,7 @@ from typing import Any
 from testbed.config.convert import to_data
 from testbed.config.loader import ClientSpec
 from testbed.config.schema import Scenario
-from testbed.emulation.dilation import choose_dilation, demand_cores
+from testbed.emulation.dilation import Dilation, choose_dilation, demand_cores
 from testbed.errors import UserError
 from testbed.launch.cluster_host import LOG_CHUNK_BYTES, ClientHost
 
@@ -205,6 +206,7 @@ class ClusterFleet:
         self.keys_dir: Path | None = None
         self.group: Any = None  # the fleet's placement group, once reserved
         self.placed: dict[str, Placed] = {}
+        self.bundle_nodes: dict[str, str] = {}  # client id -> the node id its reserved bundle is on
         self.run_key = ""
         self.run_dir: Path | None = None
 
@@ -236,6 +238,8 @@ class ClusterFleet:
                 raise UserError(f"--cluster {self.options.address}: the fleet's placement ({len(self.seats)} clients, "
                                 f"{self.options.placement}) was not ready after {self.options.placement_timeout_s:g} s: "
                                 f"{missing}")
+        table = self.ray.util.placement_group_table(self.group)["bundles_to_node_id"]
+        self.bundle_nodes = {seat.client_id: str(table[index]) for index, seat in enumerate(self.seats)}
 
     def _shortfall(self) -> str:
         """What the cluster lacks for the fleet now, in words (another job may hold what it has)."""
@@ -373,27 +377,58 @@ class ClusterFleet:
         (run_dir / "fleet.json").write_text(json.dumps(fleet, indent=1))
         (run_dir / "cluster.json").write_text(json.dumps(self.describe(), indent=1))
 
+    def node_dilations(self) -> dict[str, Dilation]:
+        """Node id -> the dilation its own clients need on its own CPUs under the real clock (choose_dilation:
+        the busiest of them that may be selected at once, over the node's CPUs with the scenario's headroom)."""
+        strategy = self.scenario.strategy
+        concurrent = (math.ceil(strategy.clients_per_round * strategy.over_selection - 1e-9)
+                      if strategy.clients_per_round else None)
+        needs = {}
+        for node in self.nodes:
+            hosted = [client for client in self.clients if self._node_of(client.client_id) == node["NodeID"]]
+            if hosted and node_cpus(node):
+                spec = dataclasses.replace(self.scenario.emulation, host_cores=node_cpus(node), dilation=None)
+                needs[node["NodeID"]] = choose_dilation(spec, [client.profile for client in hosted],
+                                                        min(concurrent, len(hosted)) if concurrent else None)
+        return needs
+
+    def run_dilation(self) -> Dilation | None:
+        """The run's initial factor under the real clock: the largest of its nodes' needs, since every client and
+        the aggregator keep one emulated timeline (a node that needs less then idles more). None when the scenario
+        sets the factor or runs the event clock (the aggregator's own choice stands)."""
+        emulation = self.scenario.emulation
+        needs = self.node_dilations()
+        if emulation.clock != "real" or emulation.dilation is not None or not needs:
+            return None
+        node, need = max(needs.items(), key=lambda item: item[1].factor)
+        others = ", ".join(f"{other[:8]} {dilation.factor:.2f}" for other, dilation in needs.items() if other != node)
+        return dataclasses.replace(need, reason=f"time dilation {need.factor:.2f}, the largest of the {len(needs)} "
+                                               f"nodes' needs: node {node[:8]}'s ({need.reason})"
+                                               + (f"; the others: {others}" if others else ""))
+
+    def _node_of(self, client_id: str) -> str | None:
+        """The node a client runs on: as its host reported it, else as its bundle was reserved."""
+        placed = self.placed.get(client_id)
+        return (placed.facts.get("node_id") if placed else None) or self.bundle_nodes.get(client_id)
+
     def describe(self) -> dict:
-        """The cluster as this run used it; each node with its clients, and the time dilation they would need there
-        under the real clock (the run applies one factor to every node: the aggregator's)."""
-        by_node: dict[str, list[ClientSpec]] = {}
-        for client in self.clients:
-            facts = self.placed[client.client_id].facts if client.client_id in self.placed else {}
-            if facts.get("node_id"):
-                by_node.setdefault(facts["node_id"], []).append(client)
+        """The cluster as this run used it; each node with its clients and the time dilation they need there under
+        the real clock, and the factor the run started with (run_dilation: the largest need; None under the event
+        clock or a factor the scenario sets)."""
+        needs = self.node_dilations()
         nodes = []
         for node in self.nodes:
-            hosted = by_node.get(node["NodeID"], [])
-            cpus = node_cpus(node)
+            hosted = [client for client in self.clients if self._node_of(client.client_id) == node["NodeID"]]
             entry: dict[str, Any] = {"node_id": node["NodeID"], "node_ip": node.get("NodeManagerAddress"),
-                                     "cpus": cpus, "clients": [client.client_id for client in hosted],
+                                     "cpus": node_cpus(node), "clients": [client.client_id for client in hosted],
                                      "demand_cores": round(sum(demand_cores(c.profile) for c in hosted), 3)}
-            if hosted and cpus:
-                spec = dataclasses.replace(self.scenario.emulation, host_cores=cpus, dilation=None)
-                entry["dilation_needed"] = round(choose_dilation(spec, [c.profile for c in hosted]).factor, 3)
+            if node["NodeID"] in needs:
+                entry["dilation_needed"] = round(needs[node["NodeID"]].factor, 4)  # as events round it
             nodes.append(entry)
+        started = self.run_dilation()
         return {"address": self.options.address, "placement": self.options.placement, "aggregator": self.connect,
-                "clock": self.scenario.emulation.clock, "nodes": nodes}
+                "clock": self.scenario.emulation.clock, "nodes": nodes,
+                "run_dilation": round(started.factor, 4) if started else None}
 
     # ------------------------------------------------------------------ the end
     def stop(self) -> None:

@@ -14,14 +14,16 @@ import transformers.models.wavlm.modeling_wavlm  # noqa: F401
 
 import testbed.aggregator.server
 import testbed.client.local  # noqa: F401
+from testbed.emulation.dilation import Dilation
 from testbed.launch.processes import die_with_parent, keep_freed_blocks, log_to
 
 
 def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, fixed_dilation: bool = False,
-                    tokens: dict[str, str] | None = None, curve_dir: str | None = None) -> None:
+                    tokens: dict[str, str] | None = None, curve_dir: str | None = None,
+                    dilation: Dilation | None = None) -> None:
     """`tokens`: each client's secret (see aggregator/credentials.py), handed over by the fork server, never
     on a command line, in the environment or in a file. `curve_dir`: the run's CURVE keys instead (clients on
-    other hosts: `testbed run --cluster`)."""
+    other hosts: `testbed run --cluster`), and `dilation` the initial factor their nodes need."""
     from testbed.aggregator.checkpoint import CheckpointRefused
     from testbed.aggregator.plan import make_plan
     from testbed.aggregator.server import Aggregator
@@ -35,7 +37,7 @@ def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, 
     try:
         aggregator = Aggregator(make_plan(scenario), Path(run_dir), bind=bind, publish=publish, resume=resume,
                                 fixed_dilation=fixed_dilation, tokens=tokens,
-                                curve_dir=Path(curve_dir) if curve_dir else None)
+                                curve_dir=Path(curve_dir) if curve_dir else None, dilation=dilation)
     except CheckpointRefused:
         sys.exit(1)  # logged, and recorded as the run's run_failed event: the launcher shows that line
     sys.exit(aggregator.run())

@@ -176,10 +176,13 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
             print(f"cluster {fleet.options.address}: aggregator on {fleet.connect} (CURVE keys made for this run), "
                   f"{len(clients)} clients placed ({fleet.options.placement}) on {len(fleet.nodes)} Ray node(s)",
                   flush=True)
+            dilation = fleet.run_dilation()
+            if dilation is not None:
+                print(f"real clock: {dilation.reason}", flush=True)
             start_client = fleet.start
             if not interrupted:
                 aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
-                                         False, None, str(fleet.keys_dir))
+                                         False, None, str(fleet.keys_dir), dilation)
         starts = StaggeredStart([client.client_id for client in clients], run_dir / "events.jsonl")
         while aggregator is not None and aggregator.is_alive() and not interrupted:
             if starts.pending:
