@@ -245,6 +245,22 @@ def test_under_the_real_clock_the_run_starts_at_the_largest_of_its_nodes_needs(c
     assert f"node {laptop_node[:8]}'s" in started["reason"] and "real clock: time dilation" in output, started
 
 
+def test_a_client_that_crashes_by_emulation_reboots_on_its_node_and_joins_again(cluster, write_scenario, tmp_path):
+    crashing = profile_file(tmp_path, "crash_device", 1)
+    crashing.write_text(crashing.read_text() + "failure: {crash_rate: 1.0}\n")  # killed in every round
+    fleet = f"[{{profile: laptop}}, {{profile: {crashing}}}]"
+    out = tmp_path / "crashing"
+    process = run_on(cluster, write_scenario("crashing", rounds=2, deadline_s=15, fleet=fleet,
+                                             emulation="{clock: events}", training="{local_steps: 2, batch_size: 4}"),
+                     out)
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, output
+    joins = [event["pid"] for event in events(out) if event["kind"] == "client_joined" and event["client"] == "c01"]
+    assert len(set(joins)) >= 2, joins  # crashed mid-round, started again by its host on its node, joined again
+    assert {event["client"] for event in events(out) if event["kind"] == "update_received"} == {"c00"}
+    wait_none_left(out, 5.0)
+
+
 def test_a_lost_node_makes_its_clients_lost_and_the_run_goes_on(cluster, write_scenario, tmp_path):
     """Last in the module: it takes the second node away."""
     scenario = scenario_for(write_scenario, "node_lost", "[{profile: laptop, node: node-a}, {profile: laptop, node: node-b}]",
