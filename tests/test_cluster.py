@@ -153,12 +153,14 @@ def test_a_fleet_asking_more_cpus_than_the_cluster_has_is_refused_in_one_line(cl
 
 
 def test_ctrl_c_ends_every_client_and_host_within_5_s(cluster, write_scenario, tmp_path):
-    scenario = scenario_for(write_scenario, "interrupted", "[{profile: laptop, count: 2}]", rounds=50)
+    fleet = f"[{{profile: {profile_file(tmp_path, 'one_core', 1)}, count: 2}}]"  # one node could hold both
     out = tmp_path / "interrupted"
-    process = run_on(cluster, scenario, out)
+    process = run_on(cluster, scenario_for(write_scenario, "interrupted", fleet, rounds=50), out)
     try:
         wait_for_event(out, lambda event: event["kind"] == "round_started", timeout=RUN_TIMEOUT_S)
-        pids = [facts["pid"] for facts in client_pids(out).values()]
+        clients = client_pids(out)
+        assert len({facts["node_id"] for facts in clients.values()}) == 2, clients  # spread, the default
+        pids = [facts["pid"] for facts in clients.values()]
         assert len(pids) == 2 and all(alive(pid) for pid in pids) and len(leftovers(out)) == 4  # 2 clients, 2 hosts
         process.send_signal(signal.SIGINT)
         wait_none_left(out, 5.0)  # every client and host gone within 5 s of Ctrl-C
@@ -177,20 +179,17 @@ def profile_file(tmp_path: Path, name: str, cores: int) -> Path:
     return path
 
 
-def test_pack_puts_a_fleet_that_fits_one_node_on_one_node_and_spread_over_both_through_ray_client(
-        cluster, write_scenario, tmp_path):
+def test_pack_puts_a_fleet_that_fits_one_node_on_one_node_through_ray_client(cluster, write_scenario, tmp_path):
+    """Spread, the default, puts the same fleet on both nodes: the Ctrl-C test checks it."""
     fleet = f"[{{profile: {profile_file(tmp_path, 'one_core', 1)}, count: 2}}]"
-    nodes = {}
-    for placement, address in (("pack", cluster.address), ("spread", cluster.ray_client)):
-        out = tmp_path / placement
-        process = start("run", str(scenario_for(write_scenario, placement, fleet, rounds=1)), "--cluster", address,
-                        "--placement", placement, "--out", str(out), "--no-dashboard")
-        output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
-        assert process.returncode == 0, output
-        nodes[placement] = {facts["node_id"] for facts in client_pids(out).values()}
-        assert json.loads((out / "cluster.json").read_text())["placement"] == placement
-        wait_none_left(out, 5.0)
-    assert len(nodes["pack"]) == 1 and len(nodes["spread"]) == 2, nodes
+    out = tmp_path / "pack"
+    process = start("run", str(scenario_for(write_scenario, "pack", fleet, rounds=1)), "--cluster", cluster.ray_client,
+                    "--placement", "pack", "--out", str(out), "--no-dashboard")
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, output
+    assert len({facts["node_id"] for facts in client_pids(out).values()}) == 1, client_pids(out)
+    assert json.loads((out / "cluster.json").read_text())["placement"] == "pack"
+    wait_none_left(out, 5.0)
 
 
 def test_a_fleet_no_set_of_nodes_fits_is_refused_in_one_line_once_its_placement_timeout_passed(
