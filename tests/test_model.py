@@ -9,7 +9,7 @@ from testbed.model.early_exit import EarlyExitModel, default_exits, exit_loss
 from testbed.model.pretrain import learning_rate, pretrain, span_mask
 from testbed.model.settings import PretrainSettings
 from testbed.model.state import group_of, load_partial_state, partial_state, state_bytes
-from testbed.model.targets import kmeans, mfcc_frames
+from testbed.model.targets import MEL_BANDS, SpectrumTargets, kmeans, mfcc_frames
 
 TASKS = {"keyword": 5, "speaker": 7}
 
@@ -120,6 +120,22 @@ def test_mfcc_targets_align_with_backbone_frames(debug_model):
     assert frames.shape == (2, hidden.shape[1], 39)
 
 
+def test_spectrum_targets_align_with_backbone_frames_and_keep_each_voice_level(debug_model):
+    """Standardised per band over the corpus, not per clip: a clip louder in some bands stays louder there."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(4, 16000, generator=generator)
+    hum = torch.sin(torch.arange(16000) * 2 * torch.pi * 150 / 16000)  # a 150 Hz voice-like tone
+    corpus = torch.cat([noise, noise[:2] + 3 * hum])
+    targets = SpectrumTargets.fit(corpus)
+    spectra = targets(corpus)
+    *_, (_, hidden) = debug_model.hidden_states(corpus[:1], 1)
+    assert spectra.shape == (6, hidden.shape[1], MEL_BANDS)
+    flat = spectra.flatten(0, 1)
+    torch.testing.assert_close(flat.mean(0), torch.zeros(MEL_BANDS), atol=1e-4, rtol=0)
+    low_band = spectra[..., 3].mean(1)  # the band that holds 150 Hz
+    assert (low_band[4:].min() > low_band[:4].max()).item()
+
+
 def test_kmeans_finds_separated_clusters():
     generator = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
@@ -145,6 +161,18 @@ def test_pretraining_runs_and_reports_its_figures():
     backbone, metrics = pretrain(waveforms, PretrainSettings(steps=2, batch_size=2, clusters=4), progress=False)
     assert backbone.config.num_hidden_layers == 8
     assert set(metrics) >= {"seconds", "first_loss", "final_loss", "final_masked_accuracy"}
+
+
+def test_the_spectrum_loss_is_part_of_the_objective_and_of_the_cache_key():
+    waveforms = torch.randn(8, 16000, generator=torch.Generator().manual_seed(2))
+    losses = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        _, metrics = pretrain(waveforms, PretrainSettings(steps=1, batch_size=2, clusters=4, spectrum_weight=weight),
+                              progress=False)
+        losses[weight] = metrics["first_loss"]
+    assert losses[1.0] > losses[0.0]  # the same first step plus a positive reconstruction error
+    assert PretrainSettings(spectrum_weight=0.0).key() != PretrainSettings().key()
 
 
 def test_pretraining_on_another_vocabulary_is_cached_beside_the_default(tmp_path, monkeypatch):

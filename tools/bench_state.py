@@ -2,7 +2,7 @@
 
 Names and shapes follow transformers' `Wav2Vec2Model` (base: 7 CNN layers, 768 wide, 12 transformer
 layers of ~7.1 M parameters) under the early-exit model's prefixes, plus one keyword head per exit:
-94.4 M parameters in 219 tensors. Random values: timing does not depend on them, and nothing is downloaded.
+94.4 M parameters in 227 tensors. Random values: timing does not depend on them, and nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ def base_geometry() -> list[tuple[str, tuple[int, ...]]]:
                    (f"{prefix}.feed_forward.output_dense.weight", (HIDDEN, FFN)),
                    (f"{prefix}.feed_forward.output_dense.bias", (HIDDEN,)),
                    (f"{prefix}.final_layer_norm.weight", (HIDDEN,)), (f"{prefix}.final_layer_norm.bias", (HIDDEN,))]
-    for exit_layer in EXITS:  # statistics pooling (mean ‖ std) -> linear
-        shapes += [(f"heads.keyword_{exit_layer}.linear.weight", (CLASSES, 2 * HIDDEN)),
+    for exit_layer in EXITS:  # statistics pooling (mean ‖ std) -> layer norm -> linear
+        shapes += [(f"heads.keyword_{exit_layer}.norm.weight", (2 * HIDDEN,)),
+                   (f"heads.keyword_{exit_layer}.norm.bias", (2 * HIDDEN,)),
+                   (f"heads.keyword_{exit_layer}.linear.weight", (CLASSES, 2 * HIDDEN)),
                    (f"heads.keyword_{exit_layer}.linear.bias", (CLASSES,))]
     return shapes
 

@@ -1,17 +1,21 @@
 """Where the tiny backbone loses the built-in corpus's speaker information, and what fine-tuning gets back.
 
-Speaker id on held-out utterances of the corpus's 96 speakers (the `speaker` task's split), three measures:
+Speaker id on held-out utterances of the corpus's 96 speakers (the `speaker` task's split), four measures:
   - `logmel`: a model-free reference, a linear probe on each clip's log-mel frames pooled (mean || std), raw and
     with each band's mean over time removed (what a per-channel normalisation over time leaves);
+  - `targets`: the same probe on what pretraining asks the backbone to predict, pooled: the MFCC + delta frames
+    the cluster targets are made of, and the standardised log-mel frames of the spectrum loss (model/targets.py);
   - `stages`: the same frozen linear probe (model/train.py `linear_probe`) on statistics-pooled features at each
     stage of the backbone: the CNN front end's output, the feature projection, L0 (after the positional
     convolution and the layer norm) and every transformer layer, pretrained and random init;
   - `finetune`: centralized early-exit fine-tuning to `--depth`, accuracy per exit every `--every` steps, the
-    CNN front end frozen (as in runs) or, with `--trainable-cnn`, trained too.
+    CNN front end frozen (as in runs) or, with `--trainable-cnn`, trained too; `--bare-head` takes the layer
+    norm out of the exit heads (pooled statistics straight into the linear layer, as the heads were before).
 
-    python tools/speaker_information.py logmel stages            # ~5 min here
+    python tools/speaker_information.py logmel targets stages    # ~6 min here
     python tools/speaker_information.py finetune --steps 2400      # ~15 min here, one thread
     python tools/speaker_information.py finetune --steps 1200 --trainable-cnn --threads 2
+    python tools/speaker_information.py finetune --steps 600 --every 200 [--bare-head]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from testbed.data.synth import builtin_corpus
 from testbed.data.tasks import TaskData, prepare_task
 from testbed.model.backbone import build_backbone
 from testbed.model.early_exit import EarlyExitModel, normalise, statistics_pool
+from testbed.model.targets import SpectrumTargets, mfcc_frames
 from testbed.model.train import evaluate, linear_probe, make_optimizer, train_steps
 
 TASK = "speaker"
@@ -48,6 +53,18 @@ def logmel(data: TaskData) -> None:
                                 pooled(data.test_waveforms, remove), torch.from_numpy(data.test_labels),
                                 len(data.classes))
         print(f"logmel   {'band means removed' if remove else 'raw':18s} probe {accuracy:6.1%}", flush=True)
+
+
+def targets(data: TaskData) -> None:
+    train, test = torch.from_numpy(data.train_waveforms), torch.from_numpy(data.test_waveforms)
+    spectrum = SpectrumTargets.fit(train)
+    def pooled(frames, waveforms: torch.Tensor) -> torch.Tensor:
+        return statistics_pool(torch.cat([frames(chunk) for chunk in waveforms.split(256)]))
+
+    for name, frames in (("MFCC + deltas (clusters)", mfcc_frames), ("log-mel (spectrum loss)", spectrum)):
+        accuracy = linear_probe(pooled(frames, train), torch.from_numpy(data.train_labels), pooled(frames, test),
+                                torch.from_numpy(data.test_labels), len(data.classes))
+        print(f"targets  {name:26s} probe {accuracy:6.1%}", flush=True)
 
 
 @torch.no_grad()
@@ -82,18 +99,21 @@ def finetune(data: TaskData, args) -> None:
     torch.manual_seed(args.seed)
     model = EarlyExitModel(build_backbone("tiny", "wav2vec2", True, args.seed, progress=False),
                            {TASK: len(data.classes)}, freeze_feature_encoder=not args.trainable_cnn)
+    if args.bare_head:
+        for head in model.heads.values():
+            head.norm = torch.nn.Identity()
     optimizer = make_optimizer(model, args.learning_rate, args.head_learning_rate)
     batches = torch.Generator().manual_seed(args.seed)
     train = torch.from_numpy(data.train_waveforms), torch.from_numpy(data.train_labels)
     test = torch.from_numpy(data.test_waveforms), torch.from_numpy(data.test_labels)
-    cnn = "trainable CNN" if args.trainable_cnn else "frozen CNN"
+    cnn = ("trainable CNN" if args.trainable_cnn else "frozen CNN") + (", bare head" if args.bare_head else "")
     started = time.perf_counter()
     for done in range(args.every, args.steps + 1, args.every):
         train_steps(model, optimizer, *train, task=TASK, depth=args.depth, steps=args.every,
                     batch_size=args.batch_size, generator=batches)
         held_out = evaluate(model, *test, task=TASK, depth=args.depth)
         seen = evaluate(model, train[0][:512], train[1][:512], task=TASK, depth=args.depth)
-        print(f"finetune {cnn:18s} step {done:5d}  held-out "
+        print(f"finetune {cnn:29s} step {done:5d}  held-out "
               + "  ".join(f"L{layer} {value:6.1%}" for layer, value in held_out.items())
               + "  | train " + "  ".join(f"L{layer} {value:6.1%}" for layer, value in seen.items())
               + f"  ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -101,7 +121,7 @@ def finetune(data: TaskData, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("measures", nargs="+", choices=("logmel", "stages", "finetune"))
+    parser.add_argument("measures", nargs="+", choices=("logmel", "targets", "stages", "finetune"))
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--every", type=int, default=600, help="steps between two evaluations")
@@ -109,6 +129,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="backbone")
     parser.add_argument("--head-learning-rate", type=float, default=1e-2, help="exit heads")
     parser.add_argument("--trainable-cnn", action="store_true", help="train the CNN front end too")
+    parser.add_argument("--bare-head", action="store_true", help="exit heads without their layer norm")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -120,6 +141,8 @@ def main() -> None:
     for measure in args.measures:
         if measure == "logmel":
             logmel(data)
+        elif measure == "targets":
+            targets(data)
         elif measure == "stages":
             stages(data, args.seed)
         else:

@@ -44,7 +44,7 @@ def pretrain(args: argparse.Namespace) -> int:
     parameters = sum(p.numel() for p in backbone.parameters())
     digest = state_digest(backbone.state_dict())
     print(f"tiny {args.family} backbone: {parameters / 1e6:.1f} M parameters, cached at {path}")
-    print(f"pretraining: {record['seconds']} s on {record['clips']} clips, masked-prediction loss "
+    print(f"pretraining: {record['seconds']} s on {record['clips']} clips, loss (clusters + spectrum) "
           f"{record['first_loss']} -> {record['final_loss']}, accuracy {record['final_masked_accuracy']:.1%}")
     print(f"backbone digest {digest} (SHA-256 of its parameters)")
     _against_shipped(backbone, settings, path.name, digest, record["final_loss"])
@@ -69,7 +69,7 @@ def _against_shipped(backbone, settings, name: str, digest: str, final_loss: flo
         return
     print(f"differs from the backbone shipped with testbed (digest {shipped['digest']}, made with torch "
           f"{shipped['torch']} on {shipped['host']}): bit for bit agreement needs the same kind of CPU and torch "
-          f"build. Final masked-prediction loss {final_loss} here, {shipped['pretraining']['final_loss']} shipped; "
+          f"build. Final pretraining loss {final_loss} here, {shipped['pretraining']['final_loss']} shipped; "
           "keyword probe per exit, held-out speakers:")
     ours = keyword_probe(backbone, settings)
     for layer, accuracy in ours.items():

@@ -33,14 +33,22 @@ def statistics_pool(hidden: torch.Tensor) -> torch.Tensor:
 
 
 class ExitHead(nn.Module):
-    """Statistics pooling (mean || std over frames) followed by one linear layer."""
+    """Statistics pooling (mean || std over frames), a layer norm of the pooled vector, one linear layer.
+
+    Why the norm: the pooled statistics of a layer differ in scale by orders of magnitude (the frame means
+    share a large common part, the standard deviations are small), so a bare linear layer learns the
+    small, informative directions slowly. Measured on the speaker task, depth 4, 600 centralized steps:
+    48.4 % held-out with the norm against 22-24 % without (docs/benchmarks.md, "Speaker information").
+    A layer norm keeps no running statistics, so federated averaging treats it like any other weight.
+    """
 
     def __init__(self, hidden_size: int, num_classes: int):
         super().__init__()
+        self.norm = nn.LayerNorm(2 * hidden_size)
         self.linear = nn.Linear(2 * hidden_size, num_classes)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (batch, frames, hidden) -> (batch, classes)
-        return self.linear(statistics_pool(hidden))
+        return self.linear(self.norm(statistics_pool(hidden)))
 
 
 class EarlyExitModel(nn.Module):

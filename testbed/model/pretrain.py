@@ -3,7 +3,10 @@
 The objective (Hsu et al., 2021, first iteration): k-means (64 clusters) over standardised MFCC +
 deltas at the CNN's 20 ms frame rate gives one discrete target per frame; spans of CNN features are
 replaced by the learned mask embedding and the last transformer layer predicts the targets of the
-masked frames (cross-entropy), plus, weighted by `unmasked_weight`, those of the unmasked frames. Only the training speakers of the built-in corpus are used, so
+masked frames (cross-entropy), plus, weighted by `unmasked_weight`, those of the unmasked frames. Beside it,
+weighted by `spectrum_weight`, the last layer reconstructs every frame's standardised log-mel spectrum (L1, as
+in TERA, Liu et al., 2021), which keeps the voice information the clusters discard. Only the training speakers
+of the built-in corpus are used, so
 held-out speakers stay unseen. The result is cached: only the first run pays. Until it is written, progress
 is saved beside the cache entry every SAVE_EVERY_STEPS steps and on Ctrl-C, and an interrupted run continues
 from it along exactly the trajectory it would have followed.
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from testbed.model.architecture import build_random, model_class
 from testbed.model.early_exit import EarlyExitModel
 from testbed.model.settings import PretrainSettings
-from testbed.model.targets import FrameClusterer
+from testbed.model.targets import MEL_BANDS, FrameClusterer, SpectrumTargets
 from testbed.paths import cache_dir
 
 
@@ -54,21 +57,35 @@ def learning_rate(step: int, settings: PretrainSettings) -> float:
     return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def prediction_loss(predictor: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+class Predictor(torch.nn.Module):
+    """What the last layer's frames predict: their cluster (logits) and their log-mel spectrum."""
+
+    def __init__(self, hidden_size: int, clusters: int):
+        super().__init__()
+        self.clusters = torch.nn.Linear(hidden_size, clusters)
+        self.spectrum = torch.nn.Linear(hidden_size, MEL_BANDS)
+
+
+def prediction_loss(predictor: Predictor, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                     unmasked_weight: float) -> tuple[torch.Tensor, float]:
     """Cross-entropy on the masked frames (+ weighted on the unmasked ones) and masked-frame accuracy."""
-    logits = predictor(hidden[mask])  # (masked frames, clusters)
+    logits = predictor.clusters(hidden[mask])  # (masked frames, clusters)
     loss = F.cross_entropy(logits, targets[mask])
     if unmasked_weight > 0:
-        loss = loss + unmasked_weight * F.cross_entropy(predictor(hidden[~mask]), targets[~mask])
+        loss = loss + unmasked_weight * F.cross_entropy(predictor.clusters(hidden[~mask]), targets[~mask])
     return loss, (logits.argmax(-1) == targets[mask]).float().mean().item()
+
+
+def spectrum_loss(predictor: Predictor, hidden: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of every frame's reconstructed standardised log-mel spectrum."""
+    return F.l1_loss(predictor.spectrum(hidden), spectra)
 
 
 # Optimizer steps between two saves of pretraining progress. A step takes ~1 s on 2 cores, so an interruption
 # that cannot save (a crash, a second Ctrl-C) loses at most ~40 s; a save writes 83 MB (model and AdamW's
 # two moments) in 0.1-0.3 s (measured), so the 13 saves of the default 560 steps add under 1 % to the run.
 SAVE_EVERY_STEPS = 40
-PROGRESS_FORMAT = 1  # bumped when the progress file's content changes; other formats are ignored
+PROGRESS_FORMAT = 2  # bumped when the progress file's content changes; other formats are ignored
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,10 @@ class _Run:
     """Everything a pretraining step reads or changes, so that a saved run continues exactly where it was."""
 
     model: EarlyExitModel
-    predictor: torch.nn.Linear
+    predictor: Predictor
     optimizer: torch.optim.AdamW
     clusterer: FrameClusterer
+    spectrum: SpectrumTargets
     draws: torch.Generator  # each step's clips and mask spans; dropout draws from torch's global generator
     step: int = 0  # optimizer steps completed
     losses: list[float] = field(default_factory=list)  # one per completed step
@@ -156,6 +174,8 @@ def _train_step(run: _Run, waveforms: torch.Tensor, settings: PretrainSettings, 
     mask = span_mask(clips, frames, settings.mask_prob, settings.mask_length, run.draws)
     *_, (_, hidden) = run.model.hidden_states(batch, run.model.num_layers, mask=mask)  # last layer
     loss, accuracy = prediction_loss(run.predictor, hidden, targets, mask, settings.unmasked_weight)
+    if settings.spectrum_weight > 0:
+        loss = loss + settings.spectrum_weight * spectrum_loss(run.predictor, hidden, run.spectrum(batch))
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, settings)
     run.optimizer.zero_grad(set_to_none=True)
@@ -173,11 +193,11 @@ def _metrics(run: _Run, settings: PretrainSettings, clips: int) -> dict:
                 final_masked_accuracy=round(sum(run.accuracies[-window:]) / window, 4))
 
 
-def _built_model(settings: PretrainSettings) -> tuple[EarlyExitModel, torch.nn.Linear, torch.optim.AdamW]:
-    """The randomly initialised model, cluster predictor and their optimizer (seeded by `settings.seed`)."""
+def _built_model(settings: PretrainSettings) -> tuple[EarlyExitModel, Predictor, torch.optim.AdamW]:
+    """The randomly initialised model, predictor and their optimizer (seeded by `settings.seed`)."""
     model = EarlyExitModel(build_random("tiny", settings.family, settings.seed), tasks={},
                            freeze_feature_encoder=False).train()
-    predictor = torch.nn.Linear(model.backbone.config.hidden_size, settings.clusters)
+    predictor = Predictor(model.backbone.config.hidden_size, settings.clusters)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(predictor.parameters()),
                                   lr=settings.learning_rate, weight_decay=0.01)
     return model, predictor, optimizer
@@ -186,8 +206,9 @@ def _built_model(settings: PretrainSettings) -> tuple[EarlyExitModel, torch.nn.L
 def _new_run(waveforms: torch.Tensor, settings: PretrainSettings) -> _Run:
     torch.manual_seed(settings.seed)
     clusterer = FrameClusterer.fit(waveforms, settings.clusters, seed=settings.seed)
+    spectrum = SpectrumTargets.fit(waveforms)
     model, predictor, optimizer = _built_model(settings)
-    return _Run(model, predictor, optimizer, clusterer, torch.Generator().manual_seed(settings.seed))
+    return _Run(model, predictor, optimizer, clusterer, spectrum, torch.Generator().manual_seed(settings.seed))
 
 
 def _continued_run(settings: PretrainSettings, saved: dict) -> _Run:
@@ -198,7 +219,8 @@ def _continued_run(settings: PretrainSettings, saved: dict) -> _Run:
     optimizer.load_state_dict(saved["optimizer"])
     draws = torch.Generator()
     draws.set_state(saved["rng"]["draws"])
-    run = _Run(model, predictor, optimizer, FrameClusterer(**saved["clusterer"]), draws, step=saved["step"],
+    run = _Run(model, predictor, optimizer, FrameClusterer(**saved["clusterer"]),
+               SpectrumTargets(**saved["spectrum"]), draws, step=saved["step"],
                losses=list(saved["losses"]), accuracies=list(saved["accuracies"]),
                earlier_seconds=saved["seconds"], saved_step=saved["step"])
     torch.set_rng_state(saved["rng"]["global"])  # last: building the model above draws from it
@@ -220,13 +242,14 @@ def _starting_run(waveforms: torch.Tensor, settings: PretrainSettings, saves: Pr
 
 
 def _progress_state(run: _Run, settings: PretrainSettings, saves: ProgressFile) -> dict:
-    """What a progress file holds: the whole run (model, predictor, optimizer, clusterer, RNGs) and its metrics.
+    """What a progress file holds: the whole run (model, predictor, optimizer, targets, RNGs) and its metrics.
 
     NumPy's and Python's RNGs are not saved: nothing in a step draws from them."""
     return {"format": PROGRESS_FORMAT, "key": saves.key, "settings": asdict(settings), "step": run.step,
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": run.seconds(),
             "model": run.model.state_dict(), "predictor": run.predictor.state_dict(),
             "optimizer": run.optimizer.state_dict(), "clusterer": run.clusterer.state(),
+            "spectrum": run.spectrum.state(),
             "rng": {"draws": run.draws.get_state(), "global": torch.get_rng_state()},
             "losses": run.losses, "accuracies": run.accuracies}
 

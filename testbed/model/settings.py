@@ -19,6 +19,10 @@ class PretrainSettings:
     # days, of compute, also predicting the unmasked frames' clusters trains the CNN front end much
     # faster (measured here at 150 steps: keyword probe 37 % -> 49-51 % per exit).
     unmasked_weight: float = 1.0
+    # Weight of an L1 loss reconstructing every frame's standardised log-mel spectrum from the last layer
+    # (targets.py, SpectrumTargets): the cluster targets alone teach the backbone to discard who speaks
+    # (speaker probe on its CNN output 41.5 %). 0 turns it off.
+    spectrum_weight: float = 1.0
     corpus_seed: int = 0  # which built-in corpus
     words: tuple[str, ...] | None = None  # its vocabulary; None = the corpus default
     seed: int = 0
@@ -28,7 +32,9 @@ class PretrainSettings:
         return {} if self.words is None else {"words": self.words}
 
     def key(self) -> str:
-        # `words` enters the key only when set, so default settings keep the key they had before it
-        fields = {name: value for name, value in asdict(self).items() if name != "words" or value is not None}
+        # `words` enters the key only when set and `spectrum_weight` only when not 0, so settings without them
+        # keep the key they had before these fields existed
+        unset = {"words": None, "spectrum_weight": 0}
+        fields = {name: value for name, value in asdict(self).items() if name not in unset or value != unset[name]}
         text = json.dumps(fields, sort_keys=True)
         return f"tiny-{self.family}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
