@@ -6,8 +6,7 @@ replaced by the learned mask embedding and the last transformer layer predicts t
 masked frames (cross-entropy), plus, weighted by `unmasked_weight`, those of the unmasked frames. Beside it,
 weighted by `spectrum_weight`, the last layer reconstructs every frame's standardised log-mel spectrum (L1, as
 in TERA, Liu et al., 2021), which keeps the voice information the clusters discard. Only the training speakers
-of the built-in corpus are used, so
-held-out speakers stay unseen. The result is cached: only the first run pays. Until it is written, progress
+of the built-in corpus are used, so held-out speakers stay unseen. The result is cached: only the first run pays. Until it is written, progress
 is saved beside the cache entry every SAVE_EVERY_STEPS steps and on Ctrl-C, and an interrupted run continues
 from it along exactly the trajectory it would have followed.
 """
@@ -58,12 +57,15 @@ def learning_rate(step: int, settings: PretrainSettings) -> float:
 
 
 class Predictor(torch.nn.Module):
-    """What the last layer's frames predict: their cluster (logits) and their log-mel spectrum."""
+    """What the last layer's frames predict: their cluster (logits) and, when `spectrum`, their log-mel spectrum.
 
-    def __init__(self, hidden_size: int, clusters: int):
+    Without the spectrum the predictor is exactly the single linear layer it was before that loss existed (same
+    parameters, same draws from the seeded generator), so `spectrum_weight: 0` pretrains what it did then."""
+
+    def __init__(self, hidden_size: int, clusters: int, spectrum: bool):
         super().__init__()
         self.clusters = torch.nn.Linear(hidden_size, clusters)
-        self.spectrum = torch.nn.Linear(hidden_size, MEL_BANDS)
+        self.spectrum = torch.nn.Linear(hidden_size, MEL_BANDS) if spectrum else None
 
 
 def prediction_loss(predictor: Predictor, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
@@ -78,6 +80,7 @@ def prediction_loss(predictor: Predictor, hidden: torch.Tensor, targets: torch.T
 
 def spectrum_loss(predictor: Predictor, hidden: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
     """Mean absolute error of every frame's reconstructed standardised log-mel spectrum."""
+    assert predictor.spectrum is not None, "a predictor built without the spectrum"
     return F.l1_loss(predictor.spectrum(hidden), spectra)
 
 
@@ -109,7 +112,7 @@ class _Run:
     predictor: Predictor
     optimizer: torch.optim.AdamW
     clusterer: FrameClusterer
-    spectrum: SpectrumTargets
+    spectrum: SpectrumTargets | None  # None when `spectrum_weight` is 0
     draws: torch.Generator  # each step's clips and mask spans; dropout draws from torch's global generator
     step: int = 0  # optimizer steps completed
     losses: list[float] = field(default_factory=list)  # one per completed step
@@ -174,7 +177,7 @@ def _train_step(run: _Run, waveforms: torch.Tensor, settings: PretrainSettings, 
     mask = span_mask(clips, frames, settings.mask_prob, settings.mask_length, run.draws)
     *_, (_, hidden) = run.model.hidden_states(batch, run.model.num_layers, mask=mask)  # last layer
     loss, accuracy = prediction_loss(run.predictor, hidden, targets, mask, settings.unmasked_weight)
-    if settings.spectrum_weight > 0:
+    if run.spectrum is not None:
         loss = loss + settings.spectrum_weight * spectrum_loss(run.predictor, hidden, run.spectrum(batch))
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(step, settings)
@@ -197,7 +200,7 @@ def _built_model(settings: PretrainSettings) -> tuple[EarlyExitModel, Predictor,
     """The randomly initialised model, predictor and their optimizer (seeded by `settings.seed`)."""
     model = EarlyExitModel(build_random("tiny", settings.family, settings.seed), tasks={},
                            freeze_feature_encoder=False).train()
-    predictor = Predictor(model.backbone.config.hidden_size, settings.clusters)
+    predictor = Predictor(model.backbone.config.hidden_size, settings.clusters, settings.spectrum_weight > 0)
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(predictor.parameters()),
                                   lr=settings.learning_rate, weight_decay=0.01)
     return model, predictor, optimizer
@@ -206,7 +209,7 @@ def _built_model(settings: PretrainSettings) -> tuple[EarlyExitModel, Predictor,
 def _new_run(waveforms: torch.Tensor, settings: PretrainSettings) -> _Run:
     torch.manual_seed(settings.seed)
     clusterer = FrameClusterer.fit(waveforms, settings.clusters, seed=settings.seed)
-    spectrum = SpectrumTargets.fit(waveforms)
+    spectrum = SpectrumTargets.fit(waveforms) if settings.spectrum_weight > 0 else None
     model, predictor, optimizer = _built_model(settings)
     return _Run(model, predictor, optimizer, clusterer, spectrum, torch.Generator().manual_seed(settings.seed))
 
@@ -220,7 +223,7 @@ def _continued_run(settings: PretrainSettings, saved: dict) -> _Run:
     draws = torch.Generator()
     draws.set_state(saved["rng"]["draws"])
     run = _Run(model, predictor, optimizer, FrameClusterer(**saved["clusterer"]),
-               SpectrumTargets(**saved["spectrum"]), draws, step=saved["step"],
+               SpectrumTargets(**saved["spectrum"]) if saved["spectrum"] else None, draws, step=saved["step"],
                losses=list(saved["losses"]), accuracies=list(saved["accuracies"]),
                earlier_seconds=saved["seconds"], saved_step=saved["step"])
     torch.set_rng_state(saved["rng"]["global"])  # last: building the model above draws from it
@@ -249,7 +252,7 @@ def _progress_state(run: _Run, settings: PretrainSettings, saves: ProgressFile) 
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": run.seconds(),
             "model": run.model.state_dict(), "predictor": run.predictor.state_dict(),
             "optimizer": run.optimizer.state_dict(), "clusterer": run.clusterer.state(),
-            "spectrum": run.spectrum.state(),
+            "spectrum": run.spectrum.state() if run.spectrum is not None else None,
             "rng": {"draws": run.draws.get_state(), "global": torch.get_rng_state()},
             "losses": run.losses, "accuracies": run.accuracies}
 
