@@ -173,6 +173,8 @@ def test_the_spectrum_loss_is_part_of_the_objective_and_of_the_cache_key():
         losses[weight] = metrics["first_loss"]
     assert losses[1.0] > losses[0.0]  # the same first step plus a positive reconstruction error
     assert PretrainSettings(spectrum_weight=0.0).key() != PretrainSettings().key()
+    # without it, the key of the clusters-only pretraining is the one it had before the field existed
+    assert PretrainSettings(spectrum_weight=0.0).key() == "tiny-wav2vec2-71b350987441"
 
 
 def test_pretraining_on_another_vocabulary_is_cached_beside_the_default(tmp_path, monkeypatch):
