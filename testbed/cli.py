@@ -29,6 +29,8 @@ COMMANDS = {
                "write report.md and plots/*.png of a run directory from its events"),
     "compare": ("testbed.compare.commands", "compare", "add_compare_args",
                 "run several strategies under the identical fleet, data and seeds; one table, one plot"),
+    "results": ("testbed.compare.commands", "results", "add_results_args",
+                "docs/results.md from compare directories: tables, plots and the paper's claims checked"),
     "stress": ("testbed.stress.commands", "stress", "add_stress_args",
                "scripted faults and hostile input against live runs; PASS/FAIL per check"),
     "aggregator": ("testbed.launch.commands", "aggregator", "add_aggregator_args",

@@ -1,8 +1,10 @@
-"""CLI: `testbed compare SCENARIO --strategies a,b,... [--seeds N]`, or `testbed compare --resume DIR`."""
+"""CLI: `testbed compare SCENARIO --strategies a,b,... [--seeds N]`, or `testbed compare --resume DIR`;
+`testbed results COMPARE_DIR... [--out docs/results.md]`."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from testbed.errors import UserError
@@ -64,3 +66,21 @@ def _begin(args: argparse.Namespace) -> tuple[Path, bool]:
         raise UserError(f"--seeds {args.seeds}: must be >= 1")
     overrides = [*args.overrides, *([f"exit_policy.name={args.policy}"] if args.policy else [])]
     return run_comparison(args.scenario, strategies, args.seeds, overrides, args.out, args.target)
+
+
+def add_results_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directories", nargs="+", metavar="COMPARE_DIR",
+                        help="compare directories written by `testbed compare`, one per fleet (e.g. paper_fleet, "
+                             "mixed_fleet, one with backbone.pretrained: false)")
+    parser.add_argument("--out", default="docs/results.md",
+                        help="the page to write; each comparison's plot is copied beside it as results-<dir>.png "
+                             "(default: docs/results.md)")
+
+
+def results(args: argparse.Namespace) -> int:
+    from testbed.compare.results import write_results
+
+    command = shlex.join(["testbed", "results", *args.directories, "--out", args.out])
+    page = write_results(args.directories, args.out, command)
+    print(f"wrote {page} from {len(args.directories)} comparison{'s' * (len(args.directories) > 1)}")
+    return 0

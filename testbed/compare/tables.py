@@ -75,7 +75,7 @@ def error_lines(figures: dict) -> list[str]:
     return lines
 
 
-def _interval(stats: dict | None, scale: float, unit: str, signed: bool) -> str:
+def interval(stats: dict | None, scale: float, unit: str, signed: bool) -> str:
     """"+1.2 [-0.5, +2.9] (n=3)": mean and 95 % interval; "-" without values."""
     if not stats:
         return "-"
@@ -100,8 +100,8 @@ def paired_lines(figures: dict) -> list[str]:
              "none for one seed).", ""]
     lines += _header("pair", [f"{task} error, points" for task in tasks] + ["mean round time ratio"])
     for pair in figures["paired"]:
-        cells = [_interval(pair["error"][task], 100, "", True) for task in tasks]
-        cells.append(_interval(pair["round_time_ratio"], 1, "x", False))
+        cells = [interval(pair["error"][task], 100, "", True) for task in tasks]
+        cells.append(interval(pair["round_time_ratio"], 1, "x", False))
         lines.append(f"| {pair['strategy']} vs {pair['against']} | " + " | ".join(cells) + " |")
     return lines
 
