@@ -147,6 +147,16 @@ def test_interrupted_builtin_corpus_leaves_nothing(monkeypatch, tmp_path):
     assert list((tmp_path / "cache" / "corpus").iterdir()) == []
 
 
+def test_a_scenario_sets_the_takes_of_the_builtin_corpus():
+    from testbed.config.schema import BUILTIN_TAKES, DataSpec
+    from testbed.data.source import corpus_utterances
+
+    assert synth.CORPUS_DEFAULTS["takes"] == DataSpec().takes == BUILTIN_TAKES
+    utterances = corpus_utterances(DataSpec(takes=1, words=("stop", "spot")))  # synthesised here (cache in tmp)
+    per_speaker_word = Counter((u.speaker, u.word) for u in utterances)
+    assert len(per_speaker_word) == synth.CORPUS_DEFAULTS["n_speakers"] * 2 and set(per_speaker_word.values()) == {1}
+
+
 # --- layouts -----------------------------------------------------------------------------------
 
 def test_speech_commands_loader_reads_splits(tiny_corpus):

@@ -16,6 +16,7 @@ Speaker id on held-out utterances of the corpus's 96 speakers (the `speaker` tas
     python tools/speaker_information.py finetune --steps 2400      # ~15 min here, one thread
     python tools/speaker_information.py finetune --steps 1200 --trainable-cnn --threads 2
     python tools/speaker_information.py finetune --steps 600 --every 200 [--bare-head]
+    python tools/speaker_information.py finetune --steps 2400 --every 200 --takes 9   # 3x the speaker's clips
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 
 import torch
 
+from testbed.config.schema import BUILTIN_TAKES
 from testbed.data.layouts import load_speech_commands
 from testbed.data.synth import builtin_corpus
 from testbed.data.tasks import TaskData, prepare_task
@@ -131,10 +133,12 @@ def main() -> None:
     parser.add_argument("--trainable-cnn", action="store_true", help="train the CNN front end too")
     parser.add_argument("--bare-head", action="store_true", help="exit heads without their layer norm")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--takes", type=int, default=BUILTIN_TAKES,
+                        help="takes of each word by each speaker in the built-in corpus (scenario data.takes)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = prepare_task(load_speech_commands(builtin_corpus(seed=0, progress=False)), TASK,
+    data = prepare_task(load_speech_commands(builtin_corpus(seed=0, progress=False, takes=args.takes)), TASK,
                         test_speaker_fraction=0.2, seed=args.seed)
     print(f"{TASK}: {len(data.classes)} classes, {len(data.train_labels)} train / {len(data.test_labels)} "
           f"held-out clips, chance {1 / len(data.classes):.1%}", flush=True)

@@ -23,6 +23,7 @@ _RESOURCE_NAME = re.compile(r"(?!(CPU|GPU|memory|object_store_memory)$)[A-Za-z][
 MAX_FLEET = 1024      # clients per run: each is an OS process of 80-220 MB (docs/benchmarks.md), so 1024
 #                       already need a 128-256 GB host (launch/capacity.py checks this host's memory)
 MAX_LAYERS = 128      # transformer layers: the deepest speech SSL checkpoints have 48 (XLS-R 1B/2B)
+BUILTIN_TAKES = 3     # takes of each word by each speaker in the built-in corpus, by default (data/synth.py)
 DAY_S = 86_400        # seconds
 YEAR_S = 31_536_000   # seconds (365 days): the longest emulated time a schedule may span
 
@@ -140,10 +141,18 @@ class DataSpec:
     # Seconds per clip (Speech Commands: 1 s); the CNN front end needs 25 ms, a spoken word ~0.3 s
     clip_seconds: float = setting(1.0, ge=0.1, le=10)
     words: tuple[str, ...] | None = setting(None, nonempty=True)  # keyword classes; None = all
+    # Takes of each word by each speaker in the built-in corpus (default: BUILTIN_TAKES). The speaker
+    # task trains on ~0.8 x 12 words x takes clips per speaker: with 3 its held-out accuracy stops where the
+    # training clips are learnt by heart (docs/benchmarks.md, "Speaker information"). Each take adds ~1152
+    # clips (37 MB in the cache, ~1 s of synthesis here); 30 is ten times the default.
+    takes: int = setting(BUILTIN_TAKES, ge=1, le=30)
 
     def problems(self) -> Problems:
         if self.source != "builtin" and self.path is None:
             yield "path", f"required when source is {self.source!r} (a corpus directory or manifest file)"
+        if self.source != "builtin" and self.takes != BUILTIN_TAKES:
+            yield "takes", (f"only shapes the built-in corpus (source: builtin); a {self.source!r} corpus has "
+                            "the takes it was recorded with: remove it")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ def corpus_utterances(spec: DataSpec) -> tuple[Utterance, ...]:
     if spec.source == "builtin":
         from testbed.data.synth import builtin_corpus
 
-        utterances = load_speech_commands(builtin_corpus())
+        utterances = load_speech_commands(builtin_corpus(takes=spec.takes))
     else:
         assert spec.path is not None  # DataSpec.problems() requires a path unless the source is builtin
         utterances = load_corpus(spec.path, LAYOUTS[spec.source])

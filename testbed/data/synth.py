@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from testbed.config.schema import BUILTIN_TAKES
 from testbed.data.audio import SAMPLE_RATE, resample, resample_single_threaded
 from testbed.data.augment import augment, colour, trim_silence
 from testbed.data.layouts import assign_speaker_splits
@@ -59,7 +60,7 @@ LEVEL_DBFS = (-20.0, 0.0)  # clip peak level
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s clips, as in Speech Commands
 FORMAT_VERSION = 3  # bump when synthesis changes, so cached corpora are rebuilt (2: no babble;
 # 3: per-speaker vocal tract, channel and intonation range, less per-take jitter)
-CORPUS_DEFAULTS = {"words": DEFAULT_WORDS, "n_speakers": 96, "takes": 3, "snr_db": (0.0, 15.0)}
+CORPUS_DEFAULTS = {"words": DEFAULT_WORDS, "n_speakers": 96, "takes": BUILTIN_TAKES, "snr_db": (0.0, 15.0)}
 # independent random streams: np.random.default_rng([seed, stream, ...])
 _TAKE_STREAM, _MIX_STREAM = 2, 3  # (stream 1 drew the babble of format version 1)
 
