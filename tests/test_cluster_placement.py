@@ -15,8 +15,9 @@ from testbed.transport.keys import generate_keys
 from tests.runs import alive
 
 
-def node(cpus: int, **resources: float) -> dict:
-    return {"NodeID": f"n{cpus}{''.join(resources)}", "Alive": True, "Resources": {"CPU": float(cpus), **resources}}
+def node(cpus: int, memory_mib: int = 16384, **resources: float) -> dict:
+    return {"NodeID": f"n{cpus}{''.join(resources)}", "Alive": True,
+            "Resources": {"CPU": float(cpus), "memory": float(memory_mib * 2 ** 20), **resources}}
 
 
 def scenario(*fleet: dict):
@@ -29,7 +30,7 @@ def test_each_client_reserves_its_profile_cores_capped_by_the_largest_node_that_
     nodes = [node(2), node(6, big=1)]
     assert fleet_nodes(plan, clients) == {"c00": None, "c01": None, "c02": "big"}
     assert seats(plan, clients, nodes) == [Seat("c00", 4, None), Seat("c01", 4, None), Seat("c02", 6, "big")]
-    assert Seat("c02", 6, "big").bundle() == {"CPU": 6.0, "big": 0.001}
+    assert Seat("c02", 6, "big").bundle() == {"CPU": 6.0, "memory": 600.0 * 2 ** 20, "big": 0.001}
 
 
 def test_a_fleet_beyond_the_cluster_is_refused_naming_what_it_asks_and_what_there_is():
@@ -40,6 +41,17 @@ def test_a_fleet_beyond_the_cluster_is_refused_naming_what_it_asks_and_what_ther
     with pytest.raises(UserError, match=r"node: big ask 8 CPUs .* offering 'big' have 4 CPUs"):
         check_capacity([Seat("c00", 4, "big"), Seat("c01", 4, "big")], [node(4, big=1), node(8)], "auto")
     check_capacity([Seat("c00", 4, "big"), Seat("c01", 4, None)], [node(4, big=1), node(4)], "auto")
+
+
+def test_a_fleet_beyond_the_clusters_memory_is_refused_before_anything_starts():
+    """Each client reserves 600 MiB on its node (its process and its Ray actor), so that a node's memory caps how many
+    it takes instead of Ray's memory monitor killing them mid-run."""
+    fleet = [Seat(f"c{i:02d}", 1, None) for i in range(64)]
+    with pytest.raises(UserError, match=r"asks 38400 MiB of memory \(64 clients: 600 MiB each.*offer 32768 MiB"):
+        check_capacity(fleet, [node(64), node(64)], "auto")
+    check_capacity(fleet[:54], [node(64), node(64)], "auto")  # 32400 MiB: fits
+    with pytest.raises(UserError, match=r"node: big ask 1200 MiB .* offering 'big' have 1000 MiB"):
+        check_capacity([Seat("c00", 1, "big"), Seat("c01", 1, "big")], [node(4, 1000, big=1), node(4)], "auto")
 
 
 def test_the_aggregator_binds_where_the_nodes_reach_it():

@@ -56,13 +56,18 @@ emulation: {{clock: {clock}}}
 """
 
 
-def used_mb() -> float:
+def meminfo_mb() -> dict[str, float]:
     fields = {}
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             name, value = line.split(":")
-            fields[name] = int(value.split()[0])
-    return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
+
+
+def used_mb() -> float:
+    fields = meminfo_mb()
+    return fields["MemTotal"] - fields["MemAvailable"]
 
 
 def main() -> None:
@@ -91,14 +96,19 @@ def start_ray_cluster(nodes: int, clients: int):
     from ray.cluster_utils import Cluster
 
     before = used_mb()
-    node = {"num_cpus": -(-clients // nodes), "include_dashboard": False, "object_store_memory": 80 * 2**20}
+    # Each node declares its share of this host's available memory: left to itself every local node would
+    # declare the whole host's, and the run's check of the fleet's memory against the cluster's would count it
+    # N times over (on real nodes each declares its own)
+    share = int(meminfo_mb()["MemAvailable"] * 2**20 * 0.9 / nodes)  # bytes; 10 % for Ray's own processes
+    node = {"num_cpus": -(-clients // nodes), "include_dashboard": False, "object_store_memory": 80 * 2**20,
+            "memory": share}
     cluster = Cluster(initialize_head=True, head_node_args=node)
     for _ in range(nodes - 1):
         cluster.add_node(**node)
     cluster.wait_for_nodes()
     time.sleep(5)  # let the nodes' own processes settle before their memory is read
-    print(f"Ray cluster of {nodes} nodes, {node['num_cpus']} logical CPUs each: +{used_mb() - before:.0f} MB of "
-          f"host memory before any client")
+    print(f"Ray cluster of {nodes} nodes, {node['num_cpus']} logical CPUs and {share / 2**20:.0f} MiB of memory each: "
+          f"+{used_mb() - before:.0f} MB of host memory before any client")
     return cluster, ["--cluster", cluster.address, "--placement", "spread"]
 
 
@@ -113,8 +123,9 @@ def measure(args: argparse.Namespace, cluster_args: list[str]) -> None:
     before = used_mb()
     peak = before
     started, launched = time.monotonic(), time.time()
+    output = (work / "run.log").open("w")
     process = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(scenario), "--out", str(run_dir),
-                                "--no-dashboard", *cluster_args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                "--no-dashboard", *cluster_args], stdout=output, stderr=subprocess.STDOUT)
     try:
         while process.poll() is None and time.monotonic() - started < args.timeout:
             peak = max(peak, used_mb())
@@ -124,6 +135,12 @@ def measure(args: argparse.Namespace, cluster_args: list[str]) -> None:
             process.terminate()
             process.wait(30)
     wall = time.monotonic() - started
+    output.close()
+    if not (run_dir / "summary.json").is_file():  # refused before it began: say why
+        errors = [line for line in (work / "run.log").read_text().splitlines() if "error" in line]
+        print(f"{args.clients} clients: refused after {wall:.1f} s wall (rc {process.returncode}): "
+              + (errors[-1] if errors else f"see {work / 'run.log'}"))
+        return
     summary = json.loads((run_dir / "summary.json").read_text())
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.endswith("}")]
     dilation = next(e["dilation"] for e in events if e["kind"] == "run_started")

@@ -5,10 +5,10 @@ binds TCP on an address the nodes reach; every client runs on a node as `python 
 point of `testbed client`), started by a Ray actor (`ClientHost`, cluster_host.py) that reserves the node's CPUs
 for it. The run makes a CURVE key pair per client and hands each client its own through its actor's arguments.
 
-Placement: one placement group for the fleet, one bundle per client (its CPUs, and the Ray resource its fleet
-entry's `node` names), packed onto as few nodes as fit or spread over as many as there are (`--placement`).
-What the cluster cannot host is refused before anything starts: more CPUs than it has, a resource no node
-offers, or a placement group that is not ready within its timeout.
+Placement: one placement group for the fleet, one bundle per client (its CPUs, CLIENT_MIB of memory, and the Ray
+resource its fleet entry's `node` names), packed onto as few nodes as fit or spread over as many as there are
+(`--placement`). What the cluster cannot host is refused before anything starts: more CPUs or memory than it has, a resource no
+node offers, or a placement group that is not ready within its timeout.
 
 Ray is imported here only inside `ClusterFleet` (and the actor): a run without --cluster never imports it.
 """
@@ -48,6 +48,12 @@ POLL_EVERY_S = 1.0  # host seconds between two polls of a client (its exit code,
 STOP_WAIT_S = 4.0  # host seconds the hosts get to end their clients (1 s to exit, SIGTERM, SIGKILL 2 s on) and answer
 REBOOT_AFTER_S = 2.0  # host seconds a client that crashed by emulation stays down before it starts again
 JOIN_TIMEOUT_S = 300.0  # host seconds a client on a node waits for the aggregator's WELCOME, then exits (code 2)
+# Memory each client's bundle reserves on its node, MiB: measured 580 MB per client (its process, which imports
+# torch itself, and its Ray actor) for 32 clients on two local nodes (docs/benchmarks.md, "On a Ray cluster of two
+# nodes on this host"). A node's Ray `memory` resource then caps how many clients it takes, as MemAvailable
+# does for a local run (launch/capacity.py), instead of Ray's memory monitor killing them mid-run.
+CLIENT_MIB = 600
+MIB = 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,8 @@ class Seat:
     node: str | None  # the fleet entry's `node`: a Ray custom resource; None = any node
 
     def bundle(self) -> dict[str, float]:
-        return {"CPU": float(self.cpus), **({self.node: NODE_RESOURCE_SHARE} if self.node else {})}
+        return {"CPU": float(self.cpus), "memory": float(CLIENT_MIB * MIB),
+                **({self.node: NODE_RESOURCE_SHARE} if self.node else {})}
 
 
 def fleet_nodes(scenario: Scenario, clients: list[ClientSpec]) -> dict[str, str | None]:
@@ -80,6 +87,11 @@ def fleet_nodes(scenario: Scenario, clients: list[ClientSpec]) -> dict[str, str 
 
 def node_cpus(node: dict) -> int:
     return int(node.get("Resources", {}).get("CPU", 0))
+
+
+def node_mib(node: dict) -> int:
+    """The node's Ray `memory` resource (what tasks and actors may reserve there), MiB."""
+    return int(node.get("Resources", {}).get("memory", 0) // MIB)
 
 
 def seats(scenario: Scenario, clients: list[ClientSpec], nodes: list[dict]) -> list[Seat]:
@@ -115,10 +127,22 @@ def check_capacity(fleet_seats: list[Seat], nodes: list[dict], address: str) -> 
             raise UserError(f"--cluster {address}: fleet entries with node: {label} ask {_cpus(asking)}, the "
                             f"{len(hosts)} node(s) offering {label!r} have {have} CPUs (allowed: at most what they "
                             f"have): fewer such clients, or more nodes offering {label!r}")
+        memory = sum(node_mib(node) for node in hosts)
+        if len(asking) * CLIENT_MIB > memory:
+            raise UserError(f"--cluster {address}: fleet entries with node: {label} ask {len(asking) * CLIENT_MIB} MiB "
+                            f"of memory ({_count(asking)}: {CLIENT_MIB} MiB each), the {len(hosts)} node(s) offering "
+                            f"{label!r} have {memory} MiB (allowed: at most what they have): fewer such clients, or "
+                            f"more nodes offering {label!r}")
     if sum(seat.cpus for seat in fleet_seats) > total:
         raise UserError(f"--cluster {address}: the fleet asks {_cpus(fleet_seats)}, the Ray cluster has {total} CPUs "
                         f"on {len(nodes)} node(s) (allowed: at most what it has; a client reserves its profile's "
                         f"cores): fewer clients, or more nodes")
+    memory = sum(node_mib(node) for node in nodes)
+    if len(fleet_seats) * CLIENT_MIB > memory:
+        raise UserError(f"--cluster {address}: the fleet asks {len(fleet_seats) * CLIENT_MIB} MiB of memory "
+                        f"({_count(fleet_seats)}: {CLIENT_MIB} MiB each, a client process and its Ray actor), the "
+                        f"Ray cluster's {len(nodes)} node(s) offer {memory} MiB (allowed: at most what they offer): "
+                        f"fewer clients, or more nodes or memory (ray start --memory BYTES)")
 
 
 def _count(fleet_seats: list[Seat]) -> str:
@@ -248,8 +272,11 @@ class ClusterFleet:
         for seat in self.seats:
             for name, amount in seat.bundle().items():
                 asked[name] = asked.get(name, 0.0) + amount
-        short = [f"{name} {amount:g} asked, {free.get(name, 0.0):g} free" for name, amount in sorted(asked.items())
-                 if free.get(name, 0.0) < amount]
+        def amount(name: str, value: float) -> str:  # Ray counts memory in bytes
+            return f"{value / MIB:.0f} MiB" if name == "memory" else f"{value:g}"
+
+        short = [f"{name} {amount(name, wanted)} asked, {amount(name, free.get(name, 0.0))} free"
+                 for name, wanted in sorted(asked.items()) if free.get(name, 0.0) < wanted]
         largest = max((node_cpus(node) for node in self.ray.nodes() if node.get("Alive")), default=0)
         too_big = [seat.client_id for seat in self.seats if seat.cpus > largest]
         if too_big:
