@@ -47,7 +47,7 @@ def test_a_fleet_beyond_the_clusters_memory_is_refused_before_anything_starts():
     """Each client reserves 600 MiB on its node (its process and its Ray actor), so that a node's memory caps how many
     it takes instead of Ray's memory monitor killing them mid-run."""
     fleet = [Seat(f"c{i:02d}", 1, None) for i in range(64)]
-    with pytest.raises(UserError, match=r"asks 38400 MiB of memory \(64 clients: 600 MiB each.*offer 32768 MiB"):
+    with pytest.raises(UserError, match=r"asks 38400 MiB of memory \(64 clients: 600 MiB each.*has 32768 MiB on 2 node"):
         check_capacity(fleet, [node(64), node(64)], "auto")
     check_capacity(fleet[:54], [node(64), node(64)], "auto")  # 32400 MiB: fits
     with pytest.raises(UserError, match=r"node: big ask 1200 MiB .* offering 'big' have 1000 MiB"):

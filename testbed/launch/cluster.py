@@ -109,11 +109,10 @@ def seats(scenario: Scenario, clients: list[ClientSpec], nodes: list[dict]) -> l
 
 
 def check_capacity(fleet_seats: list[Seat], nodes: list[dict], address: str) -> None:
-    """A one-line UserError when the cluster cannot host the fleet: a resource no node offers, more CPUs than the
-    cluster (or the nodes offering a resource) have."""
+    """A one-line UserError when the cluster cannot host the fleet: a resource no node offers, more CPUs or memory
+    than the cluster (or the nodes offering a resource) have."""
     offered = sorted({name for node in nodes for name in node.get("Resources", {})
                       if not name.startswith("node:") and name not in ("CPU", "GPU", "memory", "object_store_memory")})
-    total = sum(node_cpus(node) for node in nodes)
     for label in sorted({seat.node for seat in fleet_seats if seat.node}):
         hosts = [node for node in nodes if label in node.get("Resources", {})]
         asking = [seat for seat in fleet_seats if seat.node == label]
@@ -122,27 +121,25 @@ def check_capacity(fleet_seats: list[Seat], nodes: list[dict], address: str) -> 
                             f"offering the Ray resource {label!r}, and none does (resources offered: "
                             f"{', '.join(offered) or 'none besides CPU and memory'}; start a node with "
                             f"ray start --resources '{{\"{label}\": 1}}')")
-        have = sum(node_cpus(node) for node in hosts)
-        if sum(seat.cpus for seat in asking) > have:
-            raise UserError(f"--cluster {address}: fleet entries with node: {label} ask {_cpus(asking)}, the "
-                            f"{len(hosts)} node(s) offering {label!r} have {have} CPUs (allowed: at most what they "
-                            f"have): fewer such clients, or more nodes offering {label!r}")
-        memory = sum(node_mib(node) for node in hosts)
-        if len(asking) * CLIENT_MIB > memory:
-            raise UserError(f"--cluster {address}: fleet entries with node: {label} ask {len(asking) * CLIENT_MIB} MiB "
-                            f"of memory ({_count(asking)}: {CLIENT_MIB} MiB each), the {len(hosts)} node(s) offering "
-                            f"{label!r} have {memory} MiB (allowed: at most what they have): fewer such clients, or "
-                            f"more nodes offering {label!r}")
-    if sum(seat.cpus for seat in fleet_seats) > total:
-        raise UserError(f"--cluster {address}: the fleet asks {_cpus(fleet_seats)}, the Ray cluster has {total} CPUs "
-                        f"on {len(nodes)} node(s) (allowed: at most what it has; a client reserves its profile's "
-                        f"cores): fewer clients, or more nodes")
-    memory = sum(node_mib(node) for node in nodes)
-    if len(fleet_seats) * CLIENT_MIB > memory:
-        raise UserError(f"--cluster {address}: the fleet asks {len(fleet_seats) * CLIENT_MIB} MiB of memory "
-                        f"({_count(fleet_seats)}: {CLIENT_MIB} MiB each, a client process and its Ray actor), the "
-                        f"Ray cluster's {len(nodes)} node(s) offer {memory} MiB (allowed: at most what they offer): "
-                        f"fewer clients, or more nodes or memory (ray start --memory BYTES)")
+        _check_room(asking, hosts, f"--cluster {address}: fleet entries with node: {label} ask",
+                    f"the {len(hosts)} node(s) offering {label!r} have {{}}",
+                    f"fewer such clients, or more nodes offering {label!r}")
+    _check_room(fleet_seats, nodes, f"--cluster {address}: the fleet asks",
+                f"the Ray cluster has {{}} on {len(nodes)} node(s)", "fewer clients, or more nodes")
+
+
+def _check_room(asking: list[Seat], hosts: list[dict], who: str, where: str, remedy: str) -> None:
+    """The CPUs, then the memory, that `asking` reserves against what `hosts` have, as one line naming both
+    (`where` holds {} for what they have)."""
+    cpus = sum(node_cpus(node) for node in hosts)
+    if sum(seat.cpus for seat in asking) > cpus:
+        raise UserError(f"{who} {_cpus(asking)}, {where.format(f'{cpus} CPUs')} (allowed: at most what they have; a client "
+                        f"reserves its profile's cores): {remedy}")
+    memory = sum(node_mib(node) for node in hosts)
+    if len(asking) * CLIENT_MIB > memory:
+        raise UserError(f"{who} {len(asking) * CLIENT_MIB} MiB of memory ({_count(asking)}: {CLIENT_MIB} MiB each, a "
+                        f"client process and its Ray actor), {where.format(f'{memory} MiB')} (allowed: at most what they have): "
+                        f"{remedy} (a node declares its memory with ray start --memory BYTES)")
 
 
 def _count(fleet_seats: list[Seat]) -> str:
