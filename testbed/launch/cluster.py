@@ -7,8 +7,8 @@ for it. The run makes a CURVE key pair per client and hands each client its own 
 
 Placement: one placement group for the fleet, one bundle per client (its CPUs, CLIENT_MIB of memory, and the Ray
 resource its fleet entry's `node` names), packed onto as few nodes as fit or spread over as many as there are
-(`--placement`). What the cluster cannot host is refused before anything starts: more CPUs or memory than it has, a resource no
-node offers, or a placement group that is not ready within its timeout.
+(`--placement`). What the cluster cannot host is refused before anything starts: more CPUs or memory than it
+has, a resource no node offers, or a placement group that is not ready within its timeout.
 
 Ray is imported here only inside `ClusterFleet` (and the actor): a run without --cluster never imports it.
 """
