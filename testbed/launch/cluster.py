@@ -142,6 +142,11 @@ def _check_room(asking: list[Seat], hosts: list[dict], who: str, where: str, rem
                         f"{remedy} (a node declares its memory with ray start --memory BYTES)")
 
 
+def _quantity(resource: str, value: float) -> str:
+    """An amount of a Ray resource in words: memory in MiB (Ray counts it in bytes), others as they are."""
+    return f"{value / MIB:.0f} MiB" if resource == "memory" else f"{value:g}"
+
+
 def _count(fleet_seats: list[Seat]) -> str:
     return f"{len(fleet_seats)} client{'s' if len(fleet_seats) != 1 else ''}"
 
@@ -269,10 +274,7 @@ class ClusterFleet:
         for seat in self.seats:
             for name, amount in seat.bundle().items():
                 asked[name] = asked.get(name, 0.0) + amount
-        def amount(name: str, value: float) -> str:  # Ray counts memory in bytes
-            return f"{value / MIB:.0f} MiB" if name == "memory" else f"{value:g}"
-
-        short = [f"{name} {amount(name, wanted)} asked, {amount(name, free.get(name, 0.0))} free"
+        short = [f"{name} {_quantity(name, wanted)} asked, {_quantity(name, free.get(name, 0.0))} free"
                  for name, wanted in sorted(asked.items()) if free.get(name, 0.0) < wanted]
         largest = max((node_cpus(node) for node in self.ray.nodes() if node.get("Alive")), default=0)
         too_big = [seat.client_id for seat in self.seats if seat.cpus > largest]
