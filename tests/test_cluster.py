@@ -7,8 +7,10 @@ comes last. Every run is a real `testbed run` process; each test is bounded in t
 
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from testbed.launch.cluster_host import node_root
 from tests.runs import alive, events, start, wait_for_event
+from tests.runs import testbed_command as command_for  # renamed: pytest would collect test*
 
 ray = pytest.importorskip("ray", reason="testbed run --cluster needs Ray (pip install -e '.[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -29,16 +32,28 @@ HEAD_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": 
                "health_check_initial_delay_ms": 2000, "health_check_period_ms": 2000,
                "health_check_timeout_ms": 3000, "health_check_failure_threshold": 3,
                "agent_register_timeout_ms": 60000}
+# What a node's fork server and every client forked from it run (as the local launcher's fork server does, which
+# forks the aggregator: the node's descend from a NodeHost).
+CLUSTER_CLIENTS = "testbed.launch.fork_server"
 RUN_TIMEOUT_S = 150  # host seconds a whole run may take here (2 rounds on the debug backbone, clients starting)
 
 
 @pytest.fixture(scope="module")
 def cluster(cache):  # `cache` first: the nodes' processes inherit TESTBED_CACHE from this process
+    client_port = free_port()  # the head's Ray Client server: --cluster ray://127.0.0.1:PORT
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "resources": {"node-a": 1},
+                                                            "ray_client_server_port": client_port,
                                                             "_system_config": HEAD_CONFIG})
+    cluster.client_port = client_port
     cluster.second = cluster.add_node(**NODE, resources={"node-b": 1})
     yield cluster
     cluster.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_on(cluster: Cluster, scenario: Path, out: Path, *more: str) -> subprocess.Popen:
@@ -68,18 +83,25 @@ def descends_from_this_test(pid: int) -> bool:
 
 
 def leftovers(run_dir: Path) -> dict[int, str]:
-    """pid -> command line of every process left of the run: its clients (found by the run's folder on the node,
-    wherever they were reparented) and the client hosts of this test's Ray nodes."""
-    identity = json.loads((run_dir / "run.json").read_text())
-    run_folder = f"/{run_dir.name[:40]}-{identity['run_id'][:8]}-"  # <tmp>/testbed-cluster-<uid>/<this>...
+    """pid -> command line of every process left of the run: the node hosts of this test's Ray nodes, the fork servers
+    they started and the clients forked from those (found by descent from this test, or, wherever they were
+    reparented, by the pids the run recorded)."""
+    recorded = {facts[key] for facts in client_pids(run_dir).values() for key in ("pid", "forkserver") if key in facts}
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and alive(pid := int(entry.name)):
             command = command_line(pid)
-            if ("testbed client" in command and run_folder in command) or (
-                    "ClientHost" in command and descends_from_this_test(pid)):
+            if (pid in recorded or ("NodeHost" in command and descends_from_this_test(pid))
+                    or (CLUSTER_CLIENTS in command and under_node_host(pid))):
                 found[pid] = command
     return found
+
+
+def under_node_host(pid: int) -> bool:
+    while (pid := parent(pid)) > 1:
+        if "NodeHost" in command_line(pid):
+            return True
+    return False
 
 
 def wait_none_left(run_dir: Path, timeout_s: float) -> float:
@@ -151,7 +173,8 @@ def test_ctrl_c_ends_every_client_and_host_within_5_s(cluster, write_scenario, t
         clients = client_pids(out)
         assert len({facts["node_id"] for facts in clients.values()}) == 2, clients  # spread, the default
         pids = [facts["pid"] for facts in clients.values()]
-        assert len(pids) == 2 and all(alive(pid) for pid in pids) and len(leftovers(out)) == 4  # 2 clients, 2 hosts
+        assert len(pids) == 2 and all(alive(pid) for pid in pids) and len(leftovers(out)) == 6
+        # 2 clients, each forked by the fork server of the host on its node
         process.send_signal(signal.SIGINT)
         wait_none_left(out, 5.0)  # every client and host gone within 5 s of Ctrl-C
         process.wait(timeout=60)  # then the run records its end and writes its report
@@ -214,6 +237,44 @@ def test_cluster_auto_finds_the_cluster_started_on_this_host(cluster, write_scen
     assert described["address"] == "auto" and len(described["nodes"]) == 2  # this test's cluster, both nodes
     assert [facts["node_id"] for facts in client_pids(out).values()] == [
         node["node_id"] for node in described["nodes"] if node["clients"]]
+    wait_none_left(out, 5.0)
+
+
+def test_ray_client_drives_the_cluster_from_its_address(cluster, write_scenario, tmp_path):
+    """--cluster ray://HOST:PORT: the launcher is a Ray Client of the head (as from a host outside the cluster)."""
+    out = tmp_path / "ray_client"
+    address = f"ray://127.0.0.1:{cluster.client_port}"
+    process = start("run", str(scenario_for(write_scenario, "ray_client", "[{profile: laptop}]", rounds=1)),
+                    "--cluster", address, "--out", str(out), "--no-dashboard")
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, output
+    described = json.loads((out / "cluster.json").read_text())
+    assert described["address"] == address and len(described["nodes"]) == 2
+    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 1
+    assert [facts["node_id"] for facts in client_pids(out).values()] == [
+        node["node_id"] for node in described["nodes"] if node["clients"]]
+    wait_none_left(out, 5.0)
+
+
+def test_a_launch_whose_every_host_dies_at_once_fails_in_one_line_naming_the_token_file(
+        cluster, write_scenario, tmp_path):
+    """A Ray authentication token in the launcher's home, and a cluster started without token authentication: the
+    nodes' actors die at once. The run fails there, saying why in one line that names the file and the remedy."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    out = tmp_path / "token"
+    env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_MODE"} | {"HOME": str(home)}
+    process = subprocess.Popen(command_for("run", str(scenario_for(write_scenario, "token", "[{profile: laptop}]")),
+                                               "--cluster", "auto", "--out", str(out), "--no-dashboard"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 1, output
+    failed = [event for event in events(out) if event["kind"] == "run_failed"]
+    assert len(failed) == 1 and "died before any client started" in failed[0]["reason"], output
+    assert "auth_token" in failed[0]["reason"] and "RAY_AUTH_MODE=disabled" in failed[0]["reason"], output
+    assert failed[0]["reason"] in output  # on the console too
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
     wait_none_left(out, 5.0)
 
 

@@ -1,5 +1,5 @@
 """What `testbed run --cluster` decides without a cluster: each client's seat, the refusals, the addresses; and a
-client host (the object a Ray actor wraps) starting, following and ending a real client process. No Ray needed."""
+node host (the object a Ray actor wraps) forking, following and ending real client processes. No Ray needed."""
 
 import os
 import signal
@@ -10,7 +10,7 @@ import pytest
 from testbed.config.loader import load_scenario, resolve_fleet
 from testbed.errors import UserError
 from testbed.launch.cluster import Seat, addresses, check_capacity, fleet_nodes, seats
-from testbed.launch.cluster_host import ClientHost
+from testbed.launch.cluster_host import NodeHost
 from testbed.transport.keys import generate_keys
 from tests.runs import alive
 
@@ -30,7 +30,8 @@ def test_each_client_reserves_its_profile_cores_capped_by_the_largest_node_that_
     nodes = [node(2), node(6, big=1)]
     assert fleet_nodes(plan, clients) == {"c00": None, "c01": None, "c02": "big"}
     assert seats(plan, clients, nodes) == [Seat("c00", 4, None), Seat("c01", 4, None), Seat("c02", 6, "big")]
-    assert Seat("c02", 6, "big").bundle() == {"CPU": 6.0, "memory": 600.0 * 2 ** 20, "big": 0.001}
+    assert Seat("c02", 6, "big").bundle() == {"CPU": 6.0, "memory": 400.0 * 2 ** 20, "big": 0.001}
+    assert {seat.mib for seat in seats(plan, clients, nodes, client_mib=1500)} == {1500}  # --client-memory 1500
 
 
 def test_a_fleet_beyond_the_cluster_is_refused_naming_what_it_asks_and_what_there_is():
@@ -44,14 +45,17 @@ def test_a_fleet_beyond_the_cluster_is_refused_naming_what_it_asks_and_what_ther
 
 
 def test_a_fleet_beyond_the_clusters_memory_is_refused_before_anything_starts():
-    """Each client reserves 600 MiB on its node (its process and its Ray actor), so that a node's memory caps how many
+    """Each client reserves 400 MiB on its node by default (--client-memory), so that a node's memory caps how many
     it takes instead of Ray's memory monitor killing them mid-run."""
-    fleet = [Seat(f"c{i:02d}", 1, None) for i in range(64)]
-    with pytest.raises(UserError, match=r"asks 38400 MiB of memory \(64 clients: 600 MiB each.*has 32768 MiB on 2 node"):
+    fleet = [Seat(f"c{i:02d}", 1, None) for i in range(82)]
+    with pytest.raises(UserError, match=r"asks 32800 MiB of memory \(82 clients: 400 MiB each, --client-memory\).*"
+                                        r"has 32768 MiB on 2 node"):
         check_capacity(fleet, [node(64), node(64)], "auto")
-    check_capacity(fleet[:54], [node(64), node(64)], "auto")  # 32400 MiB: fits
-    with pytest.raises(UserError, match=r"node: big ask 1200 MiB .* offering 'big' have 1000 MiB"):
-        check_capacity([Seat("c00", 1, "big"), Seat("c01", 1, "big")], [node(4, 1000, big=1), node(4)], "auto")
+    check_capacity(fleet[:81], [node(64), node(64)], "auto")  # 32400 MiB: fits
+    light = [Seat(f"c{i:02d}", 1, None, mib=200) for i in range(160)]  # --client-memory 200
+    check_capacity(light, [node(80), node(80)], "auto")
+    with pytest.raises(UserError, match=r"node: big ask 800 MiB .* offering 'big' have 700 MiB"):
+        check_capacity([Seat("c00", 1, "big"), Seat("c01", 1, "big")], [node(4, 700, big=1), node(4)], "auto")
 
 
 def test_the_aggregator_binds_where_the_nodes_reach_it():
@@ -68,26 +72,39 @@ def test_a_node_resource_name_is_checked_by_the_scenario():
         scenario({"profile": "laptop", "node": "CPU"})
 
 
-def test_a_client_host_starts_a_client_with_its_keys_hands_its_log_back_and_ends_it(tmp_path):
+def test_a_node_host_forks_its_clients_with_their_keys_hands_their_logs_back_and_ends_them(tmp_path):
     keys = tmp_path / "keys"
-    generate_keys(keys, ["c07"])
-    host = ClientHost(f"test-{os.getpid()}", "c07")
-    facts = host.start("tcp://127.0.0.1:9", {"server.key": (keys / "server.key").read_text(),
-                                             "client.key_secret": (keys / "clients" / "c07.key_secret").read_text()},
-                       join_timeout_s=60)
+    generate_keys(keys, ["c07", "c08"])
+    host = NodeHost(f"test-{os.getpid()}")
+    server_key = (keys / "server.key").read_text()
     try:
-        assert alive(facts["pid"]) and facts["hostname"] and facts["testbed"]
-        assert os.getpgid(facts["pid"]) == facts["pid"]  # a group of its own: ended with one signal
-        secret = host.keys / "clients" / "c07.key_secret"
-        assert secret.stat().st_mode & 0o777 == 0o600 and host.keys.stat().st_mode & 0o777 == 0o700
-        state = host.poll(0)
+        facts = {client_id: host.start(client_id, "tcp://127.0.0.1:9",  # no aggregator there: they wait to join
+                                       {"server.key": server_key,
+                                        "client.key_secret": (keys / "clients" / f"{client_id}.key_secret").read_text()},
+                                       join_timeout_s=60)
+                 for client_id in ("c07", "c08")}
+        server = facts["c07"]["forkserver"]
+        assert all(alive(f["pid"]) and f["hostname"] and f["testbed"] for f in facts.values())
+        # both forked from the node's one fork server, in its process group: it imported torch for both
+        assert {parent_of(f["pid"]) for f in facts.values()} == {server} == {f["forkserver"] for f in facts.values()}
+        assert {os.getpgid(f["pid"]) for f in facts.values()} == {server}
+        secret = host.root / "keys" / "c07" / "clients" / "c07.key_secret"
+        assert secret.stat().st_mode & 0o777 == 0o600 and secret.parent.parent.stat().st_mode & 0o777 == 0o700
+        state = host.poll("c07", 0)
         assert state["exitcode"] is None and state["affinity"]
         time.sleep(0.5)
+        ended = host.stop("c07", 0)
+        assert not alive(facts["c07"]["pid"]) and ended["exitcode"] in (-signal.SIGTERM, -signal.SIGKILL, 0, 2)
+        assert isinstance(ended["log"], bytes) and b"c07" in ended["log"]  # its log, handed back whole
+        assert not (host.root / "keys" / "c07").exists() and alive(facts["c08"]["pid"])  # the other one runs on
     finally:
-        ended = host.stop(0)
-    assert not alive(facts["pid"]) and ended["exitcode"] in (-signal.SIGTERM, -signal.SIGKILL, 0, 2)
-    assert not host.keys.exists() and not host.root.exists()  # its keys and the run's folder on the node are gone
-    assert isinstance(ended["log"], bytes)
+        host.close()
+    assert not alive(facts["c08"]["pid"]) and not alive(server)  # closing the host ends its server and the rest
+    assert not host.root.exists()  # the run's folder on the node is gone
+
+
+def parent_of(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
 
 
 def test_without_ray_cluster_says_in_one_line_how_to_get_it(tmp_path):

@@ -2,11 +2,13 @@
 
 Ray places and ends things; nothing else of a run changes. The aggregator stays where `testbed run` runs and
 binds TCP on an address the nodes reach; every client runs on a node as `python -m testbed client` (the entry
-point of `testbed client`), started by a Ray actor (`ClientHost`, cluster_host.py) that reserves the node's CPUs
-for it. The run makes a CURVE key pair per client and hands each client its own through its actor's arguments.
+point of `testbed client`), forked by the run's Ray actor on that node (`NodeHost`, cluster_host.py) from a fork
+server that imported torch once for all of them. The run makes a CURVE key pair per client and hands each client
+its own through its host's arguments.
 
 Placement: one placement group for the fleet, one bundle per client (its CPUs, CLIENT_MIB of memory, and the Ray
-resource its fleet entry's `node` names), packed onto as few nodes as fit or spread over as many as there are
+resource its fleet entry's `node` names; the node's host sits in the bundle of its first client and reserves
+nothing itself), packed onto as few nodes as fit or spread over as many as there are
 (`--placement`). What the cluster cannot host is refused before anything starts: more CPUs or memory than it
 has, a resource no node offers, or a placement group that is not ready within its timeout.
 
@@ -20,6 +22,7 @@ import functools
 import json
 import logging
 import math
+import os
 import secrets
 import shutil
 import socket
@@ -35,7 +38,7 @@ from testbed.config.loader import ClientSpec
 from testbed.config.schema import Scenario
 from testbed.emulation.dilation import Dilation, choose_dilation, demand_cores
 from testbed.errors import UserError
-from testbed.launch.cluster_host import LOG_CHUNK_BYTES, ClientHost
+from testbed.launch.cluster_host import LOG_CHUNK_BYTES, NodeHost
 
 log = logging.getLogger("testbed.launch")
 
@@ -48,11 +51,14 @@ POLL_EVERY_S = 1.0  # host seconds between two polls of a client (its exit code,
 STOP_WAIT_S = 4.0  # host seconds the hosts get to end their clients (1 s to exit, SIGTERM, SIGKILL 2 s on) and answer
 REBOOT_AFTER_S = 2.0  # host seconds a client that crashed by emulation stays down before it starts again
 JOIN_TIMEOUT_S = 300.0  # host seconds a client on a node waits for the aggregator's WELCOME, then exits (code 2)
-# Memory each client's bundle reserves on its node, MiB: measured 580 MB per client (its process, which imports
-# torch itself, and its Ray actor) for 32 clients on two local nodes (docs/benchmarks.md, "On a Ray cluster of two
-# nodes on this host"). A node's Ray `memory` resource then caps how many clients it takes, as MemAvailable
-# does for a local run (launch/capacity.py), instead of Ray's memory monitor killing them mid-run.
-CLIENT_MIB = 600
+# Memory each client's bundle reserves on its node by default, MiB (`--client-memory`): a client forked on its node
+# holds what a local one does, 117-119 MB private when idle and 338-347 MB at most while training the tiny backbone
+# at batch 16 (docs/benchmarks.md, "Process footprint"); its node's host and fork server are shared
+# by all of its clients there. A node's Ray `memory` resource then caps how many clients it takes, as MemAvailable
+# does for a local run (launch/capacity.py), instead of Ray's memory monitor killing them mid-run. Clients of a
+# larger backbone need more: --client-memory.
+CLIENT_MIB = 400
+MIN_CLIENT_MIB, MAX_CLIENT_MIB = 64, 262144  # --client-memory's bounds: an interpreter with torch; 256 GiB
 MIB = 2 ** 20
 
 
@@ -64,6 +70,7 @@ class ClusterOptions:
     placement: str = "spread"  # a key of PLACEMENTS
     bind: str | None = None  # tcp://HOST:PORT the aggregator binds; None = this node's IP, a free port
     placement_timeout_s: float = 60.0  # host seconds the fleet's placement group may take to be ready
+    client_mib: int = CLIENT_MIB  # memory each client reserves on its node, MiB
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,10 @@ class Seat:
     client_id: str
     cpus: int
     node: str | None  # the fleet entry's `node`: a Ray custom resource; None = any node
+    mib: int = CLIENT_MIB  # memory reserved on its node, MiB
 
     def bundle(self) -> dict[str, float]:
-        return {"CPU": float(self.cpus), "memory": float(CLIENT_MIB * MIB),
+        return {"CPU": float(self.cpus), "memory": float(self.mib * MIB),
                 **({self.node: NODE_RESOURCE_SHARE} if self.node else {})}
 
 
@@ -94,9 +102,9 @@ def node_mib(node: dict) -> int:
     return int(node.get("Resources", {}).get("memory", 0) // MIB)
 
 
-def seats(scenario: Scenario, clients: list[ClientSpec], nodes: list[dict]) -> list[Seat]:
+def seats(scenario: Scenario, clients: list[ClientSpec], nodes: list[dict], client_mib: int = CLIENT_MIB) -> list[Seat]:
     """Each client's seat: the cores its profile has (those it runs threads on), at most what the largest node
-    that may host it has (a client cannot span nodes), at least 1."""
+    that may host it has (a client cannot span nodes), at least 1; and `client_mib` of memory."""
     labels = fleet_nodes(scenario, clients)
     result = []
     for client in clients:
@@ -104,7 +112,7 @@ def seats(scenario: Scenario, clients: list[ClientSpec], nodes: list[dict]) -> l
         hosts = [node for node in nodes if label is None or label in node.get("Resources", {})]
         largest = max((node_cpus(node) for node in hosts), default=0)
         wanted = min(client.profile.cores, client.profile.threads)
-        result.append(Seat(client.client_id, max(1, min(wanted, largest) if largest else wanted), label))
+        result.append(Seat(client.client_id, max(1, min(wanted, largest) if largest else wanted), label, client_mib))
     return result
 
 
@@ -136,9 +144,9 @@ def _check_room(asking: list[Seat], hosts: list[dict], who: str, where: str, rem
         raise UserError(f"{who} {_cpus(asking)}, {where.format(f'{cpus} CPUs')} (allowed: at most what they have; a client "
                         f"reserves its profile's cores): {remedy}")
     memory = sum(node_mib(node) for node in hosts)
-    if len(asking) * CLIENT_MIB > memory:
-        raise UserError(f"{who} {len(asking) * CLIENT_MIB} MiB of memory ({_count(asking)}: {CLIENT_MIB} MiB each, a "
-                        f"client process and its Ray actor), {where.format(f'{memory} MiB')} (allowed: at most what they have): "
+    if sum(seat.mib for seat in asking) > memory:
+        raise UserError(f"{who} {sum(seat.mib for seat in asking)} MiB of memory ({_count(asking)}: {asking[0].mib} MiB "
+                        f"each, --client-memory), {where.format(f'{memory} MiB')} (allowed: at most what they have): "
                         f"{remedy} (a node declares its memory with ray start --memory BYTES)")
 
 
@@ -177,10 +185,11 @@ def addresses(bind: str | None, node_ip: str) -> tuple[str, str]:
 
 @functools.cache
 def _host_actor():
-    """ClientHost as a Ray actor class (made once: every client's host is one of it); never restarted."""
+    """NodeHost as a Ray actor class (made once: every node's host is one of it); never restarted, and reserving
+    nothing beyond its clients' bundles."""
     import ray
 
-    return ray.remote(max_restarts=0)(ClientHost)
+    return ray.remote(max_restarts=0, num_cpus=0)(NodeHost)
 
 
 @dataclass
@@ -188,7 +197,7 @@ class Placed:
     """One client on the cluster, as the launcher follows it."""
 
     seat: Seat
-    actor: Any  # the Ray actor handle of its ClientHost
+    actor: Any  # the Ray actor handle of its node's NodeHost
     starting: Any = None  # the ObjectRef of its start(), until answered
     polling: Any = None  # the ObjectRef of its last poll(), until answered
     polled_at: float = 0.0  # monotonic s
@@ -222,7 +231,7 @@ class ClusterFleet:
             raise UserError(f"--cluster {options.address}: cannot connect to a Ray cluster there ({first})") from None
         try:
             self.nodes = [node for node in ray.nodes() if node.get("Alive")]
-            self.seats = seats(scenario, clients, self.nodes)
+            self.seats = seats(scenario, clients, self.nodes, options.client_mib)
             check_capacity(self.seats, self.nodes, options.address)
             self.node_ip = str(ray.util.get_node_ip_address())
             self.bind, self.connect = addresses(options.bind, self.node_ip)
@@ -232,6 +241,7 @@ class ClusterFleet:
         self.keys_dir: Path | None = None
         self.group: Any = None  # the fleet's placement group, once reserved
         self.placed: dict[str, Placed] = {}
+        self.hosts: dict[str, Any] = {}  # node id -> the Ray actor handle of the NodeHost there
         self.bundle_nodes: dict[str, str] = {}  # client id -> the node id its reserved bundle is on
         self.run_key = ""
         self.run_dir: Path | None = None
@@ -286,20 +296,27 @@ class ClusterFleet:
 
     # ------------------------------------------------------------------ clients
     def start(self, client_id: str) -> None:
-        """Create the client's host on its reserved bundle and start the client there (answered in `poll`)."""
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
+        """Start the client on the node of its reserved bundle, through the node's host (created with the node's
+        first client; answered in `poll`)."""
         assert self.keys_dir is not None and self.group is not None, "reserve() first"
         index = next(i for i, seat in enumerate(self.seats) if seat.client_id == client_id)
-        seat = self.seats[index]
-        host = _host_actor().options(
-            num_cpus=seat.cpus, resources={seat.node: NODE_RESOURCE_SHARE} if seat.node else {},
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index),
-        ).remote(self.run_key, client_id)
+        node = self.bundle_nodes[client_id]
+        if node not in self.hosts:
+            self.hosts[node] = self._node_host(index, sum(bundle == node for bundle in self.bundle_nodes.values()))
         keys = {"server.key": (self.keys_dir / "server.key").read_text(),
                 "client.key_secret": (self.keys_dir / "clients" / f"{client_id}.key_secret").read_text()}
-        placed = self.placed[client_id] = Placed(seat, host)
-        placed.starting = host.start.remote(self.connect, keys, JOIN_TIMEOUT_S)
+        host = self.hosts[node]
+        placed = self.placed[client_id] = Placed(self.seats[index], host)
+        placed.starting = host.start.remote(client_id, self.connect, keys, JOIN_TIMEOUT_S)
+
+    def _node_host(self, index: int, clients: int) -> Any:
+        """A NodeHost in bundle `index` (so on that bundle's node), answering `clients` clients' calls at once."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return _host_actor().options(
+            max_concurrency=clients + 2,  # each client's stop may wait seconds; polls and starts go on meanwhile
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index),
+        ).remote(self.run_key)
 
     def poll(self) -> bool:
         """Take up what the hosts answered (placements, exits, logs) and ask again where due; True when a client's
@@ -335,10 +352,24 @@ class ClusterFleet:
                 continue
             if placed.crashed_at is not None and now - placed.crashed_at >= REBOOT_AFTER_S:
                 placed.crashed_at, placed.exitcode = None, None
-                placed.starting = placed.actor.restart.remote()
+                placed.starting = placed.actor.restart.remote(client_id)
             elif (placed.exitcode is None or placed.more_log) and now - placed.polled_at >= POLL_EVERY_S:
-                placed.polling, placed.polled_at = placed.actor.poll.remote(placed.log_offset), now
+                placed.polling, placed.polled_at = placed.actor.poll.remote(client_id, placed.log_offset), now
+        failed = [client_id for client_id, placed in self.placed.items() if placed.gone and not placed.facts]
+        if failed and not any(placed.facts for placed in self.placed.values()):
+            raise UserError(self._launch_failure(failed[0]))
         return changed
+
+    def _launch_failure(self, client_id: str) -> str:
+        """Why the run stops when a node's host died before any client started: one line, with the likely cause
+        Ray itself leaves unsaid (a node lost mid-run only makes its clients lost)."""
+        line = (f"--cluster {self.options.address}: the Ray actor that starts {client_id} on its node died before any "
+                f"client started: {self.placed[client_id].gone}")
+        if (Path.home() / ".ray" / "auth_token").is_file() and os.environ.get("RAY_AUTH_MODE") != "disabled":
+            line += (f"; this host holds a Ray authentication token ({Path.home() / '.ray' / 'auth_token'}), so this "
+                     "run's Ray driver asks for token authentication, which a cluster started without it cannot give: "
+                     "run with RAY_AUTH_MODE=disabled, or start the cluster with the token")
+        return line + " (the nodes' Ray logs, /tmp/ray/session_latest/logs, say more)"
 
     def _answer(self, placed: Placed, ref: Any) -> Any:
         """A host's answer that came (None when the host is gone: recorded in `placed.gone`)."""
@@ -471,7 +502,7 @@ class ClusterFleet:
                 if placed.polling in answered and (result := self._answer(placed, placed.polling)) is not None:
                     self._append_log(client_id, result["log"])
                     placed.log_offset += len(result["log"])
-        stops = {client_id: placed.actor.stop.remote(placed.log_offset)
+        stops = {client_id: placed.actor.stop.remote(client_id, placed.log_offset)
                  for client_id, placed in live.items() if not placed.gone}
         answered = set(ray.wait(list(stops.values()), num_returns=len(stops), timeout=STOP_WAIT_S)[0]) if stops else set()
         for client_id, ref in stops.items():
@@ -482,9 +513,11 @@ class ClusterFleet:
             elif (result := self._answer(placed, ref)) is not None:
                 self._append_log(client_id, result["log"])
                 placed.facts["exitcode"] = result["exitcode"]
-        for placed in self.placed.values():
+        closes = [host.close.remote() for host in self.hosts.values()]  # each node's fork server and run folder
+        ray.wait(closes, num_returns=len(closes), timeout=1.0)
+        for host in self.hosts.values():
             try:
-                ray.kill(placed.actor, no_restart=True)  # its process dies, and with it any client still there
+                ray.kill(host, no_restart=True)  # its process dies, and with it its fork server and any client left
             except ray.exceptions.RayError:  # already gone with its node
                 pass
         if self.group is not None:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from testbed.errors import UserError
+from testbed.launch.cluster import CLIENT_MIB, MAX_CLIENT_MIB, MIN_CLIENT_MIB
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--placement-timeout", type=float, default=None, metavar="SECONDS",
                          help="how long the cluster may take to reserve the fleet's CPUs before the run is refused "
                               "(default: 60)")
+    cluster.add_argument("--client-memory", type=int, default=None, metavar="MIB",
+                         help=f"memory each client reserves on its node, in MiB (default: {CLIENT_MIB}, a client of "
+                              "the tiny backbone training at batch 16; a larger backbone needs more)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,14 +58,19 @@ def cluster_options(args: argparse.Namespace):
 
     if args.cluster is None:
         given = [flag for flag, value in (("--placement", args.placement), ("--bind", args.bind),
-                                          ("--placement-timeout", args.placement_timeout)) if value is not None]
+                                          ("--placement-timeout", args.placement_timeout),
+                                          ("--client-memory", args.client_memory)) if value is not None]
         if given:
             raise UserError(f"{given[0]} places clients on a Ray cluster: it needs --cluster ADDRESS")
         return None
     if args.placement_timeout is not None and not 1 <= args.placement_timeout <= 3600:
         raise UserError(f"--placement-timeout {args.placement_timeout:g}: not allowed (allowed: 1 to 3600 seconds)")
+    if args.client_memory is not None and not MIN_CLIENT_MIB <= args.client_memory <= MAX_CLIENT_MIB:
+        raise UserError(f"--client-memory {args.client_memory}: not allowed (allowed: {MIN_CLIENT_MIB} to "
+                        f"{MAX_CLIENT_MIB} MiB)")
     return ClusterOptions(args.cluster, args.placement or "spread", args.bind,
-                          60.0 if args.placement_timeout is None else args.placement_timeout)
+                          60.0 if args.placement_timeout is None else args.placement_timeout,
+                          CLIENT_MIB if args.client_memory is None else args.client_memory)
 
 
 def add_aggregator_args(parser: argparse.ArgumentParser) -> None:

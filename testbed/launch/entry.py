@@ -43,8 +43,11 @@ def aggregator_main(run_dir: str, bind: str, publish: str | None, resume: bool, 
     sys.exit(aggregator.run())
 
 
-def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = False, token: str | None = None) -> None:
-    """`token`: this client's secret alone, its proof of identity in its JOIN (handed over as `tokens` above)."""
+def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = False, token: str | None = None,
+                curve_dir: str | None = None, join_timeout_s: float | None = None) -> None:
+    """`token`: this client's secret alone, its proof of identity in its JOIN (handed over as `tokens` above).
+    `curve_dir`: its CURVE keys instead, on a Ray node (cluster_host.py), where `run_dir` is the run's folder on
+    the node and `join_timeout_s` how long it waits for the aggregator's WELCOME (None: the worker's default)."""
     import logging
 
     from testbed.client.worker import run_client
@@ -54,7 +57,9 @@ def client_main(connect: str, client_id: str, run_dir: str, kernel_cpu: bool = F
     log_to(Path(run_dir) / "logs" / f"{client_id}.log")
     torch.set_num_threads(1)  # while joining; the profile sets its own thread count once WELCOME names it
     try:
-        code = run_client(connect, client_id, kernel_cpu=kernel_cpu, run_dir=Path(run_dir), token=token)
+        code = run_client(connect, client_id, kernel_cpu=kernel_cpu, run_dir=Path(run_dir), token=token,
+                          curve_dir=Path(curve_dir) if curve_dir else None,
+                          **({"join_timeout_s": join_timeout_s} if join_timeout_s is not None else {}))
     except UserError as error:  # could not join: one line in its log, no traceback
         logging.getLogger("testbed.client").error("%s: %s", client_id, error)
         code = 2

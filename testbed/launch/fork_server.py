@@ -10,7 +10,8 @@ them all with one signal to the group, and no terminal signal (Ctrl-C, hang-up) 
 
 FD is the server's end of a socket pair; the other end stays with the launcher. Messages, one pickled tuple a
 frame (`send`, `receive`):
-    launcher -> server   (name, target, args)        fork a child that runs target(*args)
+    launcher -> server   (name, target, args)        fork a child that runs target(*args); target: a function,
+                                                     or "module:function" (a launcher that must not import it)
     server -> launcher   ("started", name, pid)      the reply, at once
                          ("exited", pid, exit_code)  when a child ends (-N: killed by signal N)
 When the launcher's end closes (it exited or crashed without stopping the group), the server kills the group.
@@ -105,6 +106,9 @@ def _run_child(channel: socket.socket, wake: tuple[int, int], target, args) -> N
         for fd in wake:
             os.close(fd)
         channel.close()  # the launcher's messages are the server's alone
+        if isinstance(target, str):
+            module, _, function = target.partition(":")
+            target = getattr(importlib.import_module(module), function)
         target(*args)
         code = 0
     except SystemExit as exit_:

@@ -120,8 +120,9 @@ class ProcessGroup:
             self._start_server()
 
     def start(self, name: str, target, *args) -> Child:
-        """Fork `target(*args)` (a module-level function of a preloaded module) from the fork server; the first
-        call starts the server and waits for its imports (seconds), later ones take milliseconds."""
+        """Fork `target(*args)` (a module-level function of a preloaded module, or its "module:function") from the
+        fork server; the first call starts the server and waits for its imports (seconds), later ones take
+        milliseconds."""
         if self.server is None:
             self._start_server()
         if self.channel is None:  # not serving (spelled out, as below: the type checker then narrows the channel)

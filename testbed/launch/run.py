@@ -142,6 +142,7 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
     clients = resolve_fleet(scenario)
     limits = None
     aggregator = None
+    failure: UserError | None = None
 
     def record_processes() -> None:  # processes.json: for `ps`, and for the tests
         if fleet is None:
@@ -184,13 +185,18 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
                 aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
                                          False, None, str(fleet.keys_dir), dilation)
         starts = StaggeredStart([client.client_id for client in clients], run_dir / "events.jsonl")
-        while aggregator is not None and aggregator.is_alive() and not interrupted:
+        while aggregator is not None and aggregator.is_alive() and not interrupted and failure is None:
             if starts.pending:
                 for client_id in starts.due():
                     start_client(client_id)
                 record_processes()
-            if fleet is not None and fleet.poll():
-                record_processes()
+            try:
+                if fleet is not None and fleet.poll():
+                    record_processes()
+            except UserError as error:  # the cluster cannot run the fleet after all: the run fails, saying why
+                failure = error
+                aggregator.kill()  # it did nothing wrong: its end is recorded here, with the reason
+                aggregator.join()
             printer.poll()
             if fleet is None:
                 for client_id in group.reboot_crashed():  # an injected crash is a power loss: the device reboots
@@ -216,7 +222,7 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
                 leftover.unlink()
             sockets.rmdir()
     exit_code = aggregator.exitcode if aggregator is not None else None
-    record_unrecorded_end(run_dir, recorded, exit_code, bool(interrupted))
+    record_unrecorded_end(run_dir, recorded, exit_code, bool(interrupted), str(failure) if failure else None)
     printer.poll()
     from testbed.aggregator.server import write_summary
 
@@ -231,18 +237,22 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
     return run_dir
 
 
-def record_unrecorded_end(run_dir: Path, recorded: int, exit_code: int | None, interrupted: bool) -> None:
+def record_unrecorded_end(run_dir: Path, recorded: int, exit_code: int | None, interrupted: bool,
+                          failure: str | None = None) -> None:
     """An aggregator that ended without recording how (killed, or failed before its first event) gets its ending
     recorded here, by the only witness left: so the console, summary.json and the exit code say what happened.
 
-    `recorded`: how many events the run had before this launch; the aggregator is no longer running."""
+    `recorded`: how many events the run had before this launch; the aggregator is no longer running. `failure`:
+    why the launcher stopped it (the run failed for that reason)."""
     path = run_dir / "events.jsonl"
     events = read_events(path) if path.exists() else []
     if any(event.get("kind") in ENDINGS for event in events[recorded:]):
         return  # the aggregator recorded its end itself
     log_file = run_dir / "logs" / "aggregator.log"
     ending: type[RunEnded]
-    if interrupted:
+    if failure is not None:
+        ending, reason = RunFailed, failure
+    elif interrupted:
         ending, reason = RunInterrupted, "interrupted before the aggregator recorded its end"
     elif exit_code is not None and exit_code < 0:
         ending, reason = RunFailed, (f"the aggregator was killed by {signal.Signals(-exit_code).name} before it "
