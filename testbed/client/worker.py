@@ -119,7 +119,6 @@ class ClientWorker:
     def _join(self) -> None:
         """JOIN until WELCOME arrives, then become the device it describes; JoinFailed at the join timeout."""
         deadline = time.monotonic() + self.join_timeout_s
-        log.info("%s: joining the aggregator at %s (for up to %g s)", self.client_id, self.connect, self.join_timeout_s)
         self.dealer.hello = Message("JOIN", self.client_id, 0, self._join_body())  # sent again on a new connection
         while (left := deadline - time.monotonic()) > 0:
             # never block in send: with a refused handshake the socket has no connection to queue on

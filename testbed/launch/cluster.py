@@ -1,9 +1,9 @@
 """`testbed run --cluster`: the fleet's clients placed on the nodes of a Ray cluster, one process each.
 
 Ray places and ends things; nothing else of a run changes. The aggregator stays where `testbed run` runs and
-binds TCP on an address the nodes reach; every client runs on a node as `python -m testbed client` (the entry
-point of `testbed client`), forked by the run's Ray actor on that node (`NodeHost`, cluster_host.py) from a fork
-server that imported torch once for all of them. The run makes a CURVE key pair per client and hands each client
+binds TCP on an address the nodes reach; every client runs on a node as a process of its own running `testbed
+client`'s worker, forked by the run's Ray actor on that node (`NodeHost`, cluster_host.py) from a fork server that
+imported torch once for all of the node's clients. The run makes a CURVE key pair per client and hands each client
 its own through its host's arguments.
 
 Placement: one placement group for the fleet, one bundle per client (its CPUs, CLIENT_MIB of memory, and the Ray
@@ -58,7 +58,7 @@ JOIN_TIMEOUT_S = 300.0  # host seconds a client on a node waits for the aggregat
 # does for a local run (launch/capacity.py), instead of Ray's memory monitor killing them mid-run. Clients of a
 # larger backbone need more: --client-memory.
 CLIENT_MIB = 400
-MIN_CLIENT_MIB, MAX_CLIENT_MIB = 64, 262144  # --client-memory's bounds: an interpreter with torch; 256 GiB
+MIN_CLIENT_MIB, MAX_CLIENT_MIB = 64, 262144  # what --client-memory allows, MiB
 MIB = 2 ** 20
 
 
@@ -514,7 +514,8 @@ class ClusterFleet:
                 self._append_log(client_id, result["log"])
                 placed.facts["exitcode"] = result["exitcode"]
         closes = [host.close.remote() for host in self.hosts.values()]  # each node's fork server and run folder
-        ray.wait(closes, num_returns=len(closes), timeout=1.0)
+        if closes:
+            ray.wait(closes, num_returns=len(closes), timeout=1.0)
         for host in self.hosts.values():
             try:
                 ray.kill(host, no_restart=True)  # its process dies, and with it its fork server and any client left
