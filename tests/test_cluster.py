@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from testbed.launch.cluster_host import node_root
-from tests.runs import alive, events, start, wait_for_event
+from tests.runs import alive, events, parent, start, wait_for_event
 from tests.runs import testbed_command as command_for  # renamed: pytest would collect test*
 
 ray = pytest.importorskip("ray", reason="testbed run --cluster needs Ray (pip install -e '.[ray]')")
@@ -40,20 +39,11 @@ RUN_TIMEOUT_S = 150  # host seconds a whole run may take here (2 rounds on the d
 
 @pytest.fixture(scope="module")
 def cluster(cache):  # `cache` first: the nodes' processes inherit TESTBED_CACHE from this process
-    client_port = free_port()  # the head's Ray Client server: --cluster ray://127.0.0.1:PORT
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "resources": {"node-a": 1},
-                                                            "ray_client_server_port": client_port,
                                                             "_system_config": HEAD_CONFIG})
-    cluster.client_port = client_port
     cluster.second = cluster.add_node(**NODE, resources={"node-b": 1})
     yield cluster
     cluster.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_on(cluster: Cluster, scenario: Path, out: Path, *more: str) -> subprocess.Popen:
@@ -65,13 +55,6 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def descends_from_this_test(pid: int) -> bool:
@@ -235,22 +218,6 @@ def test_cluster_auto_finds_the_cluster_started_on_this_host(cluster, write_scen
     assert process.returncode == 0, output
     described = json.loads((out / "cluster.json").read_text())
     assert described["address"] == "auto" and len(described["nodes"]) == 2  # this test's cluster, both nodes
-    assert [facts["node_id"] for facts in client_pids(out).values()] == [
-        node["node_id"] for node in described["nodes"] if node["clients"]]
-    wait_none_left(out, 5.0)
-
-
-def test_ray_client_drives_the_cluster_from_its_address(cluster, write_scenario, tmp_path):
-    """--cluster ray://HOST:PORT: the launcher is a Ray Client of the head (as from a host outside the cluster)."""
-    out = tmp_path / "ray_client"
-    address = f"ray://127.0.0.1:{cluster.client_port}"
-    process = start("run", str(scenario_for(write_scenario, "ray_client", "[{profile: laptop}]", rounds=1)),
-                    "--cluster", address, "--out", str(out), "--no-dashboard")
-    output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
-    assert process.returncode == 0, output
-    described = json.loads((out / "cluster.json").read_text())
-    assert described["address"] == address and len(described["nodes"]) == 2
-    assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 1
     assert [facts["node_id"] for facts in client_pids(out).values()] == [
         node["node_id"] for node in described["nodes"] if node["clients"]]
     wait_none_left(out, 5.0)

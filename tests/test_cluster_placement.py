@@ -12,7 +12,7 @@ from testbed.errors import UserError
 from testbed.launch.cluster import Seat, addresses, check_capacity, fleet_nodes, seats
 from testbed.launch.cluster_host import NodeHost
 from testbed.transport.keys import generate_keys
-from tests.runs import alive
+from tests.runs import alive, parent
 
 
 def node(cpus: int, memory_mib: int = 16384, **resources: float) -> dict:
@@ -86,7 +86,7 @@ def test_a_node_host_forks_its_clients_with_their_keys_hands_their_logs_back_and
         server = facts["c07"]["forkserver"]
         assert all(alive(f["pid"]) and f["hostname"] and f["testbed"] for f in facts.values())
         # both forked from the node's one fork server, in its process group: it imported torch for both
-        assert {parent_of(f["pid"]) for f in facts.values()} == {server} == {f["forkserver"] for f in facts.values()}
+        assert {parent(f["pid"]) for f in facts.values()} == {server} == {f["forkserver"] for f in facts.values()}
         assert {os.getpgid(f["pid"]) for f in facts.values()} == {server}
         secret = host.root / "keys" / "c07" / "clients" / "c07.key_secret"
         assert secret.stat().st_mode & 0o777 == 0o600 and secret.parent.parent.stat().st_mode & 0o777 == 0o700
@@ -101,10 +101,6 @@ def test_a_node_host_forks_its_clients_with_their_keys_hands_their_logs_back_and
         host.close()
     assert not alive(facts["c08"]["pid"]) and not alive(server)  # closing the host ends its server and the rest
     assert not host.root.exists()  # the run's folder on the node is gone
-
-
-def parent_of(pid: int) -> int:
-    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
 
 
 def test_without_ray_cluster_says_in_one_line_how_to_get_it(tmp_path):

@@ -17,6 +17,9 @@ from testbed.launch.fork_server import receive, send
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h, for mallopt()
+# What a run's fork server imports once, here and on each Ray node: the process entry points (entry.py) and the
+# heavy modules they need (torch, transformers, the roles)
+PRELOAD = ["testbed.launch.entry"]
 
 
 def die_with_parent() -> None:

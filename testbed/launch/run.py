@@ -22,14 +22,12 @@ from testbed.errors import UserError
 from testbed.event_kinds import RunEnded, RunFailed, RunInterrupted
 from testbed.events import ENDINGS, EventLog, read_events
 from testbed.launch.limits import KernelLimits
-from testbed.launch.processes import ProcessGroup
+from testbed.launch.processes import PRELOAD, ProcessGroup
 from testbed.monitor.console import EventPrinter
 from testbed.strategies import make_strategy
 
 if TYPE_CHECKING:
     from testbed.launch.cluster import ClusterFleet, ClusterOptions
-
-PRELOAD = ["testbed.launch.entry"]
 
 
 class Printer(Protocol):
