@@ -34,6 +34,14 @@ def write_scenario(tmp_path, cache):
     return write
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_on_a_terminal():
+    """Ctrl-C raises KeyboardInterrupt here and ends the processes the tests start, as it does for a user: the
+    workers of `pytest -n` (pyproject.toml) ignore SIGINT, and every process they start would inherit that."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def signal_dispositions_restored():
     """An aggregator finished in-process ignores SIGTERM and SIGINT from then on: not the test process's after it."""

@@ -23,6 +23,9 @@ from tests.runs import testbed_command as command_for  # renamed: pytest would c
 ray = pytest.importorskip("ray", reason="testbed run --cluster needs Ray (pip install -e '.[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+# one worker runs every test here, beside its module's Ray cluster (pytest -n: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ray_cluster")
+
 NODE = {"num_cpus": 4, "include_dashboard": False, "object_store_memory": 80 * 2**20}
 # No idle workers started ahead of need (on a small host each is seconds of CPU for nothing); a lost node known
 # as such within ~10 s rather than Ray's ~30 s (checks every 2 s, 3 s to answer, 3 missed), not quicker, lest a
