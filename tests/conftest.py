@@ -37,7 +37,7 @@ def write_scenario(tmp_path, cache):
 @pytest.fixture(scope="session", autouse=True)
 def ctrl_c_as_on_a_terminal():
     """Ctrl-C raises KeyboardInterrupt here and ends the processes the tests start, as it does for a user: the
-    workers of `pytest -n` (pyproject.toml) ignore SIGINT, and every process they start would inherit that."""
+    workers of `pytest -n` (pytest-xdist) ignore SIGINT, and every process they start would inherit that."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
