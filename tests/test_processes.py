@@ -10,29 +10,14 @@ import time
 from pathlib import Path
 
 from runs import alive
-from testbed.launch.processes import ProcessGroup
+from testbed.launch.processes import ProcessGroup, group_members
 
 TERM_PROOF = ["sh", "-c", "trap '' TERM; sleep 30"]  # a grandchild that outlives SIGTERM
 
 
-def members(group_id: int) -> list[int]:
-    """The live processes of a process group (read from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
-            continue
-        if fields[0] != "Z" and int(fields[2]) == group_id:
-            found.append(int(entry.name))
-    return found
-
-
 def sleeping(group_id: int) -> bool:
     """Whether the TERM_PROOF shell's sleep has begun in the group."""
-    for pid in members(group_id):
+    for pid in group_members(group_id):
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
                 return True
@@ -73,11 +58,11 @@ def test_stop_ends_the_whole_group_even_what_ignores_sigterm():
     group.start("child", subprocess.call, TERM_PROOF)
     group_id = group.server.pid
     assert wait_until(lambda: sleeping(group_id), 10)  # the server, the child, its shell (and the shell's sleep)
-    pids = members(group_id)
+    pids = group_members(group_id)
     started = time.monotonic()
     group.stop(grace_s=0.5)
     assert time.monotonic() - started < 3
-    assert wait_until(lambda: not any(alive(pid) for pid in pids), 5), [pid for pid in pids if alive(pid)]
+    assert not any(alive(pid) for pid in pids), [pid for pid in pids if alive(pid)]  # gone when stop() returns
     assert group.processes["child"].exitcode is not None and group.alive() == []
     group.stop()  # again: nothing to do
 
@@ -93,7 +78,7 @@ def test_a_killed_launcher_leaves_no_process_behind():
                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     group_id = int(launcher.stdout.readline())
     assert wait_until(lambda: sleeping(group_id), 10)
-    pids = members(group_id)
+    pids = group_members(group_id)
     launcher.kill()
     launcher.wait()
     assert wait_until(lambda: not any(alive(pid) for pid in pids), 5), [pid for pid in pids if alive(pid)]
@@ -135,7 +120,7 @@ def test_the_fork_server_started_early_does_not_outlive_a_scenario_refused_while
     monkeypatch.setattr(launch, "prepare_assets", refuse)
     with pytest.raises(UserError, match="cannot carry"):
         launch.run(str(write_scenario()), [], out=str(tmp_path / "run"))
-    assert len(servers) == 1 and not alive(servers[0]) and not members(servers[0])
+    assert len(servers) == 1 and not alive(servers[0]) and not group_members(servers[0])
 
 
 FAULTS_PER_BLOCK = """

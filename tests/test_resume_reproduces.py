@@ -6,7 +6,9 @@ per-round digests must be equal, round by round.
 """
 
 import csv
+import io
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -16,7 +18,9 @@ import pytest
 
 import runs
 from runs import events, run, start, wait_for_event
+from testbed.aggregator import checkpoint
 from testbed.aggregator.checkpoint import CheckpointRefused, load_checkpoint, save_checkpoint
+from testbed.aggregator.server import Interrupted, _interruption_held
 from testbed.config.loader import load_scenario
 from testbed.launch.run import new_run_dir
 
@@ -94,6 +98,38 @@ def test_the_checkpoint_carries_the_aggregators_round_state_and_refuses_it_alter
     save_checkpoint(run_dir, 1, state, {"digest": "d1", "seq": 9, "t": 1.0}, {**carried, "busy_until": {"c01": -1}})
     with pytest.raises(CheckpointRefused, match="busy_until must map each client to a run time >= 0"):
         load_checkpoint(run_dir, scenario, log)
+
+
+def test_a_ctrl_c_while_the_checkpoint_is_written_interrupts_the_run_once_the_checkpoint_is_whole(
+        write_scenario, tmp_path, monkeypatch):
+    scenario = load_scenario(write_scenario())
+    run_dir = new_run_dir(scenario, str(tmp_path / "run"))
+    state = {"w": np.arange(4096, dtype=np.float32)}
+
+    class CtrlCWhileWriting(io.FileIO):
+        """The state file, which presses Ctrl-C on its second write: inside numpy's zip writer, past the header."""
+        writes = 0
+
+        def write(self, data):
+            CtrlCWhileWriting.writes += 1
+            if CtrlCWhileWriting.writes == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint, "open", lambda path, mode: CtrlCWhileWriting(path, "w"), raising=False)
+
+    def interrupt(signum, frame):  # the aggregator's own handler
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        with pytest.raises(Interrupted, match="SIGINT"), _interruption_held():
+            save_checkpoint(run_dir, 1, state, {"digest": "d1", "seq": 9, "t": 1.0})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert CtrlCWhileWriting.writes > 2  # the write went on after Ctrl-C
+    loaded = load_checkpoint(run_dir, scenario, [{"kind": "round_aggregated", "round": 1, "digest": "d1"}])
+    assert loaded.round == 1 and np.array_equal(loaded.state["w"], state["w"])
 
 
 def on_a_terminal(*args: str) -> subprocess.CompletedProcess:

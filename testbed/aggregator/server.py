@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -9,6 +10,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,23 @@ MAX_DEVICE_CHARS = 8192  # JSON characters of a client's device description (a r
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM: stop after saying BYE; the last checkpoint stays valid."""
+
+
+@contextlib.contextmanager
+def _interruption_held() -> Iterator[None]:
+    """SIGINT/SIGTERM during the block take effect at its end, raised again for the handler before it. Raised
+    inside numpy's zip writer, Interrupted would leave the writer open, and its close would fail the run instead
+    of interrupting it."""
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda number, _: held.append(number))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        signal.raise_signal(held[0])
 
 
 class Aggregator:
@@ -282,11 +301,13 @@ class Aggregator:
         updates = sorted(round_.updates, key=lambda u: u.client)  # arrival order must not matter
         self.model.load(self.strategy.aggregate(self.model.state, updates))
         summary.update(aggregate_s=round(time.perf_counter() - started, 4), digest=self.model.digest())
-        save_checkpoint(self.run_dir, index, self.model.state,
-                        {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
-                        {"dilation": self.events.dilation, "screen": self.screen.references,
-                         "busy_until": self.busy_until})
-        self.events.emit(RoundAggregated(round=index, digest=summary["digest"], aggregate_s=summary["aggregate_s"]))
+        with _interruption_held():  # the checkpoint and its event, whole: a resume needs both
+            save_checkpoint(self.run_dir, index, self.model.state,
+                            {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
+                            {"dilation": self.events.dilation, "screen": self.screen.references,
+                             "busy_until": self.busy_until})
+            self.events.emit(RoundAggregated(round=index, digest=summary["digest"],
+                                             aggregate_s=summary["aggregate_s"]))
         # 4. evaluate every eval_every rounds and at the end (timed apart from the round)
         if index % self.scenario.eval_every == 0 or ending:
             summary.update(self._evaluate(index))

@@ -20,6 +20,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h, for mallopt()
 # What a run's fork server imports once, here and on each Ray node: the process entry points (entry.py) and the
 # heavy modules they need (torch, transformers, the roles)
 PRELOAD = ["testbed.launch.entry"]
+KILLED_END_S = 10.0  # how long stop() waits for SIGKILLed children to be gone (host seconds)
 
 
 def die_with_parent() -> None:
@@ -213,12 +214,32 @@ class ProcessGroup:
         while self._running and self.serving and (left := deadline - time.monotonic()) > 0:
             self.poll(left)
         _signal_group(server, signal.SIGKILL)
-        server.wait()
+        # a killed child frees its memory before it ends (a torch process: up to a second on a busy host);
+        # until then it still shows, and "no process survives stop()" must hold when stop() returns
+        deadline = time.monotonic() + KILLED_END_S
+        while group_members(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.wait()  # only now: while the server is unreaped, its pid (the group's id) cannot be reused
         self._close_channel()
         for child in self._running.values():
             child.exitcode = -signal.SIGKILL
         self._running.clear()
         self.server = None
+
+
+def group_members(group_id: int) -> list[int]:
+    """The processes of a process group that have not ended (zombies excluded), read from /proc; [] without it."""
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # a name may hold spaces and ')'
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == group_id:
+            found.append(int(entry.name))
+    return found
 
 
 def _signal_group(server: subprocess.Popen, signum: int) -> None:
