@@ -11,6 +11,11 @@ reads two run directories already made (`--runs REAL EVENTS`), and prints per cl
 - wall time of each run, and their ratio.
 
     python tools/clock_agreement.py scenarios/smoke.yaml --rounds 3
+    python tools/clock_agreement.py scenarios/paper_fleet.yaml --rounds 2 --set emulation.backend=kernel
+
+The kernel backend, where it works (`testbed doctor`), is the better reference: its CPU quota paces
+within steps, while the user backend's pauses between steps make steps dearer at high dilation
+(docs/benchmarks.md, "Event clock").
     python tools/clock_agreement.py --runs runs/real-dir runs/events-dir
 """
 
@@ -40,12 +45,21 @@ def run_both(scenario: str, rounds: int, seed: int, overrides: list[str], out: P
             command += ["--set", override]
         started = time.monotonic()
         result = subprocess.run(command, capture_output=True, text=True)
-        print(f"{clock:>6} clock: rc {result.returncode} in {time.monotonic() - started:.1f} s wall "
-              f"({run_dir})", flush=True)
+        print(f"{clock:>6} clock: rc {result.returncode} in {time.monotonic() - started:.1f} s wall, "
+              f"backend {_backend(run_dir)} ({run_dir})", flush=True)
         if result.returncode != 0:
             sys.exit(result.stdout[-2000:] + result.stderr[-2000:])
         dirs.append(run_dir)
     return dirs
+
+
+def _backend(run_dir: Path) -> str:
+    """The emulation backend the run's `run_started` event names; "?" when the run never started."""
+    try:
+        with open(run_dir / "events.jsonl", encoding="utf-8") as file:
+            return json.loads(file.readline()).get("backend", "?")
+    except (OSError, ValueError):
+        return "?"
 
 
 def _rows(run_dir: Path, name: str) -> list[dict]:
