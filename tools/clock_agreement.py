@@ -12,11 +12,11 @@ reads two run directories already made (`--runs REAL EVENTS`), and prints per cl
 
     python tools/clock_agreement.py scenarios/smoke.yaml --rounds 3
     python tools/clock_agreement.py scenarios/paper_fleet.yaml --rounds 2 --set emulation.backend=kernel
+    python tools/clock_agreement.py --runs runs/real-dir runs/events-dir
 
 The kernel backend, where it works (`testbed doctor`), is the better reference: its CPU quota paces
 within steps, while the user backend's pauses between steps make steps dearer at high dilation
 (docs/benchmarks.md, "Event clock").
-    python tools/clock_agreement.py --runs runs/real-dir runs/events-dir
 """
 
 from __future__ import annotations
