@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from testbed.procfs import PARENT, running, stat_fields
+
 
 def testbed_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "testbed", *args]
@@ -37,18 +39,10 @@ def wait_for_event(run_dir: Path, predicate, timeout: float = 120) -> dict:
     raise TimeoutError(f"no such event in {run_dir} within {timeout} s")
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+alive = running  # True while `pid` exists and is not a zombie
 
 
 def parent(pid: int) -> int:
     """The pid of a process's parent (Linux /proc); 0 once it is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
+    fields = stat_fields(pid)
+    return 0 if fields is None else int(fields[PARENT])

@@ -21,14 +21,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from kernel_children import DOWNLINK_BYTES, UPLINK_BYTES, serve_measurements
+
 from testbed.emulation.kernel import cleanup_stale, probe_kernel_backend, shape_commands
 from testbed.emulation.kernel_cgroup import CgroupLayout, ClientCgroup, current_layout, discover_layout
-from testbed.emulation.kernel_common import owner_alive
-from testbed.emulation.kernel_net import (MAX_INDEX, ClientNetwork, first_free_index, netem_arguments, network_problem,
-                                          subnet_lock)
+from testbed.emulation.kernel_net import (
+    MAX_INDEX,
+    ClientNetwork,
+    first_free_index,
+    netem_arguments,
+    network_problem,
+    subnet_lock,
+)
 from testbed.errors import UserError
+from testbed.procfs import SYSTEM_TICKS, USER_TICKS, running, stat_fields
 
 CHILDREN = str(Path(__file__).with_name("kernel_children.py"))
 RUN_TAG = "pytest"
@@ -67,8 +73,9 @@ def stop(process: subprocess.Popen) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    fields = stat_fields(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return (int(fields[USER_TICKS]) + int(fields[SYSTEM_TICKS])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_stat(path: Path) -> dict[str, int]:
@@ -343,7 +350,7 @@ def test_cleanup_after_a_launcher_is_killed(support):
         assert not leftovers(launcher.pid)
         assert any(str(launcher.pid) in entry for entry in removed)
         owners = [re.match(r"(?:netns testbed-|link tb|cgroup \S*/testbed-)(\d+)", entry) for entry in removed]
-        assert all(owners) and not [m[1] for m in owners if owner_alive(int(m[1]))]  # only dead launchers' objects
+        assert all(owners) and not [m[1] for m in owners if running(int(m[1]))]  # only dead launchers' objects
         assert (Path("/var/run/netns") / live_network.netns).exists()  # a live launcher's objects stay
         assert all(d.is_dir() for d in live_group.directories.values())
     finally:

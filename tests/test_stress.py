@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import zmq
-
 from runs import run
+
 from testbed.config.convert import fields_of
 from testbed.errors import ConfigError
 from testbed.paths import PROJECT_ROOT
+from testbed.procfs import STATE, running, stat_fields
 from testbed.stress import checks, spec
 from testbed.stress.checks import Facts
 from testbed.stress.flood import ATTACKS, flood
@@ -561,17 +562,8 @@ def _passes_every_check(file: Path, tmp_path: Path, *options: str) -> dict:
     test = report["tests"][0]
     assert {c["name"] for c in test["checks"]} >= {"script", "completed", "no_orphans"}
     pids = [pid for action in test["actions"] for pid in action.get("pids", {}).values()]
-    assert not [pid for pid in pids if _alive(pid)]
+    assert not [pid for pid in pids if running(pid)]
     return report
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_stopped_processes_are_thawed_when_a_stress_test_ends(tmp_path):
@@ -600,5 +592,6 @@ def test_stopped_processes_are_thawed_when_a_stress_test_ends(tmp_path):
 
 def _state(pid: int) -> str:
     time.sleep(0.1)
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0]
+    fields = stat_fields(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return fields[STATE]

@@ -24,9 +24,9 @@ from testbed.emulation.kernel_common import (
     KernelBackendError,
     check_name,
     not_root_hint,
-    owner_alive,
 )
 from testbed.errors import UserError
+from testbed.procfs import running
 
 log = logging.getLogger("testbed.emulation")
 
@@ -369,7 +369,7 @@ def remove_stale_cgroups(layout: CgroupLayout | None = None) -> list[str]:
         seen.add(base)
         for run_dir in sorted(base.iterdir()):
             match = RUN_GROUP_NAME.fullmatch(run_dir.name)
-            if match is None or not run_dir.is_dir() or owner_alive(int(match[1])):
+            if match is None or not run_dir.is_dir() or running(int(match[1])):
                 continue
             try:
                 for client_dir in sorted(d for d in run_dir.iterdir() if d.is_dir()):

@@ -12,7 +12,6 @@ import re
 import shlex
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 
 from testbed.errors import UserError
 
@@ -30,22 +29,6 @@ def check_name(what: str, value: str) -> None:
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise UserError(f"{what}: {value!r} is not allowed (1-32 letters, digits, '_', '.' or '-', "
                         f"not starting with '.' or '-')")
-
-
-def owner_alive(pid: int) -> bool:
-    """Whether the process that created a kernel object still runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    state = stat.rsplit(")", 1)[1].split()[0]  # the command name may contain spaces and ')'
-    return state not in ("Z", "X")
 
 
 def not_root_hint() -> str:

@@ -36,10 +36,10 @@ from testbed.emulation.kernel_common import (
     check_name,
     command_succeeds,
     not_root_hint,
-    owner_alive,
     run_command,
 )
 from testbed.errors import UserError
+from testbed.procfs import running
 
 log = logging.getLogger("testbed.emulation")
 
@@ -312,7 +312,7 @@ def remove_stale_networks() -> list[str]:
     if NETNS_DIR.is_dir():
         for entry in sorted(NETNS_DIR.iterdir()):
             match = NETNS_NAME.fullmatch(entry.name)
-            if match and not owner_alive(int(match[1])):
+            if match and not running(int(match[1])):
                 _remove_stale(f"netns {entry.name}", ["ip", "netns", "del", entry.name], removed,
                               gone=lambda entry=entry: not entry.exists())
     # A veth outlives `ip netns del` while a process still runs in its namespace (and for the moment
@@ -320,7 +320,7 @@ def remove_stale_networks() -> list[str]:
     for line in run_command(["ip", "-o", "link", "show", "type", "veth"]).splitlines():
         interface = line.split(":")[1].strip().split("@")[0]
         match = VETH_NAME.fullmatch(interface)
-        if match and not owner_alive(int(match[1])):
+        if match and not running(int(match[1])):
             _remove_stale(f"link {interface}", ["ip", "link", "del", interface], removed,
                           gone=lambda interface=interface: not command_succeeds(["ip", "link", "show", "dev", interface]))
     return removed

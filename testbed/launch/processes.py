@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from testbed.launch.fork_server import receive, send
+from testbed.procfs import ENDED, GROUP, STATE, stat_fields
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h, for mallopt()
@@ -233,11 +234,8 @@ def group_members(group_id: int) -> list[int]:
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # a name may hold spaces and ')'
-        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == group_id:
+        fields = stat_fields(entry.name)
+        if fields is not None and fields[STATE] not in ENDED and int(fields[GROUP]) == group_id:
             found.append(int(entry.name))
     return found
 

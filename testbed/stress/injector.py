@@ -11,6 +11,7 @@ from pathlib import Path
 
 from testbed.emulation.injection import write_injection
 from testbed.monitor.sources import FileTail
+from testbed.procfs import ENDED, START_TICKS, STATE, stat_fields
 from testbed.stress.flood import ATTACKS, flood
 from testbed.stress.spec import StressTest
 from testbed.stress.steps import (
@@ -37,12 +38,8 @@ def start_time(pid: int) -> int | None:
 
     A pid with the start time recorded earlier is the same process, not a later one given the same pid.
     """
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
+    fields = stat_fields(pid)
+    return None if fields is None or fields[STATE] in ENDED else int(fields[START_TICKS])
 
 
 class LiveRun:
