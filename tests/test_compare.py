@@ -198,7 +198,7 @@ def test_an_unknown_or_repeated_strategy_is_refused_in_one_line(write_scenario, 
 def test_a_failed_run_is_recorded_and_the_comparison_goes_on_until_interrupted(write_scenario, tmp_path, monkeypatch):
     import testbed.compare.centralized
     import testbed.launch.run
-    from testbed.aggregator.server import write_summary
+    from testbed.aggregator.summary import write_summary
     from testbed.compare.runner import compare
 
     made = []

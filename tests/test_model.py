@@ -202,6 +202,20 @@ def test_debug_backbone_is_deterministic_and_random_tiny_needs_no_cache(tmp_path
     assert not any(tmp_path.iterdir())
 
 
+def test_only_a_backbone_not_yet_made_is_built_before_the_processes_start(tmp_path, monkeypatch):
+    from testbed.model.backbone import buildable_anywhere
+    from testbed.model.pretrain import pretrained_tiny
+    from testbed.model.settings import backbone_entry
+
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
+    assert buildable_anywhere("debug") and buildable_anywhere("tiny", "hubert", pretrained=False)  # from the seed
+    assert not buildable_anywhere("tiny")  # first use: copied from the package (or pretrained) once, by the launcher
+    assert not buildable_anywhere(str(tmp_path))  # a checkpoint: loaded once, so that a bad one is one clear error
+    _, entry = pretrained_tiny(progress=False)
+    assert entry == backbone_entry(PretrainSettings()) and buildable_anywhere("tiny")
+    assert not buildable_anywhere("tiny", "wavlm")  # another family is another cache entry
+
+
 def test_optimizer_gives_heads_their_own_rate_and_skips_the_frozen_cnn(debug_model):
     from testbed.model.train import make_optimizer
 

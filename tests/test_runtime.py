@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -39,6 +40,22 @@ def test_run_completes_with_one_process_per_client_and_full_records(write_scenar
     assert per_depth["1"]["mean_bytes_down"] < per_depth["2"]["mean_bytes_down"]
     assert set(summary["final_accuracy"]) == {"round", "keyword", "speaker"}
     assert all(not alive(pid) for pid in json.loads((out / "processes.json").read_text()).values())
+
+
+def test_the_launcher_leaves_torch_to_the_fork_server(write_scenario, tmp_path):
+    """Importing torch and transformers takes ~4 s of CPU: the fork server pays it once, while the launcher
+    prepares, and a launcher with a preset backbone to prepare never loads them (docs/architecture.md)."""
+    out = tmp_path / "run"
+    process = start("run", str(write_scenario(rounds=1)), "--out", str(out))
+    try:
+        wait_for_event(out, lambda e: e["kind"] == "round_started")  # prepared, aggregator and clients forked
+        mapped = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtorch" not in mapped and "torch/_C" not in mapped
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=30)
 
 
 def test_a_time_budget_ends_the_run_after_the_round_that_spends_it(write_scenario, tmp_path):

@@ -12,7 +12,8 @@ from testbed.cli import main
 from testbed.data.synth import FORMAT_VERSION, corpus_cache_path
 from testbed.model.architecture import model_class
 from testbed.model.backbone import build_backbone
-from testbed.model.pretrain import backbone_entry, pretrained_tiny
+from testbed.model.pretrain import pretrained_tiny
+from testbed.model.settings import backbone_entry
 from testbed.model.settings import PretrainSettings
 from testbed.model.state import state_digest
 

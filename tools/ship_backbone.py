@@ -20,8 +20,8 @@ import torch
 from testbed.data.synth import CORPUS_DEFAULTS, FORMAT_VERSION, corpus_cache_path
 from testbed.errors import UserError
 from testbed.model.architecture import model_class
-from testbed.model.pretrain import backbone_entry, pretrain_record
-from testbed.model.settings import PretrainSettings
+from testbed.model.pretrain import pretrain_record
+from testbed.model.settings import PretrainSettings, backbone_entry
 from testbed.model.shipped import installed_from_package, keyword_probe, ship
 from testbed.model.state import state_digest
 

@@ -758,12 +758,3 @@ def _layer_group(key: str) -> str:
     """The unit whose update norm is compared across the fleet: "embed 0", "layer 3", "head keyword 4"."""
     group = group_of(key)
     return f"head {group.task} {group.depth}" if group.kind == "head" else f"{group.kind} {group.depth}"
-
-
-def write_summary(run_dir: Path) -> dict:
-    """summary.json from events.jsonl alone (works for crashed or interrupted runs too)."""
-    from testbed.aggregator.summary import summarize
-
-    summary = summarize(read_events(run_dir / "events.jsonl"))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary

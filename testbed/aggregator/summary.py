@@ -6,10 +6,12 @@ dilation; a round_closed event's `wall_s` is on it) or `_host_s` (measured on th
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
+from pathlib import Path
 from statistics import mean
 
-from testbed.events import ENDINGS
+from testbed.events import ENDINGS, read_events
 
 # the kinds summary.json is computed from, and those it leaves out
 HANDLED = frozenset({"run_started", *ENDINGS, "round_closed", "round_aggregated", "evaluated", "client_lost",
@@ -144,3 +146,10 @@ def summarize(events: list[dict]) -> dict:
         "dropped_messages": sum(e.get("count", 1) for e in events if e["kind"] == "message_dropped"),
         "rejected_updates": _rejected(events),
     }
+
+
+def write_summary(run_dir: Path) -> dict:
+    """summary.json from events.jsonl alone (works for crashed or interrupted runs too)."""
+    summary = summarize(read_events(run_dir / "events.jsonl"))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -58,7 +58,7 @@ def run_centralized(scenario_path: str, overrides: list[str], out: Path) -> Path
     """Train and evaluate the baseline; returns its run directory `out` (which must be new or empty)."""
     from testbed.aggregator.global_model import GlobalModel
     from testbed.aggregator.plan import make_plan
-    from testbed.aggregator.server import write_summary
+    from testbed.aggregator.summary import write_summary
     from testbed.data.source import task_data
     from testbed.model.train import make_optimizer, train_steps
     from testbed.monitor.report import build_report_or_warn

@@ -30,9 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from testbed.launch.processes import PRELOAD, Child, ProcessGroup
+from testbed.launch.processes import CLIENT_ENTRY, PRELOAD, Child, ProcessGroup
 
-CLIENT_ENTRY = "testbed.launch.entry:client_main"  # by name: the host itself never imports torch
 PRIVATE_DIR = 0o700  # key folders: their owner alone may enter them
 PRIVATE_FILE = 0o600  # secret keys: their owner alone may read them
 LOG_CHUNK_BYTES = 1 << 20  # the most of a log one `poll` hands back (the rest comes with the next)

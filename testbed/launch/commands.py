@@ -89,7 +89,8 @@ def add_aggregator_args(parser: argparse.ArgumentParser) -> None:
 def aggregator(args: argparse.Namespace) -> int:
     from testbed.aggregator.checkpoint import CheckpointRefused
     from testbed.aggregator.plan import make_plan
-    from testbed.aggregator.server import Aggregator, write_summary
+    from testbed.aggregator.server import Aggregator
+    from testbed.aggregator.summary import write_summary
     from testbed.config.loader import load_scenario
     from testbed.launch.run import new_run_dir, prepare_assets
 

@@ -21,6 +21,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h, for mallopt()
 # What a run's fork server imports once, here and on each Ray node: the process entry points (entry.py) and the
 # heavy modules they need (torch, transformers, the roles)
 PRELOAD = ["testbed.launch.entry"]
+# The entry points, named: a launcher or node host that forks them never imports torch itself (~5 s of CPU)
+AGGREGATOR_ENTRY, CLIENT_ENTRY = "testbed.launch.entry:aggregator_main", "testbed.launch.entry:client_main"
 KILLED_END_S = 10.0  # how long stop() waits for SIGKILLed children to be gone (host seconds)
 
 

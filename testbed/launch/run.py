@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from testbed.aggregator.checkpoint import write_run_identity
-from testbed.client.costs import COST_TABLE_FILE, cost_table
 from testbed.config.convert import to_data
 from testbed.config.loader import dump_scenario, load_scenario, resolve_fleet
 from testbed.config.schema import Scenario
@@ -22,7 +21,7 @@ from testbed.errors import UserError
 from testbed.event_kinds import RunEnded, RunFailed, RunInterrupted
 from testbed.events import ENDINGS, EventLog, read_events
 from testbed.launch.limits import KernelLimits
-from testbed.launch.processes import PRELOAD, ProcessGroup
+from testbed.launch.processes import AGGREGATOR_ENTRY, CLIENT_ENTRY, PRELOAD, ProcessGroup
 from testbed.monitor.console import EventPrinter
 from testbed.strategies import make_strategy
 
@@ -66,19 +65,23 @@ def prepare_assets(scenario: Scenario, run_dir: Path, clients_here: bool = True)
     from testbed.aggregator.plan import make_plan
     from testbed.config.depth import check_depth
     from testbed.launch.capacity import check_host
-    from testbed.model.backbone import build_backbone
+    from testbed.model.backbone import build_backbone, buildable_anywhere
 
     if clients_here:
         check_host(scenario, resolve_fleet(scenario))  # time dilation and memory the fleet needs
     plan = make_plan(scenario)  # the data of every task, and a partition that gives every client a shard (else one-line error)
     spec = scenario.backbone
-    backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
-    # exits against the loaded depth: load_scenario could check them only for a backbone known without loading it
-    check_depth(scenario, backbone.config.num_hidden_layers, f"scenario {scenario.name!r}")
-    table = run_dir / COST_TABLE_FILE
-    if scenario.emulation.clock == "events" and not table.exists():  # a resumed run keeps the table it had
-        loss = make_strategy(scenario.strategy.name, scenario.strategy.weighting).client_loss or scenario.training.loss
-        table.write_text(json.dumps(cost_table(scenario, sorted(plan.classes), plan.classes, loss), indent=1))
+    if not buildable_anywhere(spec.name, spec.family, spec.pretrained):  # a preset's depth load_scenario checked
+        backbone = build_backbone(spec.name, spec.family, spec.pretrained, scenario.seed, progress=True)
+        # exits against the loaded depth: load_scenario could check them only for a backbone known without loading
+        check_depth(scenario, backbone.config.num_hidden_layers, f"scenario {scenario.name!r}")
+    if scenario.emulation.clock == "events":
+        from testbed.client.costs import COST_TABLE_FILE, cost_table  # torch
+
+        table = run_dir / COST_TABLE_FILE
+        if not table.exists():  # a resumed run keeps the table it had
+            loss = make_strategy(scenario.strategy.name, scenario.strategy.weighting).client_loss or scenario.training.loss
+            table.write_text(json.dumps(cost_table(scenario, sorted(plan.classes), plan.classes, loss), indent=1))
 
 
 def run(scenario_path: str | None, overrides: list[str], out: str | None = None, resume: str | None = None,
@@ -149,8 +152,6 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
             fleet.write_records(run_dir, group.pids())
 
     try:
-        from testbed.launch import entry
-
         start_client: Callable[[str], None]
         if fleet is None:
             limits = KernelLimits(scenario, clients, fleet_dilation(scenario, clients).factor, run_dir)
@@ -160,12 +161,12 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
 
             def start_local_client(client_id: str) -> None:
                 assert limits is not None
-                process = group.start(client_id, entry.client_main, router, client_id, str(run_dir),
+                process = group.start(client_id, CLIENT_ENTRY, router, client_id, str(run_dir),
                                       limits.cpu_quota, tokens[client_id])
                 limits.attach(client_id, process.pid)
 
             start_client = start_local_client
-            aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
+            aggregator = group.start("aggregator", AGGREGATOR_ENTRY, str(run_dir), router, events, resume,
                                      limits.cpu_quota, tokens)
         else:
             fleet.reserve(run_dir, lambda: bool(interrupted))  # the placement group, or a UserError naming the lack
@@ -180,7 +181,7 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
                 print(f"real clock: {dilation.reason}", flush=True)
             start_client = fleet.start
             if not interrupted:
-                aggregator = group.start("aggregator", entry.aggregator_main, str(run_dir), router, events, resume,
+                aggregator = group.start("aggregator", AGGREGATOR_ENTRY, str(run_dir), router, events, resume,
                                          False, None, str(fleet.keys_dir), dilation)
         starts = StaggeredStart([client.client_id for client in clients], run_dir / "events.jsonl")
         while aggregator is not None and aggregator.is_alive() and not interrupted and failure is None:
@@ -222,7 +223,7 @@ def _launch(scenario: Scenario, run_dir: Path, resume: bool, group: ProcessGroup
     exit_code = aggregator.exitcode if aggregator is not None else None
     record_unrecorded_end(run_dir, recorded, exit_code, bool(interrupted), str(failure) if failure else None)
     printer.poll()
-    from testbed.aggregator.server import write_summary
+    from testbed.aggregator.summary import write_summary
 
     summary = write_summary(run_dir)
     printer.finish(run_dir, summary, exit_code)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from testbed.errors import UserError
 from testbed.model.architecture import COMMON_OVERRIDES, FAMILIES, build_random, model_class
-from testbed.model.pretrain import pretrained_tiny
-from testbed.model.settings import PretrainSettings
+from testbed.model.settings import PretrainSettings, backbone_entry
 
 
 def load_pretrained(name: str):
@@ -35,6 +34,16 @@ def load_pretrained(name: str):
     return model_class(family).from_pretrained(source, config=config, local_files_only=offline)
 
 
+def buildable_anywhere(name: str, family: str = "wav2vec2", pretrained: bool = True) -> bool:
+    """Whether every process can build the backbone a scenario names from what is already here, with nothing to
+    make or check first: a preset with random weights (built from the seed), or the pretrained tiny backbone
+    already in the cache. Otherwise (the tiny backbone's first use, a checkpoint) the launcher builds it once
+    before any process starts, so that pretraining happens once and a missing checkpoint is one clear error."""
+    if name == "debug" or (name == "tiny" and not pretrained):
+        return True
+    return name == "tiny" and backbone_entry(PretrainSettings(family=family)).is_dir()  # written atomically
+
+
 def build_backbone(name: str = "tiny", family: str = "wav2vec2", pretrained: bool = True, seed: int = 0,
                    progress: bool = True):
     """The backbone a scenario names: `debug` (random), `tiny` (SSL-pretrained, cached), or a checkpoint.
@@ -46,6 +55,8 @@ def build_backbone(name: str = "tiny", family: str = "wav2vec2", pretrained: boo
     if name == "tiny":
         if not pretrained:
             return build_random("tiny", family, seed)
+        from testbed.model.pretrain import pretrained_tiny  # torch: imported only when a backbone is built
+
         return pretrained_tiny(PretrainSettings(family=family), progress=progress)[0]
     backbone = load_pretrained(name)
     if not pretrained:

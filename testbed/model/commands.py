@@ -28,8 +28,8 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> None:
 
 def pretrain(args: argparse.Namespace) -> int:
     from testbed.errors import UserError
-    from testbed.model.pretrain import backbone_entry, pretrain_record, pretrained_tiny
-    from testbed.model.settings import PretrainSettings
+    from testbed.model.pretrain import pretrain_record, pretrained_tiny
+    from testbed.model.settings import PretrainSettings, backbone_entry
     from testbed.model.shipped import installed_from_package
     from testbed.model.state import state_digest
 

@@ -33,9 +33,8 @@ import torch.nn.functional as F
 
 from testbed.model.architecture import build_random, model_class
 from testbed.model.early_exit import EarlyExitModel
-from testbed.model.settings import PretrainSettings
+from testbed.model.settings import PretrainSettings, backbone_entry
 from testbed.model.targets import MEL_BANDS, FrameClusterer, SpectrumTargets
-from testbed.paths import cache_dir
 
 
 def span_mask(batch: int, frames: int, prob: float, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -388,15 +387,6 @@ def corpus_waveforms(corpus_seed: int, **corpus_params) -> torch.Tensor:
     utterances = [u for u in load_speech_commands(builtin_corpus(seed=corpus_seed, **corpus_params))
                   if u.split == "train"]
     return torch.from_numpy(np.array(load_waveforms(utterances, clip_seconds=1.0)))  # in memory: read every step
-
-
-def backbone_entry(settings: PretrainSettings) -> Path:
-    """The cache entry of the tiny backbone these settings pretrain (whether or not it exists yet): keyed by the
-    settings and by the corpus, so a different built-in corpus means a different backbone."""
-    from testbed.data.synth import corpus_cache_path
-
-    corpus = corpus_cache_path(settings.corpus_seed, **settings.corpus_params()).name
-    return cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"
 
 
 def pretrained_tiny(settings: PretrainSettings | None = None, progress: bool = True, force: bool = False,

@@ -3,6 +3,9 @@
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from testbed.paths import cache_dir
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,3 +41,12 @@ class PretrainSettings:
         fields = {name: value for name, value in asdict(self).items() if name not in unset or value != unset[name]}
         text = json.dumps(fields, sort_keys=True)
         return f"tiny-{self.family}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def backbone_entry(settings: PretrainSettings) -> Path:
+    """The cache entry of the tiny backbone these settings pretrain (whether or not it exists yet): keyed by the
+    settings and by the corpus, so a different built-in corpus means a different backbone."""
+    from testbed.data.synth import corpus_cache_path
+
+    corpus = corpus_cache_path(settings.corpus_seed, **settings.corpus_params()).name
+    return cache_dir() / "backbones" / f"{settings.key()}-corpus-{corpus}"
