@@ -2,7 +2,8 @@
 
 The resume test runs a scenario whose depths depend on the evaluated accuracy (`auto` preferred exits) once
 uninterrupted and once interrupted after round 2 and resumed: the depths sent per client per round and the
-per-round digests must be equal, round by round.
+per-round digests must be equal, round by round. Its server step has momentum, whose velocity only the
+checkpoint carries: a resume that forgot it would step round 3 differently.
 """
 
 import csv
@@ -25,6 +26,7 @@ from testbed.config.loader import load_scenario
 from testbed.launch.run import new_run_dir
 
 AUTO = "{name: task, preferred_exits: {keyword: auto, speaker: auto}}"
+SERVER_MOMENTUM = "{name: depth_aware, server_learning_rate: 1.5, server_momentum: 0.5}"
 
 
 def finished(result) -> None:
@@ -49,7 +51,7 @@ def digests(log: list[dict]) -> dict[int, str]:
 
 def test_a_run_interrupted_after_round_2_and_resumed_sends_the_depths_and_digests_of_an_uninterrupted_run(
         write_scenario, tmp_path):
-    scenario = write_scenario(rounds=4, exit_policy=AUTO, seed=3)
+    scenario = write_scenario(rounds=4, exit_policy=AUTO, seed=3, strategy=SERVER_MOMENTUM)
     reference = tmp_path / "reference"
     finished(run("run", str(scenario), "--out", str(reference)))
     expected_depths, expected_digests = depths_sent(events(reference)), digests(events(reference))
@@ -85,10 +87,13 @@ def test_the_checkpoint_carries_the_aggregators_round_state_and_refuses_it_alter
     run_dir = new_run_dir(scenario, str(tmp_path / "run"))
     state = {"w": np.arange(4, dtype=np.float32)}
     carried = {"dilation": 2.5, "screen": {"layer 0": {"c01": 0.5, "c00": 0.25}}, "busy_until": {"c01": 61.5}}
-    save_checkpoint(run_dir, 1, state, {"digest": "d1", "seq": 9, "t": 1.0}, carried)
+    velocity = {"w": np.full(4, 0.5, dtype=np.float32)}
+    save_checkpoint(run_dir, 1, state, {"digest": "d1", "seq": 9, "t": 1.0}, carried, velocity)
     log = [{"kind": "round_aggregated", "round": 1, "digest": "d1"}]
     loaded = load_checkpoint(run_dir, scenario, log)
     assert loaded.carried == carried and list(loaded.carried["screen"]["layer 0"]) == ["c01", "c00"]  # order kept
+    assert list(loaded.state) == ["w"] and np.array_equal(loaded.state["w"], state["w"])  # velocity kept apart
+    assert list(loaded.velocity) == ["w"] and np.array_equal(loaded.velocity["w"], velocity["w"])
     pointer = run_dir / "checkpoints" / "checkpoint.json"
     meta = json.loads(pointer.read_text())
     meta["carried"]["screen"]["layer 0"]["c00"] = 99.0  # a hand-edited reference norm

@@ -8,6 +8,7 @@ import pytest
 
 from testbed.config import names
 from testbed.strategies import STRATEGIES, WEIGHTINGS, ClientUpdate, make_strategy
+from testbed.strategies.server_step import ServerStep
 
 EMBED = "backbone.feature_projection.projection.weight"  # depth 0: every client trains it
 LAYERS = 4
@@ -259,3 +260,45 @@ def test_strategies_import_neither_zmq_nor_torch():
     code = "import sys, testbed.strategies; print(sorted({'zmq', 'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- the server step ------------------------------------------------------------------------
+def test_the_plain_server_step_returns_the_strategys_average_itself():
+    averaged = make_strategy("depth_aware").aggregate(toy_state(), [update("c0", 10, 4, "keyword", 1.0)])
+    assert ServerStep(1.0, 0.0).apply(toy_state(), averaged) is averaged
+
+
+def test_the_server_step_scales_the_pseudo_gradient_and_keeps_the_velocity_of_keys_nobody_trained():
+    step = ServerStep(learning_rate=2.0, momentum=0.5)
+    strategy = make_strategy("depth_aware")
+    state = toy_state(0.0)
+    state["backbone.masked_spec_embed_count"] = np.array([3])  # an integer buffer: takes the average as it is
+    # round 1: a depth-2 client moves the embedding and layers 1-2 to 1.0: Δ = 1, v = 1, θ = 0 + 2 × 1 = 2
+    state = step.apply(state, strategy.aggregate(state, [update("c0", 10, 2, "keyword", 1.0)]))
+    assert value_of(state, EMBED) == 2.0 and value_of(state, layer(2)) == 2.0
+    assert value_of(state, layer(3)) == 0.0 and layer(3) not in step.velocity  # nobody trained it
+    assert int(state["backbone.masked_spec_embed_count"][0]) == 3
+    # round 2: a depth-4 client uploads 3.0: Δ = 1 and v = 0.5 × 1 + 1 = 1.5 where round 1 moved, θ = 2 + 3 = 5;
+    # layers 3-4 move for the first time: Δ = 3, v = 3, θ = 0 + 6
+    state = step.apply(state, strategy.aggregate(state, [update("c1", 10, 4, "keyword", 3.0)]))
+    assert value_of(state, EMBED) == 5.0 and value_of(step.velocity, EMBED) == 1.5
+    assert value_of(state, layer(4)) == 6.0 and value_of(step.velocity, layer(4)) == 3.0
+    # round 3: only a depth-2 client, which leaves layers 3-4 and their velocity as they were
+    velocity_4 = step.velocity[layer(4)]
+    state = step.apply(state, strategy.aggregate(state, [update("c0", 10, 2, "keyword", 5.0)]))
+    assert value_of(state, layer(4)) == 6.0 and step.velocity[layer(4)] is velocity_4
+
+
+def test_a_server_step_that_overshoots_to_infinity_fails_naming_the_key_and_the_cure():
+    step = ServerStep(learning_rate=10.0, momentum=0.0)
+    state = toy_state(0.0)
+    averaged = {**state, EMBED: np.full((2, 3), 1e38, dtype=np.float32)}
+    with pytest.raises(ValueError, match=f"server step diverged: {EMBED} is no longer finite.*1 and 0 are FedAvg"):
+        step.apply(state, averaged)
+
+
+@pytest.mark.parametrize("rate, momentum, problem", [(0.0, 0.0, "learning rate 0.0: allowed a finite number > 0"),
+                                                     (1.0, 1.0, "momentum 1.0: allowed 0 <= momentum < 1")])
+def test_the_server_step_refuses_rates_it_cannot_apply(rate, momentum, problem):
+    with pytest.raises(ValueError, match=problem):
+        ServerStep(rate, momentum)

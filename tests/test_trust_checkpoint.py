@@ -75,6 +75,17 @@ def _state_altered(run_dir, other):
     _edit_pointer(run_dir, sha256=hashlib.sha256(state.read_bytes()).hexdigest())
 
 
+def _velocity_misshapen(run_dir, other):
+    """A server velocity (momentum's state) for a key of the model, of another shape; its SHA-256 forged to match."""
+    state = run_dir / "checkpoints" / "state-00002.npz"
+    with np.load(state) as arrays:
+        saved = {key: arrays[key] for key in arrays.files}
+    saved["server_velocity/" + sorted(saved)[0]] = np.zeros(3, dtype=np.float32)
+    with open(state, "wb") as file:
+        np.savez(file, **saved)
+    _edit_pointer(run_dir, sha256=hashlib.sha256(state.read_bytes()).hexdigest())
+
+
 TAMPERINGS = {  # case -> (tampering, what the one line must name)
     "from_another_run": (_from_another_run, "belongs to run"),
     "round_edited": (lambda run_dir, other: _edit_pointer(run_dir, round=1),
@@ -85,6 +96,7 @@ TAMPERINGS = {  # case -> (tampering, what the one line must name)
     "state_missing": (lambda run_dir, other: (run_dir / "checkpoints" / "state-00002.npz").unlink(),
                       "checkpoints/state-00002.npz is missing"),
     "state_altered": (_state_altered, "holds global state"),
+    "velocity_misshapen": (_velocity_misshapen, "server velocity of"),
 }
 
 

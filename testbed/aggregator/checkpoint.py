@@ -7,7 +7,8 @@ and a resume checks each against this run directory, its events and the file bef
 checkpoint.json also carries the aggregator's round state that is not in the weights but decides later rounds
 (`carried`: the current time dilation, the update screen's reference norms and, on the event clock, when each
 client's last upload ended), with its own SHA-256, so that a resumed run continues as the uninterrupted one would
-have. What the events already record is not repeated here: the `auto` preferred exits follow from the `evaluated`
+have. The server step's velocity (strategies/server_step.py), when the run has momentum, is saved beside the
+global state in the same state file, under VELOCITY keys. What the events already record is not repeated here: the `auto` preferred exits follow from the `evaluated`
 events, and selection and every client's draws are seeded per round. The clients' own measurements (step costs,
 memory peaks, the adaptive policy's moving averages of measured times) are host measurements, not state: a resumed
 client measures afresh, as every client of a fresh run does, so the adaptive policy's depths are reproduced only as
@@ -34,6 +35,7 @@ from testbed.config.schema import Scenario
 RUN_FILE = "run.json"  # {"run_id", "scenario", "created"}: who this run directory is
 POINTER = "checkpoints/checkpoint.json"
 IDENTITY = ("run_id", "scenario")  # the fields that tie a checkpoint to its run
+VELOCITY = "server_velocity."  # prefix of the server step's velocity arrays in a state file (no model key has it)
 
 
 class CheckpointRefused(Exception):
@@ -52,6 +54,7 @@ class Checkpoint:
     state: dict[str, np.ndarray]
     source: str  # the state file, relative to the run directory (for messages)
     carried: dict = field(default_factory=dict)  # the aggregator's round state (empty: a checkpoint without one)
+    velocity: dict[str, np.ndarray] = field(default_factory=dict)  # the server step's, by state key (empty: none)
 
 
 def scenario_digest(scenario: Scenario) -> str:
@@ -89,9 +92,10 @@ def carried_digest(carried: dict) -> str:
 
 
 def save_checkpoint(run_dir: Path, round_index: int, state: dict[str, np.ndarray], meta: dict,
-                    carried: dict | None = None) -> None:
-    """Write state-<round>.npz, then atomically point checkpoint.json at it (stamped with run.json's identity,
-    with the aggregator's `carried` round state and its digest), then drop older states."""
+                    carried: dict | None = None, velocity: dict[str, np.ndarray] | None = None) -> None:
+    """Write state-<round>.npz (with the server step's `velocity`, if any), then atomically point checkpoint.json
+    at it (stamped with run.json's identity, with the aggregator's `carried` round state and its digest), then
+    drop older states."""
     identity = read_run_identity(run_dir)
     if identity is None:
         raise FileNotFoundError(f"{run_dir / RUN_FILE}: a checkpoint must name its run")
@@ -101,7 +105,8 @@ def save_checkpoint(run_dir: Path, round_index: int, state: dict[str, np.ndarray
     with open(folder / (name + ".tmp"), "wb") as file:
         # allow_pickle: numpy's default, named so that mypy does not match the ** of arrays against that bool
         # (the state is numeric arrays, and _read_state refuses pickles anyway)
-        np.savez(file, allow_pickle=True, **{key.replace(".", "/"): value for key, value in state.items()})
+        arrays = {**state, **{VELOCITY + key: value for key, value in (velocity or {}).items()}}
+        np.savez(file, allow_pickle=True, **{key.replace(".", "/"): value for key, value in arrays.items()})
         file.flush()
         os.fsync(file.fileno())
     os.replace(folder / (name + ".tmp"), folder / name)
@@ -137,8 +142,10 @@ def load_checkpoint(run_dir: Path, scenario: Scenario, events: list[dict]) -> Ch
     if meta["digest"] != last["digest"]:
         raise CheckpointRefused(f"{POINTER} says global state {meta['digest']} for round {meta['round']}, but "
                                 f"events.jsonl recorded {last['digest']}")
-    return Checkpoint(meta["round"], meta["digest"], _read_state(run_dir, meta), f"checkpoints/{meta['state']}",
-                      _read_carried(meta))
+    arrays = _read_state(run_dir, meta)
+    velocity = {key[len(VELOCITY):]: arrays.pop(key) for key in list(arrays) if key.startswith(VELOCITY)}
+    return Checkpoint(meta["round"], meta["digest"], arrays, f"checkpoints/{meta['state']}", _read_carried(meta),
+                      velocity)
 
 
 def _read_pointer(run_dir: Path) -> dict:

@@ -78,6 +78,7 @@ from testbed.model.state import group_of
 from testbed.model.train import round_samples
 from testbed.strategies import make_strategy
 from testbed.strategies.selection import round_rule
+from testbed.strategies.server_step import ServerStep
 from testbed.transport.endpoint import Received, Router, identity_text
 from testbed.transport.messages import (
     CHANNELS,
@@ -164,6 +165,8 @@ class Aggregator:
                                  for cid, spec in plan.clients.items()}, self.model.exits)
         self.rule = round_rule(self.strategy, self.scenario.deadline_s, strategy.clients_per_round,
                                strategy.over_selection)
+        self.server_step = ServerStep(strategy.server_learning_rate, strategy.server_momentum)
+        self.server_step.velocity = resumed.velocity if resumed is not None else {}
         self.dilation = dilation or fleet_dilation(self.scenario, list(plan.clients.values()))
         # a kernel CPU quota was sized for this factor: raising it would desynchronise the two
         self.fixed_dilation = fixed_dilation or self.scenario.emulation.dilation is not None or self.event_clock
@@ -222,6 +225,9 @@ class Aggregator:
             if digest != checkpoint.digest:
                 raise CheckpointRefused(f"{checkpoint.source} holds global state {digest}, but {POINTER} and "
                                         f"events.jsonl say {checkpoint.digest} (the file was altered)")
+            for key, velocity in checkpoint.velocity.items():
+                if key not in self.model.state or velocity.shape != self.model.state[key].shape:
+                    raise CheckpointRefused(f"{checkpoint.source}: server velocity of {key!r} does not fit the model")
             return checkpoint
         except CheckpointRefused as refusal:
             log.error("%s", refusal)
@@ -299,13 +305,13 @@ class Aggregator:
         # 3. aggregate what arrived, layer by layer (strategy), then checkpoint
         started = time.perf_counter()
         updates = sorted(round_.updates, key=lambda u: u.client)  # arrival order must not matter
-        self.model.load(self.strategy.aggregate(self.model.state, updates))
+        self.model.load(self.server_step.apply(self.model.state, self.strategy.aggregate(self.model.state, updates)))
         summary.update(aggregate_s=round(time.perf_counter() - started, 4), digest=self.model.digest())
         with _interruption_held():  # the checkpoint and its event, whole: a resume needs both
             save_checkpoint(self.run_dir, index, self.model.state,
                             {"digest": summary["digest"], "seq": self.events.seq, "t": self.events.now()},
                             {"dilation": self.events.dilation, "screen": self.screen.references,
-                             "busy_until": self.busy_until})
+                             "busy_until": self.busy_until}, self.server_step.velocity)
             self.events.emit(RoundAggregated(round=index, digest=summary["digest"],
                                              aggregate_s=summary["aggregate_s"]))
         # 4. evaluate every eval_every rounds and at the end (timed apart from the round)

@@ -192,6 +192,10 @@ class StrategySpec:
     # updates. None = every live client every round.
     clients_per_round: int | None = setting(None, ge=1, le=MAX_FLEET)
     over_selection: float = setting(1.3, ge=1, le=10)  # asking more than 10x the clients kept only wastes them
+    # The server's step towards the round's average (strategies/server_step.py): θ += η v, v = β v + (average − θ).
+    # 1 and 0 are FedAvg. η above 10 overshoots the clients' own models tenfold; β = 1 would never forget a step.
+    server_learning_rate: float = setting(1.0, gt=0, le=10)
+    server_momentum: float = setting(0.0, ge=0, le=0.99)
 
 
 @dataclass(frozen=True, kw_only=True)
