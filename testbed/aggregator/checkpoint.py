@@ -8,11 +8,11 @@ checkpoint.json also carries the aggregator's round state that is not in the wei
 (`carried`: the current time dilation, the update screen's reference norms and, on the event clock, when each
 client's last upload ended), with its own SHA-256, so that a resumed run continues as the uninterrupted one would
 have. The server step's velocity (strategies/server_step.py), when the run has momentum, is saved beside the
-global state in the same state file, under VELOCITY keys. What the events already record is not repeated here: the `auto` preferred exits follow from the `evaluated`
-events, and selection and every client's draws are seeded per round. The clients' own measurements (step costs,
-memory peaks, the adaptive policy's moving averages of measured times) are host measurements, not state: a resumed
-client measures afresh, as every client of a fresh run does, so the adaptive policy's depths are reproduced only as
-far as the host's timings are.
+global state in the same state file, under VELOCITY keys. What the events already record is not repeated here:
+the `auto` preferred exits follow from the `evaluated` events, and selection and every client's draws are seeded
+per round. The clients' own measurements (step costs, memory peaks, the adaptive policy's moving averages of
+measured times) are host measurements, not state: a resumed client measures afresh, as every client of a fresh
+run does, so the adaptive policy's depths are reproduced only as far as the host's timings are.
 """
 
 from __future__ import annotations

@@ -226,8 +226,10 @@ class Aggregator:
                 raise CheckpointRefused(f"{checkpoint.source} holds global state {digest}, but {POINTER} and "
                                         f"events.jsonl say {checkpoint.digest} (the file was altered)")
             for key, velocity in checkpoint.velocity.items():
-                if key not in self.model.state or velocity.shape != self.model.state[key].shape:
-                    raise CheckpointRefused(f"{checkpoint.source}: server velocity of {key!r} does not fit the model")
+                if (key not in self.model.state or velocity.shape != self.model.state[key].shape
+                        or not np.isfinite(velocity).all()):
+                    raise CheckpointRefused(f"{checkpoint.source}: server velocity of {key!r} does not fit the model "
+                                            "(allowed: finite, one per state key, of its shape)")
             return checkpoint
         except CheckpointRefused as refusal:
             log.error("%s", refusal)
